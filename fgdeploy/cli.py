@@ -1,0 +1,67 @@
+"""The ``fgdeploy`` command line: a click group whose commands live in ``fgdeploy/commands/``.
+
+Each command module ``fgdeploy/commands/<name>.py`` defines ``command`` (a click command or
+group). Modules import heavy libraries (torch, onnxruntime, tensorrt) inside the command body,
+so ``fgdeploy --help`` stays fast. Only this module configures logging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import Any
+
+import click
+
+from fgdeploy import __version__
+from fgdeploy.errors import FgdeployError
+
+# Listed in the order a user meets them; a name whose module does not exist yet is not shown.
+COMMAND_NAMES: tuple[str, ...] = (
+    "demo", "data", "train", "eval", "export", "parity", "infer", "bench", "doctor",
+)
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command module only when the command is listed or run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMAND_NAMES if _command_module_exists(name)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMAND_NAMES or not _command_module_exists(cmd_name):
+            return None
+        module = importlib.import_module(f"fgdeploy.commands.{cmd_name}")
+        return module.command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FgdeployError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _command_module_exists(name: str) -> bool:
+    return importlib.util.find_spec(f"fgdeploy.commands.{name}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fgdeploy")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """fgdeploy: train, export and deploy keypoint-guided fine-grained classifiers.
+
+    Runs offline: with no data given, commands use a generated synth-birds set.
+    """
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
+
+
+def main() -> None:
+    """Console entry point."""
+    cli()

@@ -1,0 +1,1 @@
+"""CLI commands, one module each (``command`` attribute); see ``fgdeploy.cli``."""
