@@ -1,0 +1,202 @@
+"""fgdeploy checkpoints: one ``torch.save`` file of plain data, loaded with ``weights_only=True``.
+
+Layout of the saved mapping (every value is a tensor, a number, a string, or a list/dict of them, so
+loading never executes pickled code)::
+
+    {"format": "fgdeploy-checkpoint", "format_version": 1,
+     "meta": {...CheckpointMeta fields except sha256...},
+     "state_dict": model.state_dict(),
+     "extra_state": {...}}   # trainer state for exact resume: optimizer, scheduler, RNG, step
+
+Files are written atomically: a temporary file in the same folder, fsync, then ``os.replace``. A crash
+while writing leaves the previous checkpoint untouched. ``sha256`` is the hash of the file's bytes,
+filled in when the file is read (a file cannot contain its own hash) and returned by ``save_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fgdeploy import __version__
+from fgdeploy.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported inside functions so `import fgdeploy.checkpoint` stays light
+    import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "fgdeploy-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CheckpointMeta:
+    """What export and infer need to rebuild and feed the model, plus where training stood."""
+
+    model_config: dict[str, Any]          # ModelConfig as a plain dict (dataclass_to_dict)
+    class_names: list[str]                # index = label
+    part_names: list[str]                 # parts.txt order
+    input_size: int                       # S of the S x S model input
+    mean: list[float]                     # RGB normalisation inside the model, for inputs in [0, 1]
+    std: list[float]
+    stage: int = 0                        # training stage that produced these weights (0 = untrained)
+    epoch: int = 0                        # epochs completed within that stage
+    fgdeploy_version: str = __version__
+    sha256: str = ""                      # hash of the checkpoint file; filled in on load
+    train_config: dict[str, Any] = field(default_factory=dict)  # resolved TrainConfig, for the record
+    metrics: dict[str, float] = field(default_factory=dict)     # validation metrics at save time
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class CheckpointData:
+    """Everything in a checkpoint file, without building the model."""
+
+    meta: CheckpointMeta
+    state_dict: dict[str, Any]
+    extra_state: dict[str, Any]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, meta: CheckpointMeta,
+    extra_state: dict[str, Any] | None = None,
+) -> str:
+    """Save ``model``'s weights with ``meta`` (and optional trainer state) atomically.
+
+    Args:
+        path: destination file (``.pt``); its folder is created.
+        model: the model (a DDP wrapper is unwrapped).
+        meta: descriptive fields; ``sha256`` is ignored.
+        extra_state: plain data for exact resume (optimizer/scheduler state dicts, RNG states, step).
+
+    Returns:
+        The sha256 of the written file.
+    """
+    import torch
+
+    module = getattr(model, "module", model)
+    meta_dict = dataclasses.asdict(meta)
+    meta_dict.pop("sha256", None)
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "meta": meta_dict,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "extra_state": extra_state or {},
+    }
+    # Serialise in memory first: a failure here (unsupported object) never touches the file on disk.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    log.debug("saved checkpoint %s (stage %s, epoch %s, sha256 %s)", path, meta.stage, meta.epoch, digest[:12])
+    return digest
+
+
+def read_checkpoint(path: str | Path) -> CheckpointData:
+    """Read a checkpoint file safely (``weights_only=True``) without building the model.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, unsafe to unpickle, or not an fgdeploy checkpoint.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file written by fgdeploy train")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a loadable fgdeploy checkpoint (torch.load with weights_only=True failed: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "use a checkpoint written by fgdeploy train (runs/NAME/best.pt or last.pt)") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path} is not an fgdeploy checkpoint (no 'format': {FORMAT_NAME!r} entry; found {found}); "
+            "use a checkpoint written by fgdeploy train, or pass plain backbone weights with --pretrained")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is newer than this fgdeploy understands "
+            f"({FORMAT_VERSION}); upgrade fgdeploy")
+    meta_fields = {f.name for f in dataclasses.fields(CheckpointMeta)}
+    meta_dict = {k: v for k, v in payload.get("meta", {}).items() if k in meta_fields}
+    try:
+        meta = CheckpointMeta(**meta_dict)
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc}); re-save it with fgdeploy train") from exc
+    meta.sha256 = file_sha256(path)
+    return CheckpointData(meta=meta, state_dict=payload.get("state_dict", {}),
+                          extra_state=payload.get("extra_state", {}))
+
+
+def model_config_from_meta(meta: CheckpointMeta) -> Any:
+    """Rebuild the ``ModelConfig`` dataclass stored in ``meta``."""
+    from fgdeploy.config import dataclass_from_dict
+    from fgdeploy.models import ModelConfig
+
+    return dataclass_from_dict(ModelConfig, dict(meta.model_config), source="checkpoint model_config")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, CheckpointMeta]:
+    """Build the model a checkpoint describes and load its weights (eval mode).
+
+    Returns:
+        (model, meta) with ``meta.sha256`` set to the file's hash.
+
+    Raises:
+        CheckpointError: see ``read_checkpoint``; also when the weights do not fit the stored config.
+    """
+    from fgdeploy.models import create_model
+
+    data = read_checkpoint(path)
+    cfg = model_config_from_meta(data.meta)
+    model = create_model(cfg, num_classes=data.meta.num_classes)
+    try:
+        model.load_state_dict(data.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model config stored in the checkpoint: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    model.to(device).eval()
+    return model, data.meta

@@ -1,0 +1,95 @@
+"""Checkpoint files: safe loading, atomic writes, metadata and hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+
+import pytest
+import torch
+
+from fgdeploy import checkpoint as ckpt
+from fgdeploy.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from fgdeploy.errors import CheckpointError
+
+
+def _meta(epoch: int = 1) -> CheckpointMeta:
+    return CheckpointMeta(model_config={"name": "tiny", "input_size": 32}, class_names=["a", "b", "c"],
+                          part_names=["p0", "p1"], input_size=32, mean=[0.4, 0.5, 0.6], std=[0.2, 0.2, 0.3],
+                          stage=2, epoch=epoch)
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+
+def test_checkpoint_roundtrip_keeps_weights_meta_and_extra_state(tmp_path):
+    model = _model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    extra = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": 7}
+    path = tmp_path / "sub" / "last.pt"
+    digest = save_checkpoint(path, model, _meta(epoch=3), extra)
+    data = read_checkpoint(path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(data.state_dict[name], value)
+    assert data.meta.epoch == 3 and data.meta.stage == 2 and data.meta.class_names == ["a", "b", "c"]
+    assert data.meta.num_classes == 3
+    assert data.meta.sha256 == digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert data.extra_state["step"] == 7
+    opt2 = torch.optim.SGD(_model(1).parameters(), lr=0.5, momentum=0.9)
+    opt2.load_state_dict(data.extra_state["optimizer"])
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("hook", ["fsync", "replace"])
+def test_checkpoint_crash_while_writing_leaves_previous_loadable(tmp_path, monkeypatch, hook):
+    path = tmp_path / "last.pt"
+    old = _model(0)
+    save_checkpoint(path, old, _meta(epoch=1))
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ckpt.os, hook, crash)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(path, _model(1), _meta(epoch=2))
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    data = read_checkpoint(path)
+    assert data.meta.epoch == 1
+    assert torch.equal(data.state_dict["0.weight"], old.state_dict()["0.weight"])
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoint_plain_state_dict_is_rejected_with_checkpoint_error(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(_model(0).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not an fgdeploy checkpoint"):
+        read_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_pickled_code_is_not_executed(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"format": "fgdeploy-checkpoint", "x": _Evil()}, fh, protocol=2)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        read_checkpoint(path)
+
+
+def test_checkpoint_garbage_and_missing_files_raise_checkpoint_error(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(os.urandom(256))
+    with pytest.raises(CheckpointError, match="not a loadable fgdeploy checkpoint"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.pt")
