@@ -1,0 +1,218 @@
+"""ONNX Runtime runner: CPU, CUDA and TensorRT execution providers.
+
+The model's precision is whatever the ONNX holds (an fp16 export runs fp16). ``metadata()`` returns
+the exporter's ``metadata_props`` decoded (see ``fgdeploy.export.metadata``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgdeploy.backends.base import Runner, RunnerError, TensorSpec
+from fgdeploy.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Short names accepted for execution providers.
+PROVIDER_ALIASES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+# ONNX Runtime type strings -> numpy dtypes, for the input specs.
+_ORT_TYPES: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+def resolve_providers(providers: Sequence[str] | None, device: str | None) -> list[str]:
+    """Full EP names in priority order; CPU is always appended as the fallback for unsupported nodes.
+
+    Args:
+        providers: names or aliases ("cpu", "cuda", "tensorrt"). Defaults to CUDA when ``device`` is
+            "cuda[:K]", else CPU.
+        device: "cpu", "cuda" or "cuda:K".
+    """
+    if not providers:
+        providers = ["cuda"] if device and device.startswith("cuda") else ["cpu"]
+    names = [PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in providers]
+    if "CPUExecutionProvider" not in names:
+        names.append("CPUExecutionProvider")
+    return list(dict.fromkeys(names))
+
+
+class OrtRunner(Runner):
+    """Runs an .onnx file (or serialized bytes) with ONNX Runtime.
+
+    Args:
+        model: path of the .onnx file, or its bytes.
+        providers: execution providers, see ``resolve_providers``. Asking for one that is not
+            installed raises BackendUnavailable on activation, listing the installed ones.
+        device: "cpu" or "cuda[:K]" (K = device id for the CUDA/TensorRT providers). Defaults to "cpu".
+        fp16: if given, the precision recorded in the model must match it (checked on activation).
+        threads: intra-op threads (CPU). Defaults to ONNX Runtime's choice.
+        debug: also output each CoordinateTransfer's heatmaps input and result
+            (``fgdeploy.export.debug_outputs``), for divergence localisation.
+        name: label for reports. Defaults to "ort-<provider>-<precision>".
+    """
+
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        *,
+        providers: Sequence[str] | None = None,
+        device: str | None = None,
+        fp16: bool | None = None,
+        threads: int | None = None,
+        debug: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.model = Path(model) if isinstance(model, str) else model
+        self.device = device or "cpu"
+        self.providers = resolve_providers(providers, self.device)
+        self.fp16 = fp16
+        self.threads = threads
+        self.debug = debug
+        self._explicit_name = name
+        short = self.providers[0].replace("ExecutionProvider", "").lower()
+        super().__init__(name or f"ort-{short}")
+        self._session: Any = None
+        self._meta: dict[str, Any] = {}
+        self._specs: dict[str, TensorSpec] = {}
+        self._output_names: list[str] = []
+
+    # --- Runner implementation --------------------------------------------------------------------
+    def _activate(self) -> None:
+        ort = _import_onnxruntime()
+        installed = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in installed]
+        if missing:
+            raise BackendUnavailable(
+                f"ONNX Runtime execution provider(s) {missing} are not installed; available providers are: "
+                f"{installed}. Install onnxruntime-gpu for CUDA/TensorRT, or use --providers cpu."
+            )
+        model_bytes = self._load_bytes()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(model_bytes, sess_options=options, providers=self._provider_list())
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise RunnerError(
+                f"{self._label()}: ONNX Runtime cannot load the model: {_first_line(exc)}. "
+                "The file is corrupt or not an ONNX model; re-export it with `fgdeploy export`."
+            ) from exc
+        dropped = [p for p in self.providers if p not in session.get_providers()]
+        if dropped:
+            raise BackendUnavailable(
+                f"{self._label()}: execution provider(s) {dropped} are installed but failed to start "
+                f"(no GPU, or missing CUDA/TensorRT libraries); session has {session.get_providers()}"
+            )
+        from fgdeploy.export.metadata import decode_metadata
+
+        self._meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
+        self._check_precision()
+        self._session = session
+        self._specs = {i.name: _spec(i) for i in session.get_inputs()}
+        self._output_names = [o.name for o in session.get_outputs()]
+        if self._explicit_name is None:
+            self.name = f"{self.name}-{self._meta.get('precision', 'fp32')}"
+        logger.info("%s: loaded %s with %s", self.name, self._label(), session.get_providers())
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def _input_specs(self) -> dict[str, TensorSpec]:
+        return dict(self._specs)
+
+    def _metadata(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            arrays = self._session.run(self._output_names, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        except Exception as exc:
+            raise RunnerError(f"{self.name}: inference failed: {_first_line(exc)}") from exc
+        return dict(zip(self._output_names, arrays))
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output names in graph order (after activation)."""
+        return list(self._output_names)
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _label(self) -> str:
+        return str(self.model) if isinstance(self.model, Path) else f"<{len(self.model)} bytes of ONNX>"
+
+    def _load_bytes(self) -> bytes:
+        if isinstance(self.model, Path):
+            if not self.model.is_file():
+                raise RunnerError(f"ONNX model {self.model} does not exist; export one with `fgdeploy export`")
+            data = self.model.read_bytes()
+        else:
+            data = bytes(self.model)
+        if not self.debug:
+            return data
+        import onnx
+
+        from fgdeploy.export.debug_outputs import add_debug_outputs
+
+        try:
+            proto = onnx.load_from_string(data)
+        except Exception as exc:
+            raise RunnerError(f"{self._label()}: not a valid ONNX file: {_first_line(exc)}") from exc
+        proto, added = add_debug_outputs(proto)
+        logger.debug("%s: debug outputs %s", self._label(), added)
+        return proto.SerializeToString()
+
+    def _provider_list(self) -> list[Any]:
+        device_id = int(self.device.split(":", 1)[1]) if self.device.startswith("cuda:") else 0
+        return [(p, {"device_id": device_id}) if p in _GPU_PROVIDERS else p for p in self.providers]
+
+    def _check_precision(self) -> None:
+        if self.fp16 is None:
+            return
+        stored = self._meta.get("precision", "fp32")
+        wanted = "fp16" if self.fp16 else "fp32"
+        if stored != wanted:
+            raise RunnerError(
+                f"{self._label()}: {wanted} requested but the model is {stored}; ONNX precision is fixed at "
+                f"export (`fgdeploy export --fp16` makes an fp16 model)"
+            )
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
+        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from exc
+    return onnxruntime
+
+
+def _spec(node_arg: Any) -> TensorSpec:
+    dtype = _ORT_TYPES.get(node_arg.type)
+    if dtype is None:
+        raise RunnerError(f"input {node_arg.name} has unsupported type {node_arg.type}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node_arg.shape or []))
+    return TensorSpec(node_arg.name, dtype, shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:400]

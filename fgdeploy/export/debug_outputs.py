@@ -1,0 +1,77 @@
+"""Expose the CoordinateTransfer inputs/outputs of a model as extra outputs, to locate divergence.
+
+Parity compares the final outputs; when a check fails it reruns a few images with these extra
+outputs (``debug.ct<k>.heatmaps`` = the k-th CoordinateTransfer node's heatmaps input,
+``debug.ct<k>.part_features`` = its output) on both sides to say whether the runs already differ
+in the heatmaps, only in the pooled part features, or only in the logits. The torch runner captures
+the same tensors from the k-th call of the custom op.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fgdeploy.tensors import OP_DOMAIN, OP_NAME
+
+if TYPE_CHECKING:
+    import onnx
+
+DEBUG_PREFIX = "debug."
+
+
+def debug_heatmaps_name(k: int) -> str:
+    """Name of the heatmaps input of the k-th CoordinateTransfer (0-based, graph/call order)."""
+    return f"{DEBUG_PREFIX}ct{k}.heatmaps"
+
+
+def debug_part_features_name(k: int) -> str:
+    """Name of the pooled part features output of the k-th CoordinateTransfer."""
+    return f"{DEBUG_PREFIX}ct{k}.part_features"
+
+
+def coordinate_transfer_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ``fgdeploy::CoordinateTransfer`` nodes of the main graph, in graph order."""
+    return [n for n in model.graph.node if n.op_type == OP_NAME and n.domain == OP_DOMAIN]
+
+
+def add_debug_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Copy of ``model`` whose graph also outputs each CoordinateTransfer's heatmaps and result.
+
+    The extra outputs are added through Identity nodes named as above, so the original tensors and
+    every optimisation around them stay as they are.
+
+    Returns:
+        (new model, names of the added outputs).
+    """
+    import onnx
+    from onnx import helper
+
+    new = onnx.ModelProto()
+    new.CopyFrom(model)
+    types = _elem_types(new)
+    added: list[str] = []
+    for k, node in enumerate(coordinate_transfer_nodes(new)):
+        pairs = ((node.input[0], debug_heatmaps_name(k)), (node.output[0], debug_part_features_name(k)))
+        features_type = types.get(node.input[1], onnx.TensorProto.FLOAT)
+        for source, name in pairs:
+            new.graph.node.append(helper.make_node("Identity", [source], [name], name=f"{name}.identity"))
+            elem = types.get(source, features_type)
+            new.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+            added.append(name)
+    return new, added
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor whose type shape inference can tell."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is best effort here: unknown types fall back to the features' type
+        inferred = model
+    graph = inferred.graph
+    types = {init.name: init.data_type for init in graph.initializer}
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+            types[info.name] = info.type.tensor_type.elem_type
+    return types

@@ -1,0 +1,52 @@
+"""ONNX ``metadata_props`` of an fgdeploy export: what ``infer`` needs besides the graph.
+
+Every value is stored as JSON text under a plain key (``class_names`` -> '["001.A", ...]'), so any
+ONNX tool shows it and ``decode_metadata`` gets the Python values back. Keys written by the exporter:
+
+=====================  ===============================================================
+``fgdeploy_format``    format version of this metadata (int, currently 1)
+``fgdeploy_version``   fgdeploy version that exported the file
+``class_names``        list[str], index = class id of ``logits``
+``part_names``         list[str], index = part id of ``keypoints``/``keypoint_scores``
+``input_name``         name of the image input ("images")
+``input_size``         S: the input is (N, 3, S, S)
+``input_dtype``        "float32" or "float16": dtype of the image input
+``input_range``        [0.0, 1.0]: RGB / 255, no mean/std (``normalisation`` is inside the graph)
+``normalisation``      {"mean": [...], "std": [...], "applied": "in_graph"}
+``heatmap_size``       [Hh, Wh] of the keypoint score maps
+``precision``          "fp32" or "fp16"
+``fp32_kept``          list[str]: what an fp16 export keeps in fp32 (empty for fp32)
+``batch``              "dynamic" or the fixed batch size (int)
+``max_batch``          largest batch the export was checked with
+``outputs``            list[str] of output names in order
+``model_config``       dict: the resolved model config
+``source_checkpoint``  file name of the checkpoint
+``source_sha256``      sha256 of the checkpoint file
+``stage`` / ``epoch``  training stage and epoch of the checkpoint
+``opset``              default-domain opset
+=====================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+METADATA_FORMAT = 1
+
+
+def encode_metadata(values: Mapping[str, Any]) -> dict[str, str]:
+    """JSON-encode each value (keys unchanged)."""
+    return {str(key): json.dumps(value, sort_keys=True) for key, value in values.items()}
+
+
+def decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    """Inverse of ``encode_metadata``; a value that is not JSON (written by another tool) stays a string."""
+    out: dict[str, Any] = {}
+    for key, text in props.items():
+        try:
+            out[key] = json.loads(text)
+        except (TypeError, ValueError):
+            out[key] = text
+    return out

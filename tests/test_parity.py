@@ -1,0 +1,203 @@
+"""Parity comparison as data: statistics, tolerances, task agreement, batch invariance, divergence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pytest
+
+from fgdeploy.backends.base import Runner, TensorSpec
+from fgdeploy.export.debug_outputs import debug_heatmaps_name, debug_part_features_name
+from fgdeploy.parity import (
+    ArrayImages, GroundTruth, ParityConfig, RandomImages, Tolerance, compare_output, compare_tasks,
+    default_thresholds, pck, run_parity,
+)
+
+S, HW, P, K = 16, (4, 4), 3, 5
+
+
+class FuncRunner(Runner):
+    """In-memory runner: outputs = fn(images); debug adds the two intermediate tensors."""
+
+    def __init__(self, fn: Callable[[np.ndarray], dict[str, np.ndarray]], name: str, precision: str = "fp32",
+                 debug: bool = False, batch: int = -1) -> None:
+        super().__init__(name)
+        self.fn, self.precision, self.debug, self.batch = fn, precision, debug, batch
+
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None: ...
+
+    def _input_specs(self) -> dict[str, TensorSpec]:
+        return {"images": TensorSpec("images", np.dtype(np.float32), (self.batch, 3, S, S))}
+
+    def _metadata(self) -> dict:
+        return {"precision": self.precision, "input_size": S, "heatmap_size": list(HW),
+                "part_names": ["a", "b", "c"]}
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.fn(feeds["images"])
+        if not self.debug:
+            out = {k: v for k, v in out.items() if not k.startswith("debug.")}
+        return out
+
+
+W = np.random.default_rng(11).standard_normal((3 * 4, K))
+
+
+def pipeline(images: np.ndarray, heat_noise: float = 0.0, feat_noise: float = 0.0, logit_noise: float = 0.0,
+             batch_dependent: bool = False) -> dict[str, np.ndarray]:
+    """A tiny deterministic 'model': heatmaps = pooled pixels, parts from the argmax, logits from parts."""
+    n = len(images)
+    x = images.astype(np.float64)
+    heat = x[:, :P].reshape(n, P, 4, S // 4, 4, S // 4).mean(axis=(3, 5)) + heat_noise
+    flat = heat.reshape(n, P, -1).argmax(-1)
+    i, j = flat // 4, flat % 4
+    kp = np.stack([(j + 0.5) * S / 4, (i + 0.5) * S / 4], -1)
+    feat = x.reshape(n, 3, 4, 4, 4, 4).max(axis=(3, 5))  # (N, 3, 4, 4) features on a 4x4 grid
+    parts = np.stack([feat[np.arange(n), :, i[:, p], j[:, p]] for p in range(P)], 1) + feat_noise  # (N, P, 3)
+    parts = np.concatenate([parts, parts.mean(-1, keepdims=True)], -1)  # (N, P, 4)
+    logits = 4 * parts.reshape(n, -1) @ W + logit_noise
+    if batch_dependent:
+        logits = logits + 0.1 * logits.mean(0)
+    return {"logits": logits.astype(np.float32), "keypoints": kp.astype(np.float32),
+            "keypoint_scores": (1 / (1 + np.exp(-heat.reshape(n, P, -1).max(-1)))).astype(np.float32),
+            "heatmaps": heat.astype(np.float32), debug_heatmaps_name(0): heat.astype(np.float32),
+            debug_part_features_name(0): parts.astype(np.float32)}
+
+
+def factory(fn, name, **kw):
+    return lambda debug: FuncRunner(fn, name, debug=debug, **kw)
+
+
+def test_compare_output_statistics_and_smallest_passing_tolerance():
+    ref = np.array([[1.0, -2.0, 4.0], [0.5, 0.0, 1.0]])
+    test = ref + np.array([[1e-3, 0.0, -4e-3], [0.0, 2e-3, 0.0]])
+    cmp = compare_output("x", ref, test, Tolerance(atol=1e-3, rtol=1e-3))
+    assert cmp.max_abs == pytest.approx(4e-3) and cmp.mean_abs == pytest.approx(7e-3 / 6)
+    assert cmp.max_rel == pytest.approx(1e-3)  # over non-zero references only (the 2e-3 is at ref 0)
+    assert not cmp.passed and cmp.images_within == 0.5  # image 0 is within atol + rtol * |ref|
+    # image 0 needs atol >= 4e-3 - 1e-3*4 = 0; image 1 needs 2e-3 (ref 0): smallest atol = 2e-3
+    assert cmp.min_atol == pytest.approx(2e-3)
+    assert compare_output("x", ref, test, Tolerance(cmp.min_atol, 1e-3)).passed
+    assert not compare_output("x", ref, test, Tolerance(cmp.min_atol * 0.99, 1e-3)).passed
+    half = compare_output("x", ref, test, Tolerance(1e-3, 1e-3, min_fraction=0.5))
+    assert half.passed and half.min_atol == pytest.approx(0.0, abs=1e-12)  # image 0 alone suffices
+
+
+def test_compare_output_min_rtol_passes_exactly_at_the_boundary():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((6, 10)) + 3.0
+    test = ref * (1 + rng.uniform(-1e-2, 1e-2, ref.shape))
+    cmp = compare_output("y", ref, test, Tolerance(atol=1e-4, rtol=1e-5))
+    assert not cmp.passed and 0 < cmp.min_rtol < 1.1e-2
+    assert compare_output("y", ref, test, Tolerance(1e-4, cmp.min_rtol * 1.0001)).passed
+    assert not compare_output("y", ref, test, Tolerance(1e-4, cmp.min_rtol * 0.99)).passed
+    assert 0.99 < cmp.cosine <= 1.0
+
+
+def test_compare_tasks_lists_class_and_keypoint_flips_with_margins():
+    ref = {"logits": np.array([[2.0, 1.9, 0.0], [0.0, 1.0, 3.0]]),
+           "keypoints": np.array([[[2.0, 2.0]], [[6.0, 2.0]]]), "keypoint_scores": np.array([[0.9], [0.9]])}
+    test = {"logits": np.array([[1.9, 2.0, 0.0], [0.0, 1.0, 3.0]]),
+            "keypoints": np.array([[[2.0, 2.0]], [[10.0, 2.0]]]), "keypoint_scores": np.array([[0.9], [0.9]])}
+    truth = GroundTruth(labels=np.array([0, 2]), image_ids=np.array([101, 102]))
+    task = compare_tasks(ref, test, input_size=16, heatmap_hw=(4, 4), part_names=["beak"], truth=truth)
+    assert task.top1_agreement == 0.5 and task.accuracy_ref == 1.0 and task.accuracy_test == 0.5
+    assert task.accuracy_diff_points == pytest.approx(-50.0)
+    (flip,) = task.class_flips
+    assert (flip.image_id, flip.ref_class, flip.test_class) == (101, 0, 1)
+    assert flip.ref_margin == pytest.approx(0.1) and flip.test_margin == pytest.approx(0.1)
+    assert task.keypoint_same_cell == 0.5 and task.keypoint_within_one_cell == 1.0
+    (kflip,) = task.keypoint_flips
+    assert (kflip.image_id, kflip.part, kflip.ref_cell, kflip.test_cell) == (102, "beak", [0, 1], [0, 2])
+
+
+def test_pck_counts_visible_parts_within_alpha_of_box():
+    gt = np.array([[[10.0, 10.0], [20.0, 20.0]]])
+    pred = np.array([[[10.0, 14.0], [50.0, 50.0]]])
+    bbox = np.array([[0.0, 0.0, 50.0, 40.0]])  # scale 50 -> radius 5
+    assert pck(pred, gt, np.array([[True, True]]), bbox) == 0.5
+    assert pck(pred, gt, np.array([[True, False]]), bbox) == 1.0
+    assert pck(pred, gt, np.array([[False, False]]), bbox) is None
+
+
+def test_run_parity_identical_runners_pass_and_report_renders(tmp_path):
+    source = RandomImages(12, S, seed=1)
+    report = run_parity(factory(pipeline, "ref"), factory(pipeline, "test"), source, ParityConfig(batch_size=4))
+    assert report and report.passed
+    assert {o.name for o in report.outputs} == {"logits", "keypoints", "keypoint_scores", "heatmaps"}
+    assert report.task.top1_agreement == 1.0 and report.task.keypoint_same_cell == 1.0
+    assert report.batch is not None and report.batch.passed and report.batch.partial_size > 0
+    assert report.divergence is None
+    text = report.render()
+    assert "RESULT: PASS" in text and "top-1 agreement: 100.00%" in text
+    report.dump(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["passed"] is True and data["precision"] == "fp32" and len(data["checks"]) == len(report.checks)
+
+
+def test_run_parity_locates_divergence_in_part_features():
+    source = ArrayImages(RandomImages(10, S, seed=2).load(range(10)), GroundTruth(labels=np.arange(10) % K))
+
+    def noisy(images):
+        return pipeline(images, feat_noise=np.random.default_rng(len(images)).normal(0, 0.05, (len(images), P, 1)))
+
+    report = run_parity(factory(pipeline, "ref"), factory(noisy, "test"), source, ParityConfig(batch_size=5))
+    assert not report
+    assert report.task.accuracy_ref is not None
+    assert report.divergence is not None and report.divergence.first_stage == "part_features"
+    stages = {s.stage: s.passed for s in report.divergence.stages}
+    assert stages["heatmaps"] and stages["keypoints"] and not stages["logits"]
+    assert "first divergence: part_features" in report.render() and "RESULT: FAIL" in report.render()
+
+
+def test_run_parity_locates_divergence_in_heatmaps_and_lists_keypoint_flips():
+    source = RandomImages(8, S, seed=3)
+
+    def shifted(images):
+        noise = np.zeros((len(images), P, 4, 4))
+        noise[:, 0, 3, 3] = 10.0  # part 0 always lands in the last cell
+        return pipeline(images, heat_noise=noise)
+
+    report = run_parity(factory(pipeline, "ref"), factory(shifted, "test"), source, ParityConfig(batch_size=4))
+    assert not report and report.divergence.first_stage == "heatmaps"
+    assert report.task.keypoint_flips and all(f.part == "a" for f in report.task.keypoint_flips)
+    assert all(f.test_cell == [3, 3] for f in report.task.keypoint_flips)
+    assert all(f.test_margin is not None and f.test_margin > 0 for f in report.task.keypoint_flips)
+
+
+def test_run_parity_fp16_thresholds_are_looser_and_atol_overridable():
+    source = RandomImages(6, S, seed=4)
+
+    def slightly_off(images):
+        return pipeline(images, logit_noise=2e-3)
+
+    fp16 = run_parity(factory(pipeline, "ref"), factory(slightly_off, "test", precision="fp16"), source)
+    assert fp16 and fp16.precision == "fp16"
+    fp32 = run_parity(factory(pipeline, "ref"), factory(slightly_off, "test"), source,
+                      ParityConfig(locate_divergence=False))
+    assert not fp32
+    logits = next(o for o in fp32.outputs if o.name == "logits")
+    assert logits.min_atol == pytest.approx(2e-3, rel=1e-2)
+    loose = run_parity(factory(pipeline, "ref"), factory(slightly_off, "test"), source,
+                       ParityConfig(atol=3e-3, thresholds=None))
+    assert next(o for o in loose.outputs if o.name == "logits").passed
+    assert default_thresholds("fp16").tolerance.atol > default_thresholds("fp32").tolerance.atol
+
+
+def test_batch_invariance_catches_batch_dependent_outputs():
+    source = RandomImages(9, S, seed=5)
+    report = run_parity(factory(pipeline, "ref"), factory(lambda x: pipeline(x, batch_dependent=True), "test"),
+                        source, ParityConfig(batch_size=4, locate_divergence=False))
+    assert report.batch is not None and report.batch.passed is False
+    assert any(c.name == "batch invariance" and not c.passed for c in report.checks)
+
+
+def test_batch_invariance_skipped_for_static_batch():
+    source = RandomImages(8, S, seed=6)
+    report = run_parity(factory(pipeline, "ref"), factory(pipeline, "test", batch=4), source,
+                        ParityConfig(batch_size=4))
+    assert report and report.batch.passed is None and "static batch 4" in report.batch.note
