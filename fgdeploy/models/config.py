@@ -1,0 +1,128 @@
+"""Model configuration: frozen dataclasses filled from ``models/<name>.yaml``.
+
+The defaults are the paper's ``cub_vgg16_fc7`` (method.md sections 2-6, 13). Weight files are not
+part of the config (they are machine-local paths): pass them to ``create_model(weights=...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fgdeploy.config import dataclass_from_dict, load_yaml, resolve_config_path
+from fgdeploy.errors import ConfigError
+from fgdeploy.tensors import NUM_PARTS
+
+IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)  # RGB, for inputs in [0, 1] (torchvision weights)
+IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+HOLISTIC_KINDS = ("global_avg", "fc7", "cbp", "none")
+POOL_MODES = {"max": 0, "average": 1}  # config name -> op attribute (fgdeploy.tensors.MODE_*)
+
+
+@dataclass(frozen=True)
+class LocalizationConfig:
+    """The keypoint (localization) net: a backbone and 1x1 score convs giving P heatmaps."""
+
+    backbone: str = "vgg16"                      # registered backbone name (fgdeploy.models.list_backbones())
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # e.g. {fc6_padding: 3} for FCN-8s fusion
+    # Taps carrying a 1x1 score conv, coarse to fine. One tap = the paper head (fc7 -> 10x10 at 500).
+    # Several = FCN-style fusion: each coarser score map is upsampled bilinearly to the next tap's grid
+    # and added; the heatmaps live on the last (finest) tap's grid.
+    score_layers: tuple[str, ...] = ("fc7",)
+
+    def __post_init__(self) -> None:
+        if not self.score_layers:
+            raise ConfigError("localization.score_layers: give at least one layer, e.g. [fc7]")
+
+
+@dataclass(frozen=True)
+class ClassificationConfig:
+    """The classification net: part features by coordinate transfer plus a holistic vector."""
+
+    backbone: str = "vgg16"                      # ignored trunk choice when shared_backbone (must then match)
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    use_parts: bool = True                       # false: holistic only (the paper-claim ablation)
+    transfer_layer: str = "conv5_3"              # feature map F the parts are pooled from (ReLU(conv5_3): 32x32 at 500)
+    window: int = 3                              # k x k window on F, clipped at borders
+    mode: str = "max"                            # "max" or "average" pooling in the window
+    holistic: str = "fc7"                        # global_avg | fc7 (GAP of the fc7 map) | cbp | none (parts only)
+    holistic_layer: str | None = None            # layer for global_avg / cbp; None = transfer_layer
+    cbp_dim: int = 5000                          # compact bilinear (Random Maclaurin) output dim
+    cbp_seed: int = 0                            # seed of the fixed Rademacher projections
+    dropout: float = 0.5                         # on the concatenated feature vector, training only
+
+    def __post_init__(self) -> None:
+        if self.mode not in POOL_MODES:
+            raise ConfigError(f"classification.mode: {self.mode!r} is not one of {sorted(POOL_MODES)}")
+        if self.holistic not in HOLISTIC_KINDS:
+            raise ConfigError(f"classification.holistic: {self.holistic!r} is not one of {list(HOLISTIC_KINDS)}")
+        if not self.use_parts and self.holistic == "none":
+            raise ConfigError("classification: use_parts is false and holistic is 'none': the classifier has no input")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ConfigError(f"classification.window: must be an odd int >= 1, got {self.window}")
+        if self.cbp_dim < 1:
+            raise ConfigError(f"classification.cbp_dim: must be >= 1, got {self.cbp_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"classification.dropout: must be in [0, 1), got {self.dropout}")
+
+    @property
+    def mode_id(self) -> int:
+        """The op's ``mode`` attribute (0 = max, 1 = average)."""
+        return POOL_MODES[self.mode]
+
+    @property
+    def holistic_source(self) -> str | None:
+        """Classification-trunk layer feeding the holistic branch (None when holistic is 'none')."""
+        if self.holistic == "none":
+            return None
+        if self.holistic == "fc7":
+            return "fc7"
+        return self.holistic_layer or self.transfer_layer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole PoseNormalizedNet (method.md sections 1-6)."""
+
+    name: str = "cub_vgg16_fc7"
+    input_size: int = 500                        # S: images are warped to S x S
+    num_parts: int = NUM_PARTS                   # P heatmaps / part slots (15 for CUB)
+    shared_backbone: bool = False                # true: one trunk serves localization and classification
+    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+    zero_invisible_parts: bool = True            # at test, zero parts whose max sigmoid < visibility_threshold
+    visibility_threshold: float = 0.5
+    mean: tuple[float, ...] = IMAGENET_MEAN      # RGB normalisation applied inside the model to [0, 1] inputs
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.input_size < 16:
+            raise ConfigError(f"input_size: must be >= 16 pixels, got {self.input_size}")
+        if self.num_parts < 1:
+            raise ConfigError(f"num_parts: must be >= 1, got {self.num_parts}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(f"mean/std: need 3 RGB values with std > 0, got mean={self.mean} std={self.std}")
+        if not 0.0 < self.visibility_threshold < 1.0:
+            raise ConfigError(f"visibility_threshold: must be in (0, 1), got {self.visibility_threshold}")
+        if self.shared_backbone and self.classification.backbone != self.localization.backbone:
+            raise ConfigError(
+                f"shared_backbone: localization.backbone {self.localization.backbone!r} and classification.backbone "
+                f"{self.classification.backbone!r} differ; set both to the shared trunk"
+            )
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    """Load a model config by name (``models/<name>.yaml``: cub_vgg16_fc7, cub_vgg16_cbp, demo) or path.
+
+    Raises:
+        ConfigError: file not found, unknown key (named, with the valid keys), or a bad value.
+    """
+    path = resolve_config_path(name_or_path)
+    try:
+        return dataclass_from_dict(ModelConfig, load_yaml(path), source=str(path))
+    except ConfigError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ConfigError(f"{path}: {exc}") from exc
