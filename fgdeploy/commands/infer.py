@@ -1,0 +1,88 @@
+"""``fgdeploy infer``: score a folder (or file, glob, list) of images; results and errors to files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+BACKEND_CHOICES = ("auto", "torch", "ort", "trt")
+COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@click.command("infer", short_help="Classify images and locate their parts (CSV/JSONL out).")
+@click.argument("images", type=str)
+@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint (.pt, torch backend), ONNX (.onnx, ort) or TensorRT engine (.engine, trt).")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="Runtime; auto picks it from the model file's suffix.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+@click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
+@click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Images per model call.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Decode threads; 0 = min(8, CPU count).")
+@click.option("--topk", type=click.IntRange(1), default=5, show_default=True, help="Classes written per image.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.csv"),
+              show_default=True, help="Results file: .csv (one row per image) or .jsonl (one object per line).")
+@click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for copies of the images with keypoints, part names and top-1 class drawn.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial.jsonl) or extend a "
+              "finished OUT; images already scored are skipped.")
+@click.option("--channels-last", is_flag=True, help="torch: NHWC memory format.")
+@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default="none", show_default=True,
+              help="torch: torch.compile mode.")
+@click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: capture and replay CUDA graphs.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
+@click.pass_context
+def command(ctx: click.Context, images: str, model: str, backend: str, device: str, fp16: bool, batch: int,
+            workers: int, topk: int, out: Path, save_vis: Path | None, resume: bool, channels_last: bool,
+            compile_mode: str, cuda_graphs: bool, threads: int | None) -> None:
+    """Classify IMAGES and locate the 15 parts in each, writing one result per image to OUT.
+
+    IMAGES is a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case;
+    other files are skipped), one image, a quoted glob ('shots/**/*.jpg') or a text file listing
+    paths. Each result has the top-k classes with probabilities and the 15 keypoints (x, y, score)
+    in the original image's pixels (continuous: pixel k spans [k, k+1); stored pixel order, EXIF
+    orientation not applied). Grayscale, palette, alpha, 16-bit and CMYK files are converted to RGB.
+    Files that cannot be used (empty, truncated, not an image, unreadable) are listed with the
+    reason in OUT's errors file (<stem>.errors.csv) and the run goes on.
+
+    Results are journaled to OUT.partial.jsonl after every batch; if the run is killed, rerun with
+    --resume to finish it (every image ends up in OUT exactly once).
+
+    \b
+    Exit codes:
+      0  finished (some images may have failed: see the errors file)
+      1  error: model cannot be loaded, no images found, unfinished run without --resume
+      2  bad option
+      3  every image this run tried failed
+    """
+    from fgdeploy.fastpath import FastPathOptions
+    from fgdeploy.infer import InferOptions, discover_images, open_predictor, resolve_backend, run_inference
+
+    kind = resolve_backend(model, backend)
+    if kind != "torch" and (channels_last or compile_mode != "none" or cuda_graphs):
+        raise click.UsageError(f"--channels-last/--compile/--cuda-graphs apply to the torch backend, not {kind}")
+    paths = discover_images(images)
+    fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+    options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis)
+    with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
+        click.echo(f"{len(paths)} images, model {model} on {loaded.name}, batch {batch}", err=True)
+        with _progress_bar(ctx, len(paths)) as bar:
+            report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
+                                   part_names=loaded.part_names, options=options,
+                                   model_id=str(Path(model).resolve()), on_start=bar.reset,
+                                   on_progress=bar.update)
+    click.echo("\n".join(report.summary_lines()))
+    ctx.exit(report.exit_code)
+
+
+def _progress_bar(ctx: click.Context, total: int):  # type: ignore[no-untyped-def]
+    """A tqdm bar (img/s, ETA) on stderr; off under --quiet or when stderr is not a terminal."""
+    import sys
+
+    from tqdm import tqdm
+
+    quiet = bool((ctx.find_root().obj or {}).get("quiet"))
+    return tqdm(total=total, unit="img", desc="infer", file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+                disable=quiet or not sys.stderr.isatty())

@@ -1,0 +1,656 @@
+"""Batch inference over many images: discover, decode in parallel, run a runner, write results safely.
+
+Pipeline (memory stays flat however many images there are):
+
+    paths --(thread pool, K workers: decode + resize)--> bounded window of futures
+          --(assembler thread: batches of B good images, uint8 -> model input)--> Queue(maxsize=2)
+          --(caller's thread: predictor, top-k, keypoints to original pixels)--> journal (fsync per batch)
+
+OpenCV releases the GIL while decoding and resizing, so threads decode in parallel while the
+runner computes. Results go to a JSONL journal (``OUT.partial.jsonl``) that is flushed and fsync'd
+after every batch; a killed run keeps every finished image, and ``resume=True`` skips them (a torn
+last line is cut off first, so each image is scored exactly once). When all images are done the
+journal is rendered to ``OUT`` (CSV or JSONL) and the errors file by temp file + ``os.replace``.
+
+Keypoints are written in the original image's continuous pixel coordinates (pixel k covers
+[k, k+1); method.md section 2): the model input is an anisotropic warp to S x S, so
+x = u' * W / S and y = v' * H / S, where W x H is the image as decoded (EXIF orientation applied).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fgdeploy.errors import FgdeployError, ImageError
+from fgdeploy.tensors import (
+    INPUT_IMAGES, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+JOURNAL_SUFFIX = ".partial.jsonl"
+JOURNAL_VERSION = 1
+EXIT_OK = 0            # finished; some images may have failed (see the errors file)
+EXIT_ERROR = 1         # fgdeploy error: bad model, no images found, unfinished journal without --resume
+EXIT_USAGE = 2         # bad command-line option (click)
+EXIT_ALL_FAILED = 3    # every image this run tried failed to decode
+
+
+# --------------------------------------------------------------------------------------------
+# discovery
+def discover_images(source: str | Path) -> list[str]:
+    """Image paths named by ``source``.
+
+    Args:
+        source: a folder (searched recursively; files with an image extension, any case, sorted by
+            path; other files skipped), a single image file, a glob pattern (``**`` allowed; sorted),
+            or a text file listing one path per line (blank lines and ``#`` comments skipped;
+            relative paths are relative to the list's folder; order kept, duplicates dropped).
+
+    Raises:
+        ImageError: nothing matches, or the source does not exist.
+    """
+    text = str(source)
+    path = Path(source)
+    if path.is_dir():
+        found = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        paths = sorted(found)
+    elif path.is_file():
+        paths = [text] if path.suffix.lower() in IMAGE_EXTENSIONS else _read_path_list(path)
+    elif any(c in text for c in "*?["):
+        paths = sorted(p for p in glob.glob(text, recursive=True)
+                       if Path(p).suffix.lower() in IMAGE_EXTENSIONS and os.path.isfile(p))
+    else:
+        raise ImageError(f"image source {text!r} does not exist: give a folder, an image, a glob "
+                         f"('photos/**/*.jpg') or a text file listing paths")
+    if not paths:
+        raise ImageError(f"no images found in {text!r} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return paths
+
+
+def _read_path_list(list_file: Path) -> list[str]:
+    """Paths listed in a text file, one per line, relative ones taken from the list's folder."""
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImageError(f"cannot read {str(list_file)!r} as a list of image paths (one per line, UTF-8): "
+                         f"{exc}") from exc
+    paths: dict[str, None] = {}
+    for line in lines:
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            paths.setdefault(entry if os.path.isabs(entry) else os.path.join(list_file.parent, entry))
+    return list(paths)
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+@dataclass
+class Decoded:
+    """One image after the worker: resized model input, or why it failed."""
+
+    path: str
+    image: np.ndarray | None = None        # (S, S, 3) uint8 RGB
+    size_hw: tuple[int, int] = (0, 0)      # original (H, W) as decoded
+    original: np.ndarray | None = None     # (H, W, 3) uint8 RGB, kept only for --save-vis
+    error: str | None = None               # why the file cannot be used (without the path)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Decode ``path`` to (H, W, 3) uint8 RGB with the project's decoder; refuse empty and truncated files.
+
+    Grayscale, palette, alpha, 16-bit and CMYK files are converted (``fgdeploy.data.images``); EXIF
+    orientation is not applied, so coordinates refer to the pixels as stored, like the dataset reader's.
+
+    Raises:
+        ImageError: missing/unreadable, zero bytes, truncated JPEG, not decodable; names the path.
+    """
+    from fgdeploy.data.images import probe_image, read_image_with_info
+
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image file ({exc.strerror or type(exc).__name__})") from exc
+    if size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    truncated = ImageError(f"{path}: truncated JPEG ({size} bytes, no end-of-image marker)")
+    try:
+        image, info = read_image_with_info(path)
+    except ImageError:
+        if probe_image(path).truncated:   # say why the decoder gave up
+            raise truncated from None
+        raise
+    if info.truncated:                    # decoded, but the missing part would be filled with grey
+        raise truncated
+    if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"{path}: decodes to an empty image (shape {image.shape})")
+    return image
+
+
+def resize_input(image: np.ndarray, size: int) -> np.ndarray:
+    """Anisotropic warp of an (H, W, 3) image to (size, size, 3) with the data pipeline's own resize."""
+    from fgdeploy.data.sample import Sample
+    from fgdeploy.data.transforms import resize_to_input
+
+    h, w = image.shape[:2]
+    sample = Sample(image=image, keypoints=np.zeros((0, 2), np.float32), visible=np.zeros(0, bool),
+                    bbox=np.array([0, 0, w, h], np.float32), label=-1, image_id=-1, path="")
+    return resize_to_input(sample, size).image
+
+
+def decode_one(path: str, size: int, keep_original: bool = False) -> Decoded:
+    """Decode and resize one file; never raises for a bad file (the reason goes in ``error``)."""
+    try:
+        image = read_rgb(path)
+        resized = resize_input(image, size)
+        return Decoded(path, resized, image.shape[:2], image if keep_original else None)
+    except (ImageError, OSError) as exc:
+        message = str(exc)
+        return Decoded(path, error=message[len(path) + 2:] if message.startswith(f"{path}: ") else message)
+    except Exception as exc:  # noqa: BLE001 - a decoder failure on one file must not stop the run
+        logger.debug("unexpected error decoding %s", path, exc_info=True)
+        return Decoded(path, error=f"cannot decode ({type(exc).__name__}: {exc})")
+
+
+# --------------------------------------------------------------------------------------------
+# predictors: what runs a batch
+class Predictor(Protocol):
+    """Runs the model on batches of resized uint8 images."""
+
+    input_size: int
+
+    def prepare(self, images: np.ndarray) -> Any:
+        """(N, S, S, 3) uint8 RGB -> whatever ``predict`` takes (runs on the assembler thread)."""
+
+    def predict(self, prepared: Any, count: int) -> dict[str, np.ndarray]:
+        """Outputs for the first ``count`` images: logits (N, K), keypoints (N, P, 2), scores (N, P)."""
+
+
+class RunnerPredictor:
+    """A ``Runner`` behind the predictor interface: float input in [0, 1], NCHW, padded to a fixed batch."""
+
+    def __init__(self, runner: Any, input_size: int | None = None) -> None:
+        spec = runner.input_specs()[INPUT_IMAGES]
+        self.runner = runner
+        self.dtype = np.dtype(spec.dtype)
+        self.fixed_batch = spec.shape[0] if spec.shape[0] not in (-1, None) else None
+        size = spec.shape[-1] if spec.shape[-1] not in (-1, None) else None
+        size = size or input_size or runner.metadata().get("input_size")
+        if not size:
+            raise FgdeployError(f"runner {runner.name}: input size unknown (dynamic input shape and no "
+                                f"'input_size' in its metadata); pass the input size explicitly")
+        self.input_size = int(size)
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        batch /= 255.0   # as the training collate does (float32 division)
+        if self.fixed_batch and len(batch) < self.fixed_batch:  # static engine: pad with the last image
+            pad = np.repeat(batch[-1:], self.fixed_batch - len(batch), axis=0)
+            batch = np.concatenate([batch, pad])
+        return batch.astype(self.dtype, copy=False)
+
+    def predict(self, prepared: np.ndarray, count: int) -> dict[str, np.ndarray]:
+        outputs = self.runner.infer({INPUT_IMAGES: prepared})
+        return {k: np.asarray(outputs[k])[:count] for k in (OUTPUT_LOGITS, OUTPUT_KEYPOINTS, OUTPUT_KEYPOINT_SCORES)}
+
+
+BACKEND_BY_SUFFIX = {".onnx": "ort", ".engine": "trt", ".plan": "trt", ".trt": "trt"}  # anything else: torch
+
+
+@dataclass
+class LoadedModel:
+    """An opened model: the predictor plus the labels its artifact records."""
+
+    predictor: Predictor
+    name: str                       # e.g. "ort-cpu-fp32", "torch-cuda-fp16-cl-max-autotune"
+    class_names: list[str]
+    part_names: list[str]
+
+
+def resolve_backend(model: str | Path, backend: str = "auto") -> str:
+    """The backend for ``model``: ``backend`` unless "auto", else from the suffix (.onnx -> ort, .engine -> trt)."""
+    return BACKEND_BY_SUFFIX.get(Path(model).suffix.lower(), "torch") if backend == "auto" else backend
+
+
+def resolve_device(backend: str, device: str = "auto") -> str:
+    """"auto" -> "cuda" when the backend can use a GPU here, else "cpu"."""
+    if device != "auto":
+        return device
+    if backend == "ort":
+        import onnxruntime
+
+        return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "auto", fp16: bool = False,
+                   batch: int = 64, fast: Any = None, threads: int | None = None) -> Iterator[LoadedModel]:
+    """Open ``model`` for ``run_inference``; the runner is deactivated on exit.
+
+    Args:
+        model: checkpoint (torch), .onnx (ort) or .engine (trt).
+        backend: "auto", "torch", "ort" or "trt" (see ``resolve_backend``).
+        device: "auto", "cpu", "cuda" or "cuda:K".
+        fp16: torch: run in half precision; ort/trt: the artifact must be an fp16 export.
+        batch: the run's batch size (the torch fast path pads to it when compiled or graphed).
+        fast: ``fgdeploy.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
+        threads: CPU threads for ONNX Runtime (None: its default).
+    """
+    kind = resolve_backend(model, backend)
+    device = resolve_device(kind, device)
+    if kind == "torch":
+        from dataclasses import replace
+
+        from fgdeploy.checkpoint import load_checkpoint
+        from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
+
+        net, meta = load_checkpoint(model)
+        options = replace(fast or FastPathOptions(), fp16=fp16)
+        predictor = TorchFastPredictor(net, device, options, meta.input_size, batch)
+        yield LoadedModel(predictor, f"torch-{device.split(':')[0]}-{options.label}", list(meta.class_names),
+                          list(meta.part_names))
+        return
+    from fgdeploy.backends import open_runner
+
+    extra = {"threads": threads} if threads and kind == "ort" else {}
+    with open_runner(kind, str(model), device=device, fp16=fp16 or None, **extra) as runner:
+        meta = runner.metadata()
+        yield LoadedModel(RunnerPredictor(runner), runner.name, list(meta.get("class_names") or []),
+                          list(meta.get("part_names") or []))
+
+
+# --------------------------------------------------------------------------------------------
+# results
+def to_records(outputs: dict[str, np.ndarray], items: Sequence[Decoded], input_size: int, topk: int,
+               class_names: Sequence[str], part_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-image result dicts: top-k classes with softmax probabilities, keypoints in original pixels."""
+    logits = outputs[OUTPUT_LOGITS].astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]   # stable: ties -> lowest index, like argmax
+    keypoints = outputs[OUTPUT_KEYPOINTS].astype(np.float64)
+    scores = outputs[OUTPUT_KEYPOINT_SCORES].astype(np.float64)
+    records = []
+    for n, item in enumerate(items):
+        h, w = item.size_hw
+        xs, ys = keypoints[n, :, 0] * w / input_size, keypoints[n, :, 1] * h / input_size
+        records.append({
+            "path": item.path, "width": int(w), "height": int(h),
+            "top": [{"label": int(c), "class": class_names[c], "prob": round(float(probs[n, c]), 6)}
+                    for c in order[n]],
+            "keypoints": [{"part": part_names[p], "x": round(float(xs[p]), 3), "y": round(float(ys[p]), 3),
+                           "score": round(float(scores[n, p]), 6)} for p in range(len(part_names))],
+        })
+    return records
+
+
+def _key(path: str, cwd: str) -> str:
+    return os.path.normcase(os.path.normpath(os.path.join(cwd, path)))
+
+
+class Journal:
+    """Append-only JSONL record of finished images; the first line is a header naming the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def start(self, header: dict[str, Any]) -> None:
+        """Create a new journal (refusing to overwrite one) with ``header`` as its first line."""
+        self._file = open(self.path, "x", encoding="utf-8")
+        self.append([{"journal": JOURNAL_VERSION, **header}])
+
+    def reopen(self, header: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+        """Open an existing journal for appending; returns (scored keys, failed key -> reason).
+
+        A torn last line (the process died while writing it) is cut off, so its image is redone.
+
+        Raises:
+            FgdeployError: the journal was written for another model or top-k.
+        """
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            logger.info("%s: dropping a torn last line (%d bytes)", self.path, len(data) - end)
+        lines = data[:end].decode("utf-8").splitlines()
+        old = json.loads(lines[0]) if lines else {}
+        for name in ("model", "topk"):
+            if old.get(name) != header.get(name):
+                raise FgdeployError(f"{self.path} was written with {name}={old.get(name)!r} but this run has "
+                                    f"{name}={header.get(name)!r}; resume with the same options or delete it")
+        cwd = old.get("cwd", os.getcwd())
+        scored: set[str] = set()
+        failed: dict[str, str] = {}
+        for line in lines[1:]:
+            rec = json.loads(line)
+            key = _key(rec["path"], cwd)
+            if "error" in rec:
+                failed[key] = rec["error"]
+            else:
+                scored.add(key)
+        self._file = open(self.path, "r+", encoding="utf-8")
+        self._file.truncate(end)
+        self._file.seek(end)
+        return scored, failed
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write records as one block, then flush and fsync so they survive a kill."""
+        if records:
+            self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        """Records after the header, in the order written."""
+        with open(self.path, encoding="utf-8") as f:
+            next(f, None)
+            for line in f:
+                if line.endswith("\n"):
+                    yield json.loads(line)
+
+
+def errors_path_for(out: Path) -> Path:
+    """Where the errors of a run writing ``out`` go: ``<stem>.errors.csv`` beside it."""
+    return out.with_name(out.stem + ".errors.csv")
+
+
+def _csv_header(topk: int, part_names: Sequence[str]) -> list[str]:
+    cols = ["path", "width", "height"]
+    cols += [f"top{i}_{f}" for i in range(1, topk + 1) for f in ("label", "class", "prob")]
+    return cols + [f"{p}_{f}" for p in part_names for f in ("x", "y", "score")]
+
+
+def _csv_row(rec: dict[str, Any], topk: int) -> list[Any]:
+    row: list[Any] = [rec["path"], rec["width"], rec["height"]]
+    for i in range(topk):
+        t = rec["top"][i] if i < len(rec["top"]) else {"label": "", "class": "", "prob": ""}
+        row += [t["label"], t["class"], t["prob"]]
+    return row + [v for k in rec["keypoints"] for v in (k["x"], k["y"], k["score"])]
+
+
+def render_outputs(journal: Journal, out: Path, topk: int, part_names: Sequence[str]) -> tuple[int, int]:
+    """Write ``out`` (CSV or JSONL by suffix) and its errors file from the journal, atomically.
+
+    Each path appears once: its first result, else its latest error. Returns (scored, failed).
+    """
+    cwd = json.loads(journal.path.open(encoding="utf-8").readline()).get("cwd", os.getcwd())
+    seen: set[str] = set()
+    errors: dict[str, tuple[str, str]] = {}
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f) if out.suffix.lower() == ".csv" else None
+        if writer:
+            writer.writerow(_csv_header(topk, part_names))
+        for rec in journal.read():
+            key = _key(rec["path"], cwd)
+            if "error" in rec:
+                errors[key] = (rec["path"], rec["error"])
+            elif key not in seen:
+                seen.add(key)
+                writer.writerow(_csv_row(rec, topk)) if writer else f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    failed = [v for k, v in errors.items() if k not in seen]
+    err_tmp = out.with_name(f".{out.name}.errors.tmp")
+    with open(err_tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(failed)
+    os.replace(tmp, out)
+    os.replace(err_tmp, errors_path_for(out))
+    return len(seen), len(failed)
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read a results file written by ``run_inference`` (CSV or JSONL) back into record dicts."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    header, records = rows[0], []
+    topk = sum(1 for c in header if c.endswith("_label"))
+    parts = [c[:-2] for c in header[3 + 3 * topk:] if c.endswith("_x")]
+    for row in rows[1:]:
+        top = [{"label": int(row[3 + 3 * i]), "class": row[4 + 3 * i], "prob": float(row[5 + 3 * i])}
+               for i in range(topk) if row[3 + 3 * i] != ""]
+        base = 3 + 3 * topk
+        kps = [{"part": p, "x": float(row[base + 3 * j]), "y": float(row[base + 3 * j + 1]),
+                "score": float(row[base + 3 * j + 2])} for j, p in enumerate(parts)]
+        records.append({"path": row[0], "width": int(row[1]), "height": int(row[2]), "top": top, "keypoints": kps})
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+@dataclass(frozen=True)
+class InferOptions:
+    """How to run a folder."""
+
+    batch: int = 64                 # good images per predictor call (the last batch may be smaller)
+    workers: int = 0                # decode threads; 0 = min(8, CPU count)
+    topk: int = 5                   # classes written per image
+    resume: bool = False            # continue OUT.partial.jsonl (or an existing OUT), skipping scored images
+    save_vis: Path | None = None    # folder for copies of the images with keypoints and top-1 drawn
+    queue_batches: int = 2          # prepared batches waiting for the predictor (bounds memory)
+
+
+@dataclass
+class InferReport:
+    """What a run did; ``exit_code`` is the CLI's exit status."""
+
+    total: int                      # images named by the source
+    scored: int                     # images with results in ``out`` (this run and resumed ones)
+    failed: int                     # images in the errors file
+    skipped: int                    # already scored when the run started (--resume)
+    attempted: int                  # images this run decoded or tried to
+    seconds: float                  # wall time of this run's pipeline
+    out: Path
+    errors_file: Path
+    vis_dir: Path | None = None
+    errors: list[tuple[str, str]] = field(default_factory=list)   # (path, reason) for this run
+
+    @property
+    def images_per_s(self) -> float:
+        return self.attempted / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 unless every image this run tried failed (then 3)."""
+        return EXIT_ALL_FAILED if self.attempted and len(self.errors) == self.attempted else EXIT_OK
+
+    def summary_lines(self, max_errors: int = 10) -> list[str]:
+        lines = [f"scored {self.scored}/{self.total} images ({self.skipped} from a previous run), "
+                 f"failed {self.failed}; {self.attempted} this run in {self.seconds:.1f} s "
+                 f"= {self.images_per_s:.1f} img/s",
+                 f"results: {self.out}", f"errors:  {self.errors_file}"]
+        lines += [f"images with keypoints: {self.vis_dir}"] if self.vis_dir else []
+        lines += [f"  {p}: {r}" for p, r in self.errors[:max_errors]]
+        lines += [f"  ... and {len(self.errors) - max_errors} more"] if len(self.errors) > max_errors else []
+        return lines
+
+
+_DONE = object()
+
+
+def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOptions,
+                    keep_original: bool = False) -> Iterator[tuple[list[Decoded], Any, int]]:
+    """Yield (items, prepared input of the good items, number of good items), in ``paths`` order.
+
+    Decoding runs on a thread pool with at most ``batch + 4 * workers`` images in flight; an
+    assembler thread stacks and prepares batches into a queue of ``queue_batches``. Stopping the
+    iteration early (or an exception in the caller) stops both.
+    """
+    workers = options.workers or min(8, os.cpu_count() or 1)
+    window_size = options.batch + 4 * workers
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, options.queue_batches))
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def emit(pending: list[Decoded]) -> None:
+        good = [d.image for d in pending if d.error is None]
+        put((pending, predictor.prepare(np.stack(good)) if good else None, len(good)))
+
+    def produce() -> None:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="fgdeploy-decode")
+        try:
+            window: deque[Future[Decoded]] = deque()
+            it = iter(paths)
+            pending: list[Decoded] = []
+            while True:
+                while len(window) < window_size and (p := next(it, None)) is not None:
+                    window.append(pool.submit(decode_one, p, predictor.input_size, keep_original))
+                if not window or stop.is_set():
+                    break
+                pending.append(window.popleft().result())
+                n_good = sum(d.error is None for d in pending)
+                if n_good == options.batch or len(pending) >= 4 * options.batch:
+                    emit(pending)
+                    pending = []
+            if pending and not stop.is_set():
+                emit(pending)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(exc)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            put(_DONE)
+
+    thread = threading.Thread(target=produce, name="fgdeploy-assembler", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *,
+                  class_names: Sequence[str] | None = None, part_names: Sequence[str] | None = None,
+                  options: InferOptions = InferOptions(), model_id: str = "",
+                  on_start: Callable[[int], None] | None = None,
+                  on_progress: Callable[[int], None] | None = None) -> InferReport:
+    """Score ``paths`` with ``predictor`` and write ``out`` (.csv or .jsonl) plus its errors file.
+
+    Args:
+        paths: images, e.g. from ``discover_images``.
+        predictor: a ``RunnerPredictor`` or the torch fast path's predictor.
+        out: results file; the journal ``OUT.partial.jsonl`` lives beside it until the run ends.
+        class_names, part_names: labels for the outputs (defaults: "class_<i>", CUB part names).
+        options: batch, workers, top-k, resume, save_vis.
+        model_id: identifies the model in the journal; resuming with another model is refused.
+        on_start: called once with the number of images this run will process (after --resume skips).
+        on_progress: called with the number of images finished after every batch.
+
+    Raises:
+        FgdeployError: a journal exists but ``resume`` is off, or it was written with another model.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(out.with_name(out.name + JOURNAL_SUFFIX))
+    header = {"model": model_id, "topk": options.topk, "cwd": os.getcwd()}
+    scored = _open_journal(journal, header, out, options.resume)
+    todo = [p for p in paths if _key(p, header["cwd"]) not in scored]
+    report = InferReport(total=len(paths), scored=0, failed=0, skipped=len(paths) - len(todo), attempted=0,
+                         seconds=0.0, out=out, errors_file=errors_path_for(out), vis_dir=options.save_vis)
+    if on_start:
+        on_start(len(todo))
+    start = time.perf_counter()
+    try:
+        for items, prepared, n_good in iterate_batches(todo, predictor, options, options.save_vis is not None):
+            good = [d for d in items if d.error is None]
+            outputs = predictor.predict(prepared, n_good) if n_good else {}
+            if not class_names and n_good:
+                class_names = [f"class_{i}" for i in range(outputs[OUTPUT_LOGITS].shape[1])]
+            if not part_names and n_good:
+                p = outputs[OUTPUT_KEYPOINTS].shape[1]
+                part_names = list(PART_NAMES) if p == len(PART_NAMES) else [f"part_{i}" for i in range(p)]
+            records = to_records(outputs, good, predictor.input_size, options.topk, class_names or [],
+                                 part_names or []) if n_good else []
+            failures = [{"path": d.path, "error": d.error} for d in items if d.error is not None]
+            journal.append(records + failures)
+            report.errors += [(f["path"], f["error"]) for f in failures]
+            report.attempted += len(items)
+            if options.save_vis is not None:
+                _save_visualisations(good, records, options.save_vis)
+            if on_progress:
+                on_progress(len(items))
+    finally:
+        journal.close()
+        report.seconds = time.perf_counter() - start
+    report.scored, report.failed = render_outputs(journal, out, options.topk, part_names or PART_NAMES)
+    journal.path.unlink()
+    return report
+
+
+def _open_journal(journal: Journal, header: dict[str, Any], out: Path, resume: bool) -> set[str]:
+    """Start or reopen the run's journal; returns the keys of images already scored."""
+    if journal.path.exists():
+        if not resume:
+            raise FgdeployError(f"{journal.path} holds an unfinished run: pass --resume to continue it, "
+                                f"or delete it to start over")
+        scored, _ = journal.reopen(header)
+        return scored
+    journal.start(header)
+    if resume and out.exists():   # a finished run: keep its results, score only new images
+        previous = read_results(out)
+        journal.append(previous)
+        return {_key(r["path"], header["cwd"]) for r in previous}
+    return set()
+
+
+def _save_visualisations(items: Sequence[Decoded], records: Sequence[dict[str, Any]], folder: Path) -> None:
+    """Draw keypoints (hollow when score < 0.5), part names and the top-1 class; write ``folder/<name>.png``."""
+    from fgdeploy.visualize import draw_caption, draw_keypoints, save_image
+
+    for item, rec in zip(items, records):
+        kps = np.array([[k["x"], k["y"]] for k in rec["keypoints"]], dtype=np.float64)
+        hollow = np.array([k["score"] < 0.5 for k in rec["keypoints"]])
+        canvas = draw_keypoints(item.original, kps, part_names=[k["part"] for k in rec["keypoints"]],
+                                labels=True, hollow=hollow)
+        canvas = draw_caption(canvas, f"{rec['top'][0]['class']}  p={rec['top'][0]['prob']:.2f}")
+        save_image(folder / f"{Path(item.path).stem}_{zlib.crc32(item.path.encode()):08x}.png", canvas)

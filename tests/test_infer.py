@@ -1,0 +1,478 @@
+"""Batch inference: discovery, bad files, coordinates, batching, bounded memory, journal and resume, CLI.
+
+Library tests use ``BrightSpotRunner`` (a fake runner whose answers are known from the pixels); CLI tests
+use a tiny real model saved as a checkpoint. Image files that are "good" (decoded and scored): RGB,
+grayscale, RGBA, 16-bit PNG (scaled to 8 bits), CMYK JPEG (converted), EXIF-rotated JPEG (scored in
+stored pixel order), a unicode file name, upper-case extensions. "Bad" (errors file): zero bytes,
+truncated JPEG, text renamed .jpg, random bytes renamed .png.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fgdeploy.backends.base import Runner, TensorSpec
+from fgdeploy.errors import FgdeployError, ImageError
+from fgdeploy.infer import (
+    EXIT_ALL_FAILED, InferOptions, Journal, RunnerPredictor, discover_images, errors_path_for, read_results,
+    run_inference, to_records,
+)
+
+S = 32  # fake model input size
+
+
+# --------------------------------------------------------------------------------------------
+# image files
+def _encode(image_rgb: np.ndarray, suffix: str) -> bytes:
+    image = image_rgb[..., ::-1] if image_rgb.ndim == 3 else image_rgb
+    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(image))
+    assert ok
+    return buf.tobytes()
+
+
+def _jpeg_segments(jpeg: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """(marker, payload) segments before the scan, and the entropy-coded scan data."""
+    pos, segments = 2, []
+    while True:
+        marker = jpeg[pos + 1]
+        length = struct.unpack(">H", jpeg[pos + 2:pos + 4])[0]
+        if marker == 0xDA:
+            return segments, jpeg[pos + 2 + length:jpeg.rfind(b"\xff\xd9")]
+        segments.append((marker, jpeg[pos + 4:pos + 2 + length]))
+        pos += 2 + length
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def cmyk_jpeg(cmyk: np.ndarray) -> bytes:
+    """A 4-component Adobe CMYK baseline JPEG, one grayscale scan per component.
+
+    Samples are stored inverted (as Photoshop writes them), so stored (C, M, Y, K) = (R, G, B, 255)
+    decodes to the colour (R, G, B).
+    """
+    h, w, _ = cmyk.shape
+    planes = [_jpeg_segments(_encode(np.ascontiguousarray(cmyk[:, :, c]), ".jpg")) for c in range(4)]
+    header = planes[0][0]
+    out = b"\xff\xd8" + _segment(0xEE, b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0))
+    out += b"".join(_segment(m, p) for m, p in header if m == 0xDB)
+    out += _segment(0xC0, struct.pack(">BHHB", 8, h, w, 4) + b"".join(bytes([c + 1, 0x11, 0]) for c in range(4)))
+    out += b"".join(_segment(m, p) for m, p in header if m == 0xC4)
+    for c, (_, scan) in enumerate(planes):
+        out += _segment(0xDA, bytes([1, c + 1, 0x00, 0, 63, 0])) + scan
+    return out + b"\xff\xd9"
+
+
+def exif_rotated_jpeg(image_rgb: np.ndarray, orientation: int = 6) -> bytes:
+    """A JPEG whose EXIF orientation tag says "rotate" (viewers show it turned; pixels stored as given)."""
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    app1 = _segment(0xE1, b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd)
+    jpeg = _encode(image_rgb, ".jpg")
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+def _bright_spot_image(h: int, w: int, spot_xy: tuple[int, int], color=(255, 255, 255), seed: int = 0) -> np.ndarray:
+    """Dark noisy image with a 5x5 bright square whose top-left pixel is ``spot_xy``."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+    x, y = spot_xy
+    image[y:y + 5, x:x + 5] = color
+    return image
+
+
+GOOD = {  # name -> (H, W) as stored
+    "plain.jpg": (48, 64), "UPPER.JPEG": (40, 40), "sub/grey.png": (30, 50), "sub/deep/deep16.png": (36, 52),
+    "cmyk.jpg": (40, 56), "exif_rotated.jpg": (40, 60), "鳥の写真_ñ.png": (33, 47), "alpha.png": (28, 44),
+    "bitmap.bmp": (24, 36), "pic.webp": (32, 32), "scan.tif": (30, 30),
+}
+BAD = {  # name -> words the reason must contain
+    "zero.jpg": "empty file", "truncated.jpg": "truncated", "truncated_end.jpg": "truncated",
+    "text_renamed.jpg": "not a decodable image",
+    "noise.png": "not a decodable image",
+}
+
+
+def make_mixed_folder(root: Path) -> Path:
+    """Write every GOOD and BAD file (plus non-image files that must be skipped) under ``root``."""
+    rng = np.random.default_rng(1)
+    for name, (h, w) in GOOD.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rgb = _bright_spot_image(h, w, (w // 2, h // 3), seed=len(name))
+        if name == "sub/grey.png":
+            data = _encode(rgb[:, :, 0], ".png")
+        elif name.endswith("deep16.png"):
+            data = _encode(rgb.astype(np.uint16) * 257, ".png")
+        elif name == "cmyk.jpg":
+            data = cmyk_jpeg(np.dstack([rgb, np.full((h, w), 255, np.uint8)]))
+        elif name == "exif_rotated.jpg":
+            data = exif_rotated_jpeg(rgb)
+        elif name == "alpha.png":
+            ok, buf = cv2.imencode(".png", np.dstack([rgb[..., ::-1], np.full((h, w), 128, np.uint8)]))
+            data = buf.tobytes()
+        else:
+            data = _encode(rgb, Path(name).suffix.lower())
+        path.write_bytes(data)
+    (root / "zero.jpg").write_bytes(b"")
+    full = _encode(_bright_spot_image(64, 64, (5, 5)), ".jpg")
+    (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "truncated_end.jpg").write_bytes(full[:-2])    # decodable, but the end-of-image marker is gone
+    (root / "text_renamed.jpg").write_text("this is a text file, not a JPEG\n")
+    (root / "noise.png").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    (root / "notes.txt").write_text("not an image: skipped")
+    (root / "sub" / "labels.csv").write_text("a,b\n")
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# fake runner
+class BrightSpotRunner(Runner):
+    """Keypoints: the centre of the brightest input pixel (all parts); logits: mean of R, G, B (x10)."""
+
+    def __init__(self, size: int = S, fixed_batch: int | None = None) -> None:
+        super().__init__("bright-spot")
+        self.size = size
+        self.fixed_batch = fixed_batch
+        self.batches: list[int] = []
+
+    def _activate(self) -> None:
+        pass
+
+    def _deactivate(self) -> None:
+        pass
+
+    def _input_specs(self) -> dict[str, TensorSpec]:
+        return {"images": TensorSpec("images", np.dtype(np.float32), (self.fixed_batch or -1, 3, self.size, self.size))}
+
+    def _metadata(self) -> dict:
+        return {"class_names": ["red", "green", "blue"], "input_size": self.size}
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = feeds["images"]
+        self.batches.append(len(images))
+        flat = images.sum(axis=1).reshape(len(images), -1)
+        i, j = np.divmod(flat.argmax(axis=1), self.size)
+        kp = np.stack([j + 0.5, i + 0.5], axis=-1).astype(np.float32)
+        return {"logits": images.mean(axis=(2, 3)) * 10,
+                "keypoints": np.repeat(kp[:, None, :], 15, axis=1),
+                "keypoint_scores": np.repeat(flat.max(axis=1, keepdims=True) / 3, 15, axis=1)}
+
+
+def _run(paths, out, runner=None, **options):
+    runner = runner or BrightSpotRunner()
+    with runner:
+        return run_inference(paths, RunnerPredictor(runner), out, class_names=["red", "green", "blue"],
+                             options=InferOptions(**{"batch": 4, "workers": 2, **options}), model_id="fake")
+
+
+# --------------------------------------------------------------------------------------------
+# discovery
+def test_discover_images_recursive_sorted_case_insensitive_skips_non_images(tmp_path):
+    make_mixed_folder(tmp_path)
+    found = [os.path.relpath(p, tmp_path) for p in discover_images(tmp_path)]
+    expected = sorted(os.path.join(tmp_path, n) for n in list(GOOD) + list(BAD))
+    assert [os.path.join(tmp_path, p) for p in found] == expected
+    assert "notes.txt" not in found and not any(p.endswith(".csv") for p in found)
+
+
+def test_discover_images_accepts_single_file_glob_and_list(tmp_path):
+    make_mixed_folder(tmp_path)
+    assert discover_images(tmp_path / "plain.jpg") == [str(tmp_path / "plain.jpg")]
+    assert discover_images(str(tmp_path / "**" / "*.png")) == sorted(
+        str(tmp_path / n) for n in list(GOOD) + list(BAD) if n.endswith(".png"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("# my picks\nsub/grey.png\n\nplain.jpg\nsub/grey.png\n")
+    assert discover_images(listing) == [str(tmp_path / "sub/grey.png"), str(tmp_path / "plain.jpg")]
+
+
+def test_discover_images_missing_source_names_it(tmp_path):
+    with pytest.raises(ImageError, match="does not exist"):
+        discover_images(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="no images found"):
+        discover_images(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------------------------
+# results
+def test_to_records_maps_keypoints_to_original_pixels_and_sorts_topk():
+    from fgdeploy.infer import Decoded
+
+    logits = np.array([[0.0, 2.0, 1.0], [3.0, 3.0, -1.0]], np.float32)
+    kp = np.zeros((2, 15, 2), np.float32)
+    kp[:, :, 0], kp[:, :, 1] = 16.0, 8.0         # input pixels of a 32 x 32 input
+    outputs = {"logits": logits, "keypoints": kp, "keypoint_scores": np.full((2, 15), 0.7, np.float32)}
+    items = [Decoded("a.jpg", size_hw=(100, 300)), Decoded("b.jpg", size_hw=(64, 32))]
+    recs = to_records(outputs, items, 32, 2, ["x", "y", "z"], [f"p{i}" for i in range(15)])
+    assert [t["class"] for t in recs[0]["top"]] == ["y", "z"]
+    assert [t["label"] for t in recs[1]["top"]] == [0, 1]        # a tie keeps argmax's choice first
+    probs = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert recs[0]["top"][0]["prob"] == pytest.approx(probs[1], abs=1e-6)
+    assert (recs[0]["keypoints"][3]["x"], recs[0]["keypoints"][3]["y"]) == (150.0, 25.0)
+    assert (recs[1]["keypoints"][0]["x"], recs[1]["keypoints"][0]["y"]) == (16.0, 16.0)
+
+
+def test_infer_mixed_folder_scores_good_reports_bad(tmp_path):
+    images = make_mixed_folder(tmp_path / "imgs")
+    report = _run(discover_images(images), tmp_path / "out.jsonl")
+    records = {os.path.relpath(r["path"], images): r for r in read_results(tmp_path / "out.jsonl")}
+    assert sorted(records) == sorted(os.path.normpath(n) for n in GOOD)
+    for name, (h, w) in GOOD.items():
+        rec = records[os.path.normpath(name)]
+        assert (rec["height"], rec["width"]) == (h, w), name        # stored size: EXIF not applied
+        # the 5x5 spot spans [w//2, w//2 + 5) x [h//3, h//3 + 5); an input pixel is w/S x h/S original pixels
+        kp = rec["keypoints"][0]
+        assert w // 2 - w / S <= kp["x"] <= w // 2 + 5 + w / S, (name, kp)
+        assert h // 3 - h / S <= kp["y"] <= h // 3 + 5 + h / S, (name, kp)
+    errors = errors_path_for(tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert errors[0] == "path,reason" and len(errors) == 1 + len(BAD)
+    reasons = {os.path.relpath(path, images): reason for path, reason in csv.reader(errors[1:])}
+    assert {name: words in reasons[name] for name, words in BAD.items()} == {name: True for name in BAD}, reasons
+    assert (report.scored, report.failed, report.exit_code) == (len(GOOD), len(BAD), 0)
+    assert not (tmp_path / "out.jsonl.partial.jsonl").exists()
+
+
+def test_infer_cmyk_and_16bit_colours_survive_decoding(tmp_path):
+    red = np.zeros((20, 20, 3), np.uint8)
+    red[..., 0] = 230
+    (tmp_path / "red16.png").write_bytes(_encode(red.astype(np.uint16) * 257, ".png"))
+    (tmp_path / "redcmyk.jpg").write_bytes(cmyk_jpeg(np.dstack([red, np.full((20, 20), 255, np.uint8)])))
+    _run(discover_images(tmp_path), tmp_path / "out.csv")
+    assert [r["top"][0]["class"] for r in read_results(tmp_path / "out.csv")] == ["red", "red"]
+
+
+def test_infer_last_partial_batch_and_fixed_batch_runner(tmp_path):
+    for k in range(7):
+        (tmp_path / f"{k}.png").write_bytes(_encode(_bright_spot_image(20, 30, (3 * k, 2), seed=k), ".png"))
+    paths = discover_images(tmp_path)
+    dynamic, fixed = BrightSpotRunner(), BrightSpotRunner(fixed_batch=4)
+    _run(paths, tmp_path / "a.jsonl", runner=dynamic, batch=3)
+    _run(paths, tmp_path / "b.jsonl", runner=fixed, batch=4)
+    assert dynamic.batches == [3, 3, 1] and fixed.batches == [4, 4]   # the last fixed batch is padded
+    a, b = read_results(tmp_path / "a.jsonl"), read_results(tmp_path / "b.jsonl")
+    assert [r["path"] for r in a] == paths and a == b
+
+
+def test_infer_csv_and_jsonl_hold_the_same_results(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    paths = discover_images(tmp_path / "imgs")
+    _run(paths, tmp_path / "r.csv", topk=2)
+    _run(paths, tmp_path / "r.jsonl", topk=2)
+    csv_recs, json_recs = read_results(tmp_path / "r.csv"), read_results(tmp_path / "r.jsonl")
+    assert len(csv_recs) == len(GOOD) and csv_recs == json_recs
+
+
+def test_infer_decoded_images_in_flight_stay_bounded(tmp_path, monkeypatch):
+    """While the predictor is slow, the decoders run ahead by a bounded number of images, not all of them."""
+    import fgdeploy.infer as infer_mod
+
+    image = _encode(_bright_spot_image(16, 16, (1, 1)), ".png")
+    for k in range(120):
+        (tmp_path / f"{k:03d}.png").write_bytes(image)
+    decoded = []
+    real_decode = infer_mod.decode_one
+    monkeypatch.setattr(infer_mod, "decode_one", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    seen_when_predicting = []
+
+    class SlowPredictor(RunnerPredictor):
+        def predict(self, prepared, count):
+            time.sleep(0.2)
+            seen_when_predicting.append(len(decoded) - 4 * len(seen_when_predicting))  # not yet consumed
+            return super().predict(prepared, count)
+
+    with BrightSpotRunner() as runner:
+        run_inference(discover_images(tmp_path), SlowPredictor(runner), tmp_path / "o.csv",
+                      options=InferOptions(batch=4, workers=2, queue_batches=2))
+    bound = 4 * 4 + (4 + 4 * 2) + 4   # batches: predicting + queued (2) + held by the assembler; window; slack
+    assert len(seen_when_predicting) == 30 and max(seen_when_predicting) <= bound < 120
+
+
+# --------------------------------------------------------------------------------------------
+# journal and resume
+def test_infer_refuses_unfinished_journal_without_resume(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    Journal(tmp_path / "out.csv.partial.jsonl").start({"model": "fake", "topk": 5, "cwd": os.getcwd()})
+    with pytest.raises(FgdeployError, match="--resume"):
+        _run(discover_images(tmp_path / "imgs"), tmp_path / "out.csv")
+
+
+def test_infer_resume_refuses_another_model(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    Journal(tmp_path / "out.csv.partial.jsonl").start({"model": "other.onnx", "topk": 5, "cwd": os.getcwd()})
+    with pytest.raises(FgdeployError, match="model='other.onnx'"):
+        _run(discover_images(tmp_path / "imgs"), tmp_path / "out.csv", resume=True)
+
+
+def test_infer_resume_after_torn_journal_scores_each_image_once(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    paths = discover_images(tmp_path / "imgs")
+    full = _run(paths, tmp_path / "ref.jsonl")
+    reference = read_results(tmp_path / "ref.jsonl")
+    # a killed run: header, the first 3 results, then half of the 4th line
+    journal = tmp_path / "out.jsonl.partial.jsonl"
+    lines = [json.dumps({"journal": 1, "model": "fake", "topk": 5, "cwd": os.getcwd()})]
+    lines += [json.dumps(r, ensure_ascii=False) for r in reference[:3]]
+    journal.write_text("\n".join(lines) + "\n" + json.dumps(reference[3], ensure_ascii=False)[:40], encoding="utf-8")
+    runner = BrightSpotRunner()
+    report = _run(paths, tmp_path / "out.jsonl", runner=runner, resume=True)
+    assert report.skipped == 3 and sum(runner.batches) == full.scored - 3
+    assert read_results(tmp_path / "out.jsonl") == reference
+
+
+def test_infer_resume_finished_run_scores_only_new_images(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    _run(discover_images(tmp_path / "imgs"), tmp_path / "out.csv")
+    (tmp_path / "imgs" / "new.png").write_bytes(_encode(_bright_spot_image(20, 20, (4, 4)), ".png"))
+    runner = BrightSpotRunner()
+    report = _run(discover_images(tmp_path / "imgs"), tmp_path / "out.csv", runner=runner, resume=True)
+    paths = [r["path"] for r in read_results(tmp_path / "out.csv")]
+    assert runner.batches == [1] and report.skipped == len(GOOD)
+    assert len(paths) == len(set(paths)) == len(GOOD) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# CLI with a tiny real model
+def _tiny_checkpoint(path: Path, num_classes: int = 4, size: int = 48) -> Path:
+    import torch
+
+    from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
+    from fgdeploy.config import dataclass_to_dict
+    from fgdeploy.models import create_model, load_model_config
+    from fgdeploy.tensors import PART_NAMES
+
+    cfg = load_model_config("demo")
+    small = {"widths": [4, 8, 8, 16, 16], "depth": 1}
+    cfg = dataclasses.replace(cfg, input_size=size,
+                              localization=dataclasses.replace(cfg.localization, backbone_options=small),
+                              classification=dataclasses.replace(cfg.classification, backbone_options=small))
+    torch.manual_seed(0)
+    model = create_model(cfg, num_classes)
+    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=[f"bird_{i}" for i in range(num_classes)],
+                          part_names=list(PART_NAMES), input_size=size, mean=list(cfg.mean), std=list(cfg.std))
+    save_checkpoint(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return _tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def test_cli_infer_mixed_folder_exit_0_with_errors_file(tmp_path, tiny_ckpt):
+    from fgdeploy.cli import cli
+
+    images = make_mixed_folder(tmp_path / "imgs")
+    out = tmp_path / "res.csv"
+    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(tiny_ckpt), "--out", str(out),
+                                      "--batch", "4", "--topk", "3", "--save-vis", str(tmp_path / "vis")])
+    assert result.exit_code == 0, result.output
+    records = read_results(out)
+    assert len(records) == len(GOOD) and all(len(r["top"]) == 3 and len(r["keypoints"]) == 15 for r in records)
+    assert all(r["top"][0]["class"].startswith("bird_") for r in records)
+    assert len(errors_path_for(out).read_text(encoding="utf-8").splitlines()) == 1 + len(BAD)
+    assert f"scored {len(GOOD)}/{len(GOOD) + len(BAD)}" in result.output and f"failed {len(BAD)}" in result.output
+    assert len(list((tmp_path / "vis").glob("*.png"))) == len(GOOD)
+
+
+def test_cli_infer_all_bad_exits_3(tmp_path, tiny_ckpt):
+    from fgdeploy.cli import cli
+
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.png").write_text("nope")
+    result = CliRunner().invoke(cli, ["infer", str(tmp_path), "--model", str(tiny_ckpt),
+                                      "--out", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == EXIT_ALL_FAILED, result.output
+    assert read_results(tmp_path / "r.jsonl") == []
+
+
+def test_cli_infer_matches_running_the_model_directly(tmp_path, tiny_ckpt):
+    """Same top-1 and keypoints as decoding, resizing and calling the model by hand."""
+    import torch
+
+    from fgdeploy.checkpoint import load_checkpoint
+    from fgdeploy.cli import cli
+    from fgdeploy.data.images import read_image
+    from fgdeploy.data.sample import Sample
+    from fgdeploy.data.transforms import resize_to_input
+
+    images = make_mixed_folder(tmp_path / "imgs")
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(tiny_ckpt), "--out", str(out),
+                                      "--batch", "3"])
+    assert result.exit_code == 0, result.output
+    records = read_results(out)
+    model, meta = load_checkpoint(tiny_ckpt)
+    model.eval()
+    size = meta.input_size
+    for rec in records:
+        image = read_image(rec["path"])
+        h, w = image.shape[:2]
+        sample = Sample(image, np.zeros((15, 2), np.float32), np.zeros(15, bool),
+                        np.array([0, 0, w, h], np.float32), 0, 0, rec["path"])
+        x = torch.from_numpy(resize_to_input(sample, size).image).permute(2, 0, 1)[None].float() / 255.0
+        with torch.no_grad():
+            direct = model(x)
+        assert rec["top"][0]["label"] == int(direct["logits"][0].argmax()), rec["path"]
+        kp = direct["keypoints"][0].numpy() * np.array([w / size, h / size])
+        got = np.array([[k["x"], k["y"]] for k in rec["keypoints"]])
+        np.testing.assert_allclose(got, kp, atol=2e-3, err_msg=rec["path"])
+        np.testing.assert_allclose([k["score"] for k in rec["keypoints"]], direct["keypoint_scores"][0].numpy(),
+                                   atol=1e-5)
+
+
+def test_cli_infer_sigkill_then_resume_scores_each_image_exactly_once(tmp_path, tiny_ckpt):
+    """A subprocess runs the CLI (slowed after every journal write), is SIGKILLed after results were
+    flushed, then ``--resume`` finishes: every image appears once."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for k in range(24):
+        (src / f"img_{k:02d}.png").write_bytes(_encode(_bright_spot_image(30, 40, (k, 3), seed=k), ".png"))
+    out, journal = tmp_path / "r.jsonl", tmp_path / "r.jsonl.partial.jsonl"
+    args = ["infer", str(src), "--model", str(tiny_ckpt), "--out", str(out), "--batch", "2", "--workers", "1"]
+    slowed = ("import sys, time, fgdeploy.infer as m\n"
+              "real = m.Journal.append\n"
+              "def append(self, records):\n"
+              "    real(self, records)\n"
+              "    time.sleep(0.3)\n"
+              "m.Journal.append = append\n"
+              "from fgdeploy.cli import cli\n"
+              f"cli({args!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", slowed], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text(encoding="utf-8").count("\n") >= 1 + 4:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = journal.read_text(encoding="utf-8").count("\n") - 1
+    assert 4 <= done_before < 24 and not out.exists()
+    result = CliRunner().invoke(cli_group(), args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    paths = [Path(r["path"]).name for r in read_results(out)]
+    assert sorted(paths) == [f"img_{k:02d}.png" for k in range(24)]       # each image exactly once
+    assert f"({done_before} from a previous run)" in result.output
+    assert not journal.exists()
+
+
+def cli_group():
+    from fgdeploy.cli import cli
+
+    return cli
