@@ -28,3 +28,11 @@ def progress(
         enabled = sys.stderr.isatty()
     return iter(tqdm(items, total=total, desc=desc, unit=unit, disable=not enabled,
                      file=sys.stderr, dynamic_ncols=True, smoothing=0.1))
+
+
+def progress_bar(*, total: int | None, desc: str = "", unit: str = "img", enabled: bool | None = None) -> tqdm:
+    """A manually driven bar (``update(n)``, ``set_postfix(...)``, ``close()``) with ``progress``'s settings."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)

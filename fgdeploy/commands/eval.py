@@ -1,0 +1,34 @@
+"""``fgdeploy eval``: accuracy and PCK of a checkpoint, as a table, JSON and a PNG grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="CUB-format dataset folder. Default: the data recorded in the checkpoint's run folder.")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for eval.json and eval_grid.png. Default: <checkpoint folder>/eval-<split>.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.pass_context
+def command(ctx: click.Context, checkpoint: Path, data: Path | None, split: str, out: Path | None, device: str,
+            batch: int) -> None:
+    """Top-1, mean per-class accuracy and PCK per part of CHECKPOINT on a dataset split."""
+    from fgdeploy.errors import ConfigError
+    from fgdeploy.evaluate import default_data_for, evaluate_checkpoint
+
+    data = data or default_data_for(checkpoint)
+    if data is None:
+        raise ConfigError(f"no --data given and no run config.yaml beside {checkpoint} names one; pass --data DIR")
+    out = out or checkpoint.parent / f"eval-{split}"
+    quiet = bool((ctx.obj or {}).get("quiet"))
+    res = evaluate_checkpoint(checkpoint, data, split, out, device=device, batch_size=batch,
+                              progress=False if quiet else None)
+    click.echo(res.table)
+    click.echo(f"wrote {res.json_path} and {res.grid_path}")

@@ -1,0 +1,44 @@
+"""``fgdeploy train``: the paper's staged training into a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("train")
+@click.option("--config", "config", default="demo", show_default=True,
+              help="Model config: a YAML path or a name in models/ (demo, cub_vgg16_fc7, ...).")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="CUB-format dataset folder. Default: generate synth-birds into OUT/synth-birds.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder (config.yaml, metrics.jsonl, last.pt, best.pt, train.log).")
+@click.option("--stage", default=None, help="1, 2, 3, 4, a range such as 3-4, or 'all' (default).")
+@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Epochs of every stage.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size per process.")
+@click.option("--lr", type=click.FloatRange(min=0), default=None, help="Base learning rate of every stage.")
+@click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where last.pt left it.")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Backbone weights file, or an fgdeploy checkpoint to start from (e.g. a stage-2 run).")
+@click.option("--seed", type=int, default=None, help="Seed (default 0): data split, order, augmentation, init.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes.")
+@click.pass_context
+def command(ctx: click.Context, config: str, data: Path | None, out: Path, stage: str | None, epochs: int | None,
+            batch: int | None, lr: float | None, device: str | None, resume: bool, pretrained: Path | None,
+            seed: int | None, workers: int | None) -> None:
+    """Train a pose-normalized classifier in the paper's four stages (runs under torchrun too)."""
+    from fgdeploy.train.run import TrainOptions, run_training
+    from fgdeploy.train.trainer import format_record
+
+    quiet = bool((ctx.obj or {}).get("quiet"))
+    opts = TrainOptions(config=config, out=out, data=data, stage=stage, epochs=epochs, batch=batch, lr=lr,
+                        device=device, resume=resume, pretrained=pretrained, seed=seed, workers=workers,
+                        show_progress=False if quiet else None)
+    result = run_training(opts)
+    if not result.is_main:
+        return
+    if result.last_metrics:
+        click.echo(f"finished: {format_record(result.last_metrics)}")
+    click.echo(f"run folder: {result.out_dir} (best.pt, last.pt, metrics.jsonl, train.log)")

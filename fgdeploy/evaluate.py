@@ -1,0 +1,302 @@
+"""Evaluation: top-1, mean per-class accuracy, PCK per part (method.md section 12), table, JSON, PNG grid.
+
+PCK is computed in the ORIGINAL image's pixels, normalised by max(w, h) of the ground-truth box as in
+the paper: predictions (input pixels of the warped S x S image) are mapped back with each sample's affine.
+The PCK formula itself is the NumPy reference's (``fgdeploy.reference.metrics.pck``), not a second copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PCK_ALPHAS: tuple[float, ...] = (0.02, 0.05, 0.08, 0.10)
+
+
+def pck_key(alpha: float) -> str:
+    """Metric name of PCK at ``alpha``: "pck@0.02", ..., "pck@0.1"."""
+    return f"pck@{alpha:g}"
+
+
+@dataclass
+class Predictions:
+    """Model outputs and ground truth for a set of dataset items, in original-image pixels."""
+
+    indices: np.ndarray          # (N,) dataset indices
+    labels: np.ndarray           # (N,) ground-truth class
+    predicted: np.ndarray        # (N,) argmax class
+    keypoints: np.ndarray        # (N, P, 2) predicted (u, v), original image pixels
+    scores: np.ndarray           # (N, P) sigmoid(max logit)
+    gt_keypoints: np.ndarray     # (N, P, 2) original image pixels
+    gt_visible: np.ndarray       # (N, P) bool
+    bbox: np.ndarray             # (N, 4) ground-truth box [x0, y0, x1, y1], original pixels
+
+    @classmethod
+    def concat(cls, parts: Sequence[Predictions]) -> Predictions:
+        """Join several (e.g. one per process), ordered by dataset index."""
+        parts = [p for p in parts if len(p.indices)]
+        if not parts:
+            return parts_empty()
+        joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__}
+        order = np.argsort(joined["indices"], kind="stable")
+        return cls(**{k: v[order] for k, v in joined.items()})
+
+    def merge(self, gathered: Sequence[Predictions]) -> Predictions:
+        """The union of ``gathered`` (all processes' predictions, this one's included)."""
+        return Predictions.concat(gathered)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def parts_empty() -> Predictions:
+    z = np.zeros((0,), np.int64)
+    return Predictions(z, z, z, np.zeros((0, 0, 2)), np.zeros((0, 0)), np.zeros((0, 0, 2)),
+                       np.zeros((0, 0), bool), np.zeros((0, 4)))
+
+
+def predict(
+    model: Any, dataset: Any, indices: Sequence[int], device: Any, batch_size: int = 32, amp: bool = False,
+    progress: bool | None = False,
+) -> Predictions:
+    """Run ``model`` (eval mode, predicted parts) on ``dataset[i]`` for ``indices``.
+
+    ``dataset`` items are dicts from ``fgdeploy.train.data.EvalItems``: the model input plus the
+    original-image ground truth and the affine from original to input pixels.
+    """
+    import torch
+
+    from fgdeploy.progress import progress as progress_iter
+    from fgdeploy.train.data import collate_items
+
+    chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
+    was_training = model.training
+    model.eval()
+    out: list[Predictions] = []
+    try:
+        with torch.no_grad():
+            for chunk in progress_iter(chunks, desc="eval", unit="batch", enabled=progress):
+                batch = collate_items([dataset[i] for i in chunk])
+                images = batch["images"].to(device)
+                with torch.autocast(device_type=torch.device(device).type, dtype=torch.float16, enabled=amp):
+                    res = model(images)
+                kp = res["keypoints"].float().cpu().numpy()
+                out.append(Predictions(
+                    indices=np.asarray(chunk, np.int64), labels=batch["labels"].numpy(),
+                    predicted=res["logits"].float().argmax(1).cpu().numpy(),
+                    keypoints=unwarp_points(kp, batch["affine"].numpy()),
+                    scores=res["keypoint_scores"].float().cpu().numpy(),
+                    gt_keypoints=batch["orig_keypoints"].numpy(), gt_visible=batch["orig_visible"].numpy(),
+                    bbox=batch["orig_bbox"].numpy()))
+    finally:
+        model.train(was_training)
+    return Predictions.concat(out)
+
+
+def unwarp_points(uv: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map (N, P, 2) points of the transformed image back to the original with (N, 2, 3) affines."""
+    a = affine[:, :, :2]                      # (N, 2, 2)
+    t = affine[:, :, 2]                       # (N, 2)
+    inv = np.linalg.inv(a)                    # (N, 2, 2)
+    return np.einsum("nij,npj->npi", inv, uv - t[:, None, :])
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation; ``summary()`` is the flat dict logged per epoch."""
+
+    num_images: int
+    top1: float
+    mean_class_acc: float
+    per_class_acc: dict[str, float]
+    pck: dict[str, dict[str, float]]          # pck_key(alpha) -> {part name: PCK, "mean": macro mean}
+    pck_counts: dict[str, int]                # visible GT keypoints per part
+    visibility_acc: float                     # predicted visible (score >= 0.5) == GT visible
+    normaliser: str = "max(w, h) of the ground-truth box, original image pixels"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        out = {"top1": self.top1, "mean_class_acc": self.mean_class_acc}
+        out.update({key: vals["mean"] for key, vals in self.pck.items()})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"num_images": self.num_images, "top1": self.top1, "mean_class_acc": self.mean_class_acc,
+                "pck": self.pck, "pck_alphas": list(PCK_ALPHAS), "pck_normaliser": self.normaliser,
+                "pck_counts": self.pck_counts, "visibility_acc": self.visibility_acc,
+                "per_class_acc": self.per_class_acc, **self.extra}
+
+
+def compute_metrics(
+    preds: Predictions, class_names: Sequence[str], part_names: Sequence[str],
+    alphas: Sequence[float] = PCK_ALPHAS, visibility_threshold: float = 0.5,
+) -> EvalResult:
+    """Accuracy and PCK of ``preds`` (PCK: GT-visible keypoints only, argmax location, macro mean over parts)."""
+    from fgdeploy.reference.metrics import pck as reference_pck
+
+    n = len(preds)
+    correct = preds.predicted == preds.labels
+    per_class = {}
+    for k, name in enumerate(class_names):
+        mask = preds.labels == k
+        if mask.any():
+            per_class[name] = float(correct[mask].mean())
+    top1 = float(correct.mean()) if n else 0.0
+    mean_class = float(np.mean(list(per_class.values()))) if per_class else 0.0
+
+    pck: dict[str, dict[str, float]] = {}
+    counts = {name: int(preds.gt_visible[:, p].sum()) if n else 0 for p, name in enumerate(part_names)}
+    if n:
+        table = np.asarray(reference_pck(preds.keypoints, preds.gt_keypoints, preds.gt_visible, preds.bbox,
+                                         list(alphas)), dtype=np.float64)  # (A, P), NaN for parts never visible
+        for a, alpha in enumerate(alphas):
+            row = {name: float(table[a, p]) for p, name in enumerate(part_names)}
+            valid = table[a][np.isfinite(table[a])]
+            row["mean"] = float(valid.mean()) if valid.size else float("nan")
+            pck[pck_key(alpha)] = row
+    vis_acc = float(((preds.scores >= visibility_threshold) == preds.gt_visible).mean()) if n else 0.0
+    return EvalResult(num_images=n, top1=top1, mean_class_acc=mean_class, per_class_acc=per_class, pck=pck,
+                      pck_counts=counts, visibility_acc=vis_acc)
+
+
+def format_table(result: EvalResult, part_names: Sequence[str]) -> str:
+    """Plain-text table: accuracy lines, then PCK per part (rows) at each alpha (columns), in percent."""
+    keys = list(result.pck)
+    lines = [f"images: {result.num_images}",
+             f"top-1 accuracy:          {100 * result.top1:6.2f} %",
+             f"mean per-class accuracy: {100 * result.mean_class_acc:6.2f} %",
+             f"visibility accuracy:     {100 * result.visibility_acc:6.2f} %",
+             "", f"PCK (%), normalised by {result.normaliser}",
+             f"{'part':<12} {'n':>5} " + " ".join(f"{k:>9}" for k in keys)]
+    for name in [*part_names, "mean"]:
+        count = str(result.pck_counts.get(name, "")) if name != "mean" else ""
+        cells = " ".join(f"{_pct(result.pck[k].get(name)):>9}" for k in keys)
+        if name == "mean":
+            lines.append("-" * len(lines[-1]))
+        lines.append(f"{name:<12} {count:>5} {cells}")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write JSON atomically (NaN written as null)."""
+    from fgdeploy.checkpoint import atomic_write_bytes
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, np.generic):
+            return clean(v.item())
+        return v
+
+    path = Path(path)
+    atomic_write_bytes(path, (json.dumps(clean(payload), indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return path
+
+
+def render_grid(
+    preds: Predictions, raw_dataset: Any, class_names: Sequence[str], part_names: Sequence[str],
+    max_items: int = 12, cols: int = 3, tile: int = 240,
+) -> np.ndarray:
+    """Ground truth vs prediction side by side (paper Fig. 3) for up to ``max_items`` images.
+
+    Left: the image with GT keypoints and the true class; right: predicted keypoints (rings where
+    predicted invisible) and the predicted class, green when correct, red when wrong.
+    """
+    from fgdeploy.visualize import draw_caption, draw_keypoints, make_grid, resize_for_display, side_by_side
+
+    picks = np.linspace(0, len(preds) - 1, num=min(max_items, len(preds))).round().astype(int) if len(preds) else []
+    tiles = []
+    for k in picks:
+        sample = raw_dataset[int(preds.indices[k])]
+        image, gt = resize_for_display(sample.image, preds.gt_keypoints[k], tile)
+        _, pred = resize_for_display(sample.image, preds.keypoints[k], tile)
+        ok = preds.predicted[k] == preds.labels[k]
+        left = draw_caption(draw_keypoints(image, gt, preds.gt_visible[k]),
+                            f"GT: {_short(class_names[preds.labels[k]])}")
+        right = draw_caption(draw_keypoints(image, pred, hollow=preds.scores[k] < 0.5),
+                             f"pred: {_short(class_names[preds.predicted[k]])}",
+                             (120, 230, 120) if ok else (255, 110, 110))
+        tiles.append(side_by_side(left, right))
+    return make_grid(tiles, cols)
+
+
+def _short(name: str, width: int = 22) -> str:
+    return name if len(name) <= width else name[: width - 1] + "~"
+
+
+@dataclass
+class EvalOutput:
+    result: EvalResult
+    json_path: Path | None
+    grid_path: Path | None
+    table: str
+
+
+def default_data_for(checkpoint: str | Path) -> Path | None:
+    """The data folder recorded in the run folder's config.yaml beside ``checkpoint`` (None if absent)."""
+    from fgdeploy.config import load_yaml
+
+    cfg = Path(checkpoint).resolve().parent / "config.yaml"
+    if cfg.is_file():
+        data = load_yaml(cfg).get("data")
+        if data and Path(data).is_dir():
+            return Path(data)
+    return None
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data: str | Path, split: str = "test", out_dir: str | Path | None = None,
+    device: str = "auto", batch_size: int = 32, grid_items: int = 12, progress: bool | None = None,
+) -> EvalOutput:
+    """Evaluate an fgdeploy checkpoint on a CUB-format split; write eval.json and eval_grid.png to ``out_dir``.
+
+    Raises:
+        CheckpointError: unreadable checkpoint. DatasetError: bad data folder, or its classes differ from the
+        checkpoint's.
+    """
+    from fgdeploy.checkpoint import load_checkpoint
+    from fgdeploy.data.cub import CubDataset
+    from fgdeploy.data.transforms import EvalTransform
+    from fgdeploy.errors import DatasetError
+    from fgdeploy.train.data import EvalItems
+    from fgdeploy.train.distributed import resolve_device
+    from fgdeploy.visualize import save_image
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    dataset = CubDataset(data, split)  # type: ignore[arg-type]
+    if list(dataset.class_names) != list(meta.class_names):
+        raise DatasetError(f"{data}: its {len(dataset.class_names)} classes differ from the "
+                           f"{len(meta.class_names)} the checkpoint was trained on; evaluate on the same dataset")
+    if len(dataset) == 0:
+        raise DatasetError(f"{data}: the {split!r} split is empty; choose another --split")
+    items = EvalItems(dataset, EvalTransform(meta.input_size))
+    preds = predict(model, items, list(range(len(dataset))), dev, batch_size=batch_size, progress=progress)
+    result = compute_metrics(preds, meta.class_names, meta.part_names)
+    result.extra = {"checkpoint": str(checkpoint), "checkpoint_sha256": meta.sha256, "data": str(data),
+                    "split": split, "model": meta.model_config.get("name"), "stage": meta.stage}
+    table = format_table(result, meta.part_names)
+    json_path = grid_path = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        json_path = write_json(out / "eval.json", result.to_json())
+        grid = render_grid(preds, dataset, meta.class_names, meta.part_names, max_items=grid_items)
+        grid_path = save_image(out / "eval_grid.png", grid)
+        log.info("wrote %s and %s", json_path, grid_path)
+    return EvalOutput(result, json_path, grid_path, table)

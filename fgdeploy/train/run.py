@@ -1,0 +1,199 @@
+"""``fgdeploy train`` as a function: resolve configs, prepare the run folder and data, build the model, fit.
+
+Run folder ``OUT``::
+
+    config.yaml     the resolved model + training config, data folder and stages (written at start)
+    metrics.jsonl   one JSON record per epoch (rewritten atomically after each epoch)
+    last.pt         full trainer state (every epoch and every ``checkpoint_every`` steps) for --resume
+    best.pt         best validation weights of the current stage
+    train.log       human-readable log
+    synth-birds/    the generated dataset, when no --data was given
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fgdeploy.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SYNTH_DIRNAME = "synth-birds"
+
+
+@dataclass
+class TrainOptions:
+    """The command line of ``fgdeploy train`` (None = take the config's value)."""
+
+    config: str = "demo"
+    out: Path = Path("runs/demo")
+    data: Path | None = None
+    stage: str | None = None            # "1".."4", "3-4", "all" (default all)
+    epochs: int | None = None           # every stage
+    batch: int | None = None
+    lr: float | None = None             # every stage's base LR (head LR keeps its ratio)
+    device: str | None = None
+    resume: bool = False
+    pretrained: Path | None = None      # backbone weights, or an fgdeploy checkpoint to start from
+    seed: int | None = None
+    workers: int | None = None
+    show_progress: bool | None = None   # None = when stderr is a terminal
+    synth_classes: int = 20             # generated data set, when data is None
+    synth_images_per_class: int = 30
+    synth_size: int = 256
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    state: Any                          # fgdeploy.train.trainer.TrainState
+    data_root: Path
+    last_metrics: dict[str, Any]
+    is_main: bool = True                # False on torchrun ranks > 0 (they print nothing)
+    model: Any = None                   # the trained model (unwrapped), on its device
+
+
+def run_training(opts: TrainOptions) -> TrainResult:
+    """Train as ``fgdeploy train`` does (also under torchrun: rank 0 writes files)."""
+    from fgdeploy.train import distributed as D
+
+    info = D.env_dist_info()
+    device = D.resolve_device(opts.device or "auto", info)
+    D.init_distributed(device)
+    try:
+        return _run(opts, info, device)
+    finally:
+        D.cleanup_distributed()
+
+
+def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
+    import torch
+
+    from fgdeploy.models import create_model
+    from fgdeploy.train import distributed as D
+    from fgdeploy.train.data import build_train_data
+    from fgdeploy.train.stages import parse_stages
+    from fgdeploy.train.trainer import Hooks, RunContext, fit, load_train_state, log_to_file
+
+    out = Path(opts.out)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    D.barrier()
+    resume_state: dict[str, Any] | None = None
+    weights: dict[str, Any] | None = None
+    if opts.resume:
+        model_cfg, tcfg, stages, data_root, weights, resume_state = _resume_setup(opts, out)
+    else:
+        model_cfg, tcfg = _fresh_configs(opts)
+        stages = parse_stages(opts.stage or "all")
+        data_root = Path(opts.data) if opts.data is not None else _synth_data(opts, out, info, tcfg.seed)
+    if opts.workers is not None or opts.device is not None:  # not part of the result: may change on resume
+        tcfg = dataclasses.replace(tcfg, **{k: v for k, v in (("workers", opts.workers), ("device", opts.device))
+                                            if v is not None})
+    with log_to_file(out / "train.log", info.is_main):
+        data = build_train_data(data_root, model_cfg.input_size, tcfg.seed, tcfg.val_fraction, tcfg.augment)
+        torch.manual_seed(tcfg.seed)  # same initial weights in every process
+        pretrained = opts.pretrained if opts.pretrained is not None and weights is None else None
+        start = _initial_weights(pretrained) if pretrained is not None else None
+        model = create_model(model_cfg, len(data.class_names),
+                             weights=str(pretrained) if pretrained is not None and start is None else None)
+        if weights is not None or start is not None:
+            _load_weights(model, weights if weights is not None else start, opts.pretrained or out / "last.pt")
+        model.to(device)
+        if tcfg.channels_last and device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        if info.is_main and not opts.resume:
+            _write_run_config(out / "config.yaml", model_cfg, tcfg, stages, data_root, opts)
+        log.info("run %s: model %s (%d classes), stages %s, device %s, %d process(es)", out, model_cfg.name,
+                 len(data.class_names), stages, device, info.world_size)
+        ctx = RunContext(out_dir=out, device=device, info=info, hooks=Hooks(), show_progress=opts.show_progress)
+        state = fit(model, data, tcfg, stages, ctx, resume=resume_state)
+    last = state.history[-1] if state.history else {}
+    return TrainResult(out_dir=out, state=state, data_root=data_root, last_metrics=last, is_main=info.is_main,
+                       model=model)
+
+
+def _fresh_configs(opts: TrainOptions) -> tuple[Any, Any]:
+    from fgdeploy.models import load_model_config
+    from fgdeploy.train.config import build_train_config, preset_for_backbone
+
+    model_cfg = load_model_config(opts.config)
+    overrides = {"epochs": opts.epochs, "batch_size": opts.batch, "lr": opts.lr, "seed": opts.seed}
+    tcfg = build_train_config(preset_for_backbone(model_cfg.localization.backbone), None, overrides)
+    return model_cfg, tcfg
+
+
+def _resume_setup(opts: TrainOptions, out: Path) -> tuple[Any, Any, list[int], Path, dict[str, Any], dict[str, Any]]:
+    from fgdeploy.checkpoint import model_config_from_meta, read_checkpoint
+    from fgdeploy.config import dataclass_from_dict, load_yaml
+    from fgdeploy.train.config import TrainConfig
+
+    last = out / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"--resume: {last} does not exist; start the run without --resume first")
+    ckpt = read_checkpoint(last)
+    if "train_state" not in ckpt.extra_state:
+        raise CheckpointError(f"--resume: {last} holds no trainer state; it was not written by fgdeploy train")
+    run_cfg = load_yaml(out / "config.yaml")
+    ignored = [name for name in ("epochs", "batch", "lr", "seed", "stage", "data", "pretrained")
+               if getattr(opts, name) is not None]
+    if ignored:
+        log.warning("--resume continues with the run's saved settings; ignoring --%s", ", --".join(ignored))
+    model_cfg = model_config_from_meta(ckpt.meta)
+    tcfg = dataclass_from_dict(TrainConfig, dict(ckpt.meta.train_config), source=f"{last} train_config")
+    stages = [int(s) for s in run_cfg["stages"]]
+    data_root = Path(run_cfg["data"])
+    log.info("resuming %s at stage %s, epoch %s, step %s", out, ckpt.extra_state["train_state"]["stage"],
+             ckpt.extra_state["train_state"]["epoch"] + 1, ckpt.extra_state["train_state"]["step_in_epoch"])
+    return model_cfg, tcfg, stages, data_root, ckpt.state_dict, ckpt.extra_state
+
+
+def _synth_data(opts: TrainOptions, out: Path, info: Any, seed: int) -> Path:
+    """Generate synth-birds into the run folder once (rank 0), then everyone reads it."""
+    from fgdeploy.train import distributed as D
+
+    root = out / SYNTH_DIRNAME
+    if info.is_main and not (root / "images.txt").is_file():
+        from fgdeploy.data.synthetic import generate_synth_birds
+
+        log.info("no --data given: generating synth-birds (%d classes x %d images) into %s", opts.synth_classes,
+                 opts.synth_images_per_class, root)
+        root = Path(generate_synth_birds(root, classes=opts.synth_classes,
+                                         images_per_class=opts.synth_images_per_class, size=opts.synth_size,
+                                         seed=seed))
+    D.barrier()
+    return root
+
+
+def _initial_weights(path: Path) -> dict[str, Any] | None:
+    """State dict of an fgdeploy checkpoint given as --pretrained, or None for plain backbone weights."""
+    from fgdeploy.checkpoint import is_fgdeploy_checkpoint, read_checkpoint
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--pretrained {path}: file not found")
+    return read_checkpoint(path).state_dict if is_fgdeploy_checkpoint(path) else None
+
+
+def _load_weights(model: Any, state_dict: dict[str, Any], source: Path) -> None:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit the model config: {str(exc).splitlines()[0]}; "
+                              "use the same --config (and data classes) as the run that wrote it") from exc
+
+
+def _write_run_config(path: Path, model_cfg: Any, tcfg: Any, stages: list[int], data_root: Path,
+                      opts: TrainOptions) -> None:
+    from fgdeploy.checkpoint import atomic_write_bytes
+    from fgdeploy.config import dataclass_to_dict
+
+    doc = {"model": dataclass_to_dict(model_cfg), "train": dataclass_to_dict(tcfg), "stages": list(stages),
+           "data": str(Path(data_root).resolve()), "config_source": str(opts.config),
+           "pretrained": str(opts.pretrained) if opts.pretrained else None}
+    atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode("utf-8"))

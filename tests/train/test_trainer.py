@@ -1,0 +1,126 @@
+"""The trainer: learning on a fixed batch, exact resume after a kill, the run folder and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from fgdeploy.checkpoint import read_checkpoint
+from fgdeploy.cli import cli
+from fgdeploy.models import create_model
+from fgdeploy.train.config import StageConfig
+from fgdeploy.train.data import build_train_data, collate_items, epoch_batches
+from fgdeploy.train.distributed import DistInfo
+from fgdeploy.train.stages import STAGES, build_optimizer, set_train_mode
+from fgdeploy.train.trainer import HeatmapView, Hooks, RunContext, compute_loss, fit, load_train_state
+
+from .conftest import tiny_model_config, tiny_train_config
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("number", [2, 3])
+def test_trainer_loss_decreases_on_a_fixed_batch(tiny_data, number):
+    torch.manual_seed(0)
+    data = build_train_data(tiny_data, 64, seed=0, val_fraction=0.0, augment=False)
+    batch = collate_items([data.train_dataset[k] for k in epoch_batches(data.train_indices, 8, 0, 1, 0, DistInfo())[0]])
+    model = create_model(tiny_model_config(), num_classes=len(data.class_names))
+    stage = STAGES[number]
+    tcfg = tiny_train_config()
+    opt = build_optimizer(model, stage, StageConfig(epochs=1, lr=0.05, head_lr=0.5), tcfg)
+    runner = model if stage.classification_loss else HeatmapView(model)
+    losses = []
+    for _ in range(25):
+        set_train_mode(model)
+        loss, _ = compute_loss(runner, batch, stage, tcfg, model.heatmap_size, model.input_size)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+
+
+def _fit(tiny_data, out, hooks=None, resume=None):
+    tcfg = tiny_train_config(epochs=2, checkpoint_every=2)
+    data = build_train_data(tiny_data, 64, tcfg.seed, 0.2, augment=True)
+    assert len(data.train_indices) // tcfg.batch_size == STEPS_PER_EPOCH
+    torch.manual_seed(tcfg.seed)
+    model = create_model(tiny_model_config(), num_classes=len(data.class_names))
+    if resume is not None:
+        model.load_state_dict(resume[0])
+    ctx = RunContext(out_dir=out, device=torch.device("cpu"), hooks=hooks or Hooks(), show_progress=False)
+    state = fit(model, data, tcfg, [2, 3, 4], ctx, resume=resume[1] if resume else None)
+    return state, model
+
+
+def _comparable(history):
+    return [{k: v for k, v in rec.items() if k not in ("seconds", "images_per_s")} for rec in history]
+
+
+STEPS_PER_EPOCH = 3  # 3 classes x ~6 train images, 20 % held out, batch 4
+
+
+# Checkpoints every 2 steps and at epoch ends. Step 3: mid-epoch in stage 2 (resumes from the mid-epoch
+# checkpoint at step 2); step 13: first step of stage 4 (resumes from the end of stage 3 at step 12).
+@pytest.mark.parametrize("kill_after", [3, 4 * STEPS_PER_EPOCH + 1])
+def test_trainer_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path, kill_after):
+    full_state, full_model = _fit(tiny_data, tmp_path / "full")
+
+    def kill(state):
+        if state.global_step == kill_after:
+            raise Killed(f"simulated kill after {kill_after} steps")
+
+    with pytest.raises(Killed):
+        _fit(tiny_data, tmp_path / "killed", hooks=Hooks(on_step=kill))
+    weights, extra, saved = load_train_state(tmp_path / "killed" / "last.pt")
+    assert saved.global_step < kill_after  # the kill lost some work that resume must redo
+    state, model = _fit(tiny_data, tmp_path / "killed", resume=(weights, extra))
+
+    assert _comparable(state.history) == _comparable(full_state.history)
+    for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert _comparable([json.loads(x) for x in lines]) == _comparable(full_state.history)
+
+
+def test_train_cli_writes_run_folder_and_eval_cli_reports(tiny_data, tmp_path):
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg = tiny_model_config()
+    from fgdeploy.config import dataclass_to_dict
+    cfg_path.write_text(yaml.safe_dump(dataclass_to_dict(cfg)))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["-q", "train", "--config", str(cfg_path), "--data", str(tiny_data), "--out",
+                                   str(out), "--stage", "3-4", "--epochs", "1", "--batch", "4", "--seed", "3"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "finished: stage 4 epoch 1/1" in res.output
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "train.log"):
+        assert (out / name).is_file(), name
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["stages"] == [3, 4] and resolved["train"]["seed"] == 3
+    assert resolved["model"]["input_size"] == 64
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in records] == [(3, 1), (4, 1)]
+    assert "stage 3 epoch 1/1" in (out / "train.log").read_text()
+    best = read_checkpoint(out / "best.pt")
+    assert best.meta.input_size == 64 and len(best.meta.class_names) == 3 and len(best.meta.part_names) == 15
+    assert best.meta.mean == list(cfg.mean) and best.meta.model_config["name"] == "tiny"
+
+    res = CliRunner().invoke(cli, ["-q", "eval", str(out / "best.pt"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "top-1 accuracy" in res.output and "pck@0.1" in res.output and "throat" in res.output
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["num_images"] > 0 and set(report["pck"]) == {"pck@0.02", "pck@0.05", "pck@0.08", "pck@0.1"}
+    assert (tmp_path / "ev" / "eval_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_cli_resume_needs_a_last_checkpoint(tmp_path):
+    res = CliRunner().invoke(cli, ["train", "--config", "demo", "--out", str(tmp_path / "none"), "--resume"])
+    assert res.exit_code == 1 and "does not exist" in res.output
