@@ -140,6 +140,7 @@ def compute_metrics(
     alphas: Sequence[float] = PCK_ALPHAS, visibility_threshold: float = 0.5,
 ) -> EvalResult:
     """Accuracy and PCK of ``preds`` (PCK: GT-visible keypoints only, argmax location, macro mean over parts)."""
+    from fgdeploy.reference.metrics import mean_pck
     from fgdeploy.reference.metrics import pck as reference_pck
 
     n = len(preds)
@@ -157,10 +158,10 @@ def compute_metrics(
     if n:
         table = np.asarray(reference_pck(preds.keypoints, preds.gt_keypoints, preds.gt_visible, preds.bbox,
                                          list(alphas)), dtype=np.float64)  # (A, P), NaN for parts never visible
+        means = mean_pck(table)  # (A,) macro mean over parts that were visible at least once
         for a, alpha in enumerate(alphas):
             row = {name: float(table[a, p]) for p, name in enumerate(part_names)}
-            valid = table[a][np.isfinite(table[a])]
-            row["mean"] = float(valid.mean()) if valid.size else float("nan")
+            row["mean"] = float(means[a])
             pck[pck_key(alpha)] = row
     vis_acc = float(((preds.scores >= visibility_threshold) == preds.gt_visible).mean()) if n else 0.0
     return EvalResult(num_images=n, top1=top1, mean_class_acc=mean_class, per_class_acc=per_class, pck=pck,
