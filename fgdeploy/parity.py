@@ -273,13 +273,15 @@ def _p99(x: np.ndarray) -> float:
 # --- task-level comparison -------------------------------------------------------------------------
 @dataclass
 class GroundTruth:
-    """Optional ground truth in model-input pixels: labels (N,), keypoints (N, P, 2), visible (N, P),
-    bbox (N, 4) [x0, y0, x1, y1]; image_ids (N,) for the report."""
+    """Optional ground truth: labels (N,); keypoints (N, P, 2), visible (N, P) and bbox (N, 4) in
+    ORIGINAL image pixels with ``affine`` (N, 2, 3) mapping original to model-input pixels (identity
+    when None), so PCK is computed exactly as ``fgdeploy eval`` does; image_ids (N,) for the report."""
 
     labels: np.ndarray | None = None
     keypoints: np.ndarray | None = None
     visible: np.ndarray | None = None
     bbox: np.ndarray | None = None
+    affine: np.ndarray | None = None
     image_ids: np.ndarray | None = None
 
 
@@ -331,9 +333,10 @@ def _compare_keypoints(task: TaskComparison, ref: Mapping[str, np.ndarray], test
             part=part_names[p] if p < len(part_names) else str(p),
             ref_cell=[int(x) for x in rc], test_cell=[int(x) for x in tc], cell_distance=int(dist[i, p]),
             ref_margin=_heat_gap(r_heat, i, p, rc, tc), test_margin=_heat_gap(t_heat, i, p, tc, rc)))
-    if truth.keypoints is not None and truth.visible is not None and truth.bbox is not None:
-        task.pck_ref = pck(r_kp, truth.keypoints, truth.visible, truth.bbox, PCK_ALPHA)
-        task.pck_test = pck(t_kp, truth.keypoints, truth.visible, truth.bbox, PCK_ALPHA)
+    if truth.keypoints is not None:
+        ones = np.ones(r_kp.shape[:2])
+        task.pck_ref = pck_of(r_kp, ref.get(OUTPUT_KEYPOINT_SCORES, ones), truth, part_names)
+        task.pck_test = pck_of(t_kp, test.get(OUTPUT_KEYPOINT_SCORES, ones), truth, part_names)
         if task.pck_ref is not None and task.pck_test is not None:
             task.pck_diff_points = 100.0 * (task.pck_test - task.pck_ref)
 
@@ -345,16 +348,24 @@ def _heat_gap(heat: np.ndarray | None, i: int, p: int, own: np.ndarray, other: n
     return float(h[own[0], own[1]]) - float(h[other[0], other[1]])
 
 
-def pck(pred_uv: np.ndarray, gt_uv: np.ndarray, visible: np.ndarray, bbox: np.ndarray,
-        alpha: float = PCK_ALPHA) -> float | None:
-    """Fraction of visible parts within alpha * max(bbox w, h) of the truth (method.md section 12)."""
-    vis = np.asarray(visible, bool)
-    if not vis.any():
+def pck_of(pred_uv: np.ndarray, scores: np.ndarray, truth: GroundTruth, part_names: Sequence[str],
+           alpha: float = PCK_ALPHA) -> float | None:
+    """Mean PCK@alpha over parts of model-input keypoints, computed by ``fgdeploy.evaluate`` (original
+    pixels, max(w, h) of the box, visible parts only)."""
+    if truth.keypoints is None or truth.visible is None or truth.bbox is None:
         return None
-    b = np.asarray(bbox, np.float64)
-    scale = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])[:, None]  # (N, 1)
-    err = np.linalg.norm(np.asarray(pred_uv, np.float64) - np.asarray(gt_uv, np.float64), axis=-1)
-    return float((err <= alpha * scale)[vis].mean())
+    from fgdeploy.evaluate import Predictions, compute_metrics, pck_key, unwarp_points
+
+    n = len(pred_uv)
+    affine = truth.affine if truth.affine is not None else np.tile(np.eye(2, 3), (n, 1, 1))
+    labels = truth.labels if truth.labels is not None else np.zeros(n, np.int64)
+    preds = Predictions(indices=np.arange(n), labels=labels, predicted=labels,
+                        keypoints=unwarp_points(np.asarray(pred_uv, np.float64), np.asarray(affine, np.float64)),
+                        scores=np.asarray(scores, np.float64), gt_keypoints=np.asarray(truth.keypoints, np.float64),
+                        gt_visible=np.asarray(truth.visible, bool), bbox=np.asarray(truth.bbox, np.float64))
+    result = compute_metrics(preds, [], list(part_names), alphas=[alpha])
+    value = result.pck[pck_key(alpha)]["mean"]
+    return None if not math.isfinite(value) else float(value)
 
 
 def _opt_int(values: np.ndarray | None, i: int) -> int | None:
@@ -409,14 +420,67 @@ class ArrayImages(ImageSource):
         return self.images[np.asarray(indices, dtype=np.int64)]
 
 
+class DatasetImages(ImageSource):
+    """Images of a CUB-format dataset split, warped like ``fgdeploy eval`` (EvalTransform), with ground truth.
+
+    Args:
+        root: dataset root (a synth-birds folder or CUB_200_2011).
+        split: "train", "test" or "all".
+        size: model input side S.
+        n: number of images, spread evenly over the split (all when None or larger).
+    """
+
+    def __init__(self, root: str | Path, split: str, size: int, n: int | None = None) -> None:
+        from fgdeploy.data.cub import CubDataset
+        from fgdeploy.data.transforms import EvalTransform
+
+        dataset = CubDataset(root, split)  # type: ignore[arg-type]
+        total = len(dataset)
+        count = total if n is None else max(0, min(n, total))
+        picks = np.unique(np.linspace(0, total - 1, count).round().astype(np.int64)) if count else np.zeros(0, int)
+        transform = EvalTransform(size)
+        images, labels, ids, kps, vis, boxes, affines = [], [], [], [], [], [], []
+        for index in picks:
+            raw = dataset[int(index)]
+            warped = transform(raw, None)
+            images.append(warped.image)
+            labels.append(raw.label)
+            ids.append(raw.image_id)
+            kps.append(np.asarray(raw.keypoints, np.float64))
+            vis.append(np.asarray(raw.visible, bool))
+            boxes.append(np.asarray(raw.bbox, np.float64))
+            affines.append(np.asarray(warped.affine, np.float64)[:2])
+        self._images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+        self.truth = GroundTruth(labels=np.asarray(labels, np.int64), keypoints=np.stack(kps) if kps else None,
+                                 visible=np.stack(vis) if vis else None, bbox=np.stack(boxes) if boxes else None,
+                                 affine=np.stack(affines) if affines else None, image_ids=np.asarray(ids, np.int64))
+        self.class_names = list(dataset.class_names)
+        self.description = f"{len(picks)} of {total} {split} images of {dataset.root}"
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def load(self, indices: Sequence[int]) -> np.ndarray:
+        batch = self._images[np.asarray(indices, dtype=np.int64)]  # (n, S, S, 3) uint8
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
 def run_batches(runner: Runner, source: ImageSource, indices: Sequence[int], batch_size: int,
                 progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Run ``runner`` on ``source[indices]`` in batches and concatenate its outputs."""
+    """Run ``runner`` on ``source[indices]`` in batches and concatenate its outputs.
+
+    A static-batch runner gets batches of its own size; a short last batch is padded by repeating its
+    last image, and the padding's outputs are dropped.
+    """
+    fixed = static_batch(runner)
     parts: dict[str, list[np.ndarray]] = {}
-    for chunk in _chunks(list(indices), batch_size):
-        outs = runner.infer(image_feeds(runner, source.load(chunk)))
+    for chunk in _chunks(list(indices), fixed or batch_size):
+        images = source.load(chunk)
+        if fixed and len(chunk) < fixed:
+            images = np.concatenate([images, np.repeat(images[-1:], fixed - len(chunk), axis=0)])
+        outs = runner.infer(image_feeds(runner, images))
         for name, value in outs.items():
-            parts.setdefault(name, []).append(value)
+            parts.setdefault(name, []).append(value[:len(chunk)])
         if progress is not None:
             progress(len(chunk))
     return {name: np.concatenate(values, axis=0) for name, values in parts.items()}

@@ -12,7 +12,7 @@ from fgdeploy.backends.base import Runner, TensorSpec
 from fgdeploy.export.debug_outputs import debug_heatmaps_name, debug_part_features_name
 from fgdeploy.parity import (
     ArrayImages, GroundTruth, ParityConfig, RandomImages, Tolerance, compare_output, compare_tasks,
-    default_thresholds, pck, run_parity,
+    default_thresholds, pck_of, run_parity,
 )
 
 S, HW, P, K = 16, (4, 4), 3, 5
@@ -115,13 +115,16 @@ def test_compare_tasks_lists_class_and_keypoint_flips_with_margins():
     assert (kflip.image_id, kflip.part, kflip.ref_cell, kflip.test_cell) == (102, "beak", [0, 1], [0, 2])
 
 
-def test_pck_counts_visible_parts_within_alpha_of_box():
-    gt = np.array([[[10.0, 10.0], [20.0, 20.0]]])
-    pred = np.array([[[10.0, 14.0], [50.0, 50.0]]])
-    bbox = np.array([[0.0, 0.0, 50.0, 40.0]])  # scale 50 -> radius 5
-    assert pck(pred, gt, np.array([[True, True]]), bbox) == 0.5
-    assert pck(pred, gt, np.array([[True, False]]), bbox) == 1.0
-    assert pck(pred, gt, np.array([[False, False]]), bbox) is None
+def test_pck_of_maps_back_to_original_pixels_like_eval():
+    pytest.importorskip("fgdeploy.reference.metrics")
+    gt = np.array([[[10.0, 10.0], [20.0, 20.0]]])          # original pixels
+    affine = np.array([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])  # original -> input: x2
+    pred_input = np.array([[[20.0, 28.0], [100.0, 100.0]]])  # = (10, 14) and (50, 50) in the original
+    bbox = np.array([[0.0, 0.0, 50.0, 40.0]])               # scale 50 -> radius 5 at alpha 0.1
+    truth = GroundTruth(keypoints=gt, visible=np.array([[True, True]]), bbox=bbox, affine=affine)
+    assert pck_of(pred_input, np.ones((1, 2)), truth, ["a", "b"]) == pytest.approx(0.5)
+    truth.visible = np.array([[True, False]])
+    assert pck_of(pred_input, np.ones((1, 2)), truth, ["a", "b"]) == pytest.approx(1.0)
 
 
 def test_run_parity_identical_runners_pass_and_report_renders(tmp_path):

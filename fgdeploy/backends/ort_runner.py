@@ -133,7 +133,7 @@ class OrtRunner(Runner):
         self._output_names = [o.name for o in session.get_outputs()]
         if self._explicit_name is None:
             self.name = f"{self.name}-{self._meta.get('precision', 'fp32')}"
-        logger.info("%s: loaded %s with %s", self.name, self._label(), session.get_providers())
+        logger.debug("%s: loaded %s with %s", self.name, self._label(), session.get_providers())
 
     def _deactivate(self) -> None:
         self._session = None

@@ -109,7 +109,7 @@ class TorchRunner(Runner):
         torch = _import_torch()
         dtype = torch.float16 if self.fp16 else torch.float32
         images = torch.from_numpy(np.ascontiguousarray(feeds[INPUT_IMAGES])).to(self.device, dtype)
-        capture = _CoordinateTransferCapture() if self.debug else None
+        capture = CoordinateTransferCapture() if self.debug else None
         with torch.inference_mode():
             if capture is not None:
                 with capture:
@@ -130,7 +130,7 @@ class TorchRunner(Runner):
         return out
 
 
-class _CoordinateTransferCapture:
+class CoordinateTransferCapture:
     """Records the heatmaps input and the output of every ``fgdeploy`` custom-op call, in call order."""
 
     def __init__(self) -> None:
@@ -148,7 +148,7 @@ class _CoordinateTransferCapture:
         self._mode = _Mode()
         self._records = records
 
-    def __enter__(self) -> _CoordinateTransferCapture:
+    def __enter__(self) -> CoordinateTransferCapture:
         self._mode.__enter__()
         return self
 

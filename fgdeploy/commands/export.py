@@ -1,0 +1,48 @@
+"""``fgdeploy export``: checkpoint -> ONNX (one fgdeploy::CoordinateTransfer node, local function, metadata)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    if value.strip().lower() == "dynamic":
+        return None
+    try:
+        batch = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a positive int or 'dynamic'") from None
+    if batch < 1:
+        raise click.BadParameter(f"{value!r}: give a positive int or 'dynamic'")
+    return batch
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the .onnx file.")
+@click.option("--fp16", is_flag=True, help="Mixed fp16 (backbones fp16; heatmaps, decode, pooling, logits fp32).")
+@click.option("--batch", default="dynamic", show_default=True, callback=_parse_batch,
+              help="Fixed batch size N, or 'dynamic' (1..--max-batch).")
+@click.option("--max-batch", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Upper bound of the dynamic batch dimension.")
+@click.option("--opset", type=int, default=18, show_default=True, help="Default-domain ONNX opset (18..23).")
+@click.option("--heatmaps", is_flag=True, help="Also output the (N, P, Hh, Wh) heatmap logits.")
+def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int, opset: int,
+            heatmaps: bool) -> None:
+    """Export CHECKPOINT (written by fgdeploy train) to ONNX for ONNX Runtime and TensorRT."""
+    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
+
+    options = ExportOptions(fp16=fp16, batch=batch, max_batch=max_batch, opset=opset, heatmaps=heatmaps)
+    result = export_checkpoint(checkpoint, out, options)
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, sha256 {result.sha256[:16]})")
+    click.echo(f"  precision {result.precision}, batch {result.batch}, opset {result.opset}, "
+               f"outputs {', '.join(result.outputs)}, {result.coordinate_transfer_nodes} CoordinateTransfer node(s)")
+    click.echo("  checked: onnx.checker (full), strict shape inference; ONNX Runtime vs PyTorch: "
+               + ", ".join(f"{k} {v:.2e}" for k, v in result.verified.items()))
+    if result.fp16_summary:
+        fp16_convs = result.fp16_summary["fp16_nodes"].get("Conv", 0)
+        fp32_convs = result.fp16_summary["fp32_nodes"].get("Conv", 0)
+        click.echo(f"  fp16: {fp16_convs} convs fp16, {fp32_convs} kept fp32, {result.fp16_summary['casts']} casts")
