@@ -36,14 +36,14 @@ def test_compact_bilinear_rm_inner_product_estimates_squared_dot_with_shrinking_
     assert abs(biases[2]) < 0.05  # unbiased
 
 
-@pytest.mark.parametrize("hw", [(2, 3), (6, 7)])  # HW <= C (projection path) and HW > C (Gram path)
+@pytest.mark.parametrize("hw", [(1, 3), (3, 3)])  # HW <= C (projection path) and HW > C (Gram path)
 def test_compact_bilinear_forward_is_unit_norm_and_gradchecks(hw):
     g = torch.Generator().manual_seed(2)
-    m = CompactBilinearRM(8, 20, seed=5).double()
-    x = torch.randn(3, 8, *hw, generator=g, dtype=torch.float64).requires_grad_(True)
+    m = CompactBilinearRM(4, 12, seed=5).double()
+    x = torch.randn(2, 4, *hw, generator=g, dtype=torch.float64).requires_grad_(True)
     out = m(x)
-    assert out.shape == (3, 20)
-    torch.testing.assert_close(out.norm(dim=1), torch.ones(3, dtype=torch.float64))
+    assert out.shape == (2, 12)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2, dtype=torch.float64))
     assert torch.autograd.gradcheck(m, (x,))
 
 
