@@ -1,0 +1,152 @@
+"""Decode any image file to RGB uint8 (H, W, 3), and describe what the file held.
+
+CUB-200-2011 is mostly RGB JPEG, with some grayscale files; other CUB-format sets may hold PNGs with a
+palette or alpha, 16-bit PNGs or CMYK JPEGs. Every decoder path ends in the same array type, like PIL's
+``convert("RGB")``: grayscale is replicated, a palette is expanded, alpha is dropped (not composited),
+16-bit samples are scaled to 8 bits, CMYK (Adobe, inverted) is converted. EXIF orientation is ignored, as
+PIL does by default, so annotation coordinates stay in stored pixel order. Errors name the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fgdeploy.errors import ImageError
+
+logger = logging.getLogger(__name__)
+
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOR_TYPES = {0: "grayscale", 2: "rgb", 3: "palette", 4: "grayscale_alpha", 6: "rgba"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file holds, read from its header (and the decoded array where headers say nothing).
+
+    Attributes:
+        format: "jpeg", "png" or "other".
+        mode: "rgb", "grayscale", "palette", "grayscale_alpha", "rgba" or "cmyk".
+        bit_depth: bits per sample (8 or 16 in practice).
+        width, height: pixels; 0 when the header could not be read.
+        truncated: a JPEG without its end-of-image marker (decoders fill the rest with grey).
+    """
+
+    format: str
+    mode: str
+    bit_depth: int
+    width: int
+    height: int
+    truncated: bool = False
+
+    @property
+    def is_plain_rgb(self) -> bool:
+        """True for the common case: 8-bit RGB with no alpha."""
+        return self.mode == "rgb" and self.bit_depth == 8 and not self.truncated
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 3) uint8 RGB array.
+
+    Raises:
+        ImageError: the file is missing, unreadable or not a decodable image; the message names the path.
+    """
+    return read_image_with_info(path)[0]
+
+
+def read_image_with_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """Decode ``path`` and describe it; see `read_image`."""
+    data = _read_bytes(path)
+    info = _probe_bytes(data)
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.size == 0:
+        raise ImageError(f"{path}: not a decodable image ({info.format}, {data.size} bytes); the file is "
+                         "corrupt or in an unsupported format: replace it or remove its line from images.txt")
+    rgb = _to_rgb_uint8(decoded, path)
+    if info.width == 0:  # format without a header we parse: describe from the array
+        info = ImageInfo(info.format, _mode_from_array(decoded), 8 * decoded.dtype.itemsize,
+                         rgb.shape[1], rgb.shape[0])
+    return rgb, info
+
+
+def probe_image(path: str | Path) -> ImageInfo:
+    """Describe an image from its header only (fast; does not decode pixels)."""
+    return _probe_bytes(_read_bytes(path))
+
+
+def _read_bytes(path: str | Path) -> np.ndarray:
+    try:
+        return np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ImageError(f"{path}: cannot read image file ({reason}); check the path and permissions") from exc
+
+
+def _to_rgb_uint8(image: np.ndarray, path: str | Path) -> np.ndarray:
+    """Convert whatever ``cv2.imdecode(..., IMREAD_UNCHANGED)`` returned to (H, W, 3) uint8 RGB."""
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"{path}: unsupported sample type {image.dtype}; convert the image to 8-bit RGB")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if channels in (1, 2):  # grayscale (+ alpha): replicate the gray channel
+        return np.ascontiguousarray(np.repeat(image[:, :, :1], 3, axis=2))
+    if channels in (3, 4):  # BGR (+ alpha): drop alpha, reorder to RGB
+        return np.ascontiguousarray(image[:, :, 2::-1])
+    raise ImageError(f"{path}: {channels} channels; expected 1 to 4. Convert the image to RGB")
+
+
+def _mode_from_array(image: np.ndarray) -> str:
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    return {1: "grayscale", 2: "grayscale_alpha", 3: "rgb", 4: "rgba"}.get(channels, "other")
+
+
+def _probe_bytes(data: np.ndarray) -> ImageInfo:
+    raw = data.tobytes()
+    if raw.startswith(b"\xff\xd8"):
+        return _probe_jpeg(raw)
+    if raw.startswith(_PNG_SIGNATURE) and len(raw) >= 33 and raw[12:16] == b"IHDR":
+        width, height, depth, color_type = struct.unpack(">IIBB", raw[16:26])
+        return ImageInfo("png", _PNG_COLOR_TYPES.get(color_type, "other"), depth, width, height)
+    return ImageInfo("other", "other", 8, 0, 0)
+
+
+def _probe_jpeg(raw: bytes) -> ImageInfo:
+    truncated = raw.rstrip(b"\x00").rfind(b"\xff\xd9") < 0
+    pos = 2
+    while pos + 4 <= len(raw):
+        if raw[pos] != 0xFF:
+            break
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = struct.unpack(">H", raw[pos + 2:pos + 4])[0]
+        if marker in _JPEG_SOF and pos + 10 <= len(raw):
+            depth, height, width, components = struct.unpack(">BHHB", raw[pos + 4:pos + 10])
+            mode = {1: "grayscale", 3: "rgb", 4: "cmyk"}.get(components, "other")
+            return ImageInfo("jpeg", mode, depth, width, height, truncated)
+        pos += 2 + length
+    return ImageInfo("jpeg", "other", 8, 0, 0, truncated)
+
+
+def encode_image(image: np.ndarray, suffix: str, jpeg_quality: int = 92) -> bytes:
+    """Encode an RGB uint8 image as ``suffix`` (".jpg" or ".png") bytes.
+
+    Raises:
+        ImageError: OpenCV could not encode it.
+    """
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buffer = cv2.imencode(suffix, np.ascontiguousarray(image[:, :, ::-1]), params)
+    if not ok:
+        raise ImageError(f"cannot encode a {image.shape} image as {suffix}")
+    return buffer.tobytes()
