@@ -61,7 +61,7 @@ def measure(cfg: Any, stage_no: int, args: argparse.Namespace, device: torch.dev
     torch.manual_seed(0)
     model = create_model(cfg, args.num_classes).to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     stage = STAGES[stage_no]
     tcfg = TrainConfig(batch_size=args.batch, amp=amp, channels_last=channels_last)
     scfg = StageConfig(epochs=1, lr=1e-4, head_lr=1e-3)
@@ -71,7 +71,8 @@ def measure(cfg: Any, stage_no: int, args: argparse.Namespace, device: torch.dev
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     runner = model if stage.classification_loss else HeatmapView(model)
-    ctx = StepContext(runner, optimizer, scheduler, scaler, stage, tcfg, device, tuple(model.heatmap_size),
+    hw = model.heatmap_size
+    ctx = StepContext(runner, optimizer, scheduler, scaler, stage, tcfg, device, (hw[0], hw[1]),
                       model.input_size, use_amp)
     batch = random_batch(args.batch, cfg.input_size, cfg.num_parts, args.num_classes, device)
 

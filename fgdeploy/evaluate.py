@@ -221,7 +221,9 @@ def render_grid(
     """
     from fgdeploy.visualize import draw_caption, draw_keypoints, make_grid, resize_for_display, side_by_side
 
-    picks = np.linspace(0, len(preds) - 1, num=min(max_items, len(preds))).round().astype(int) if len(preds) else []
+    picks: list[int] = []
+    if len(preds):
+        picks = np.linspace(0, len(preds) - 1, num=min(max_items, len(preds))).round().astype(int).tolist()
     tiles = []
     for k in picks:
         sample = raw_dataset[int(preds.indices[k])]

@@ -30,7 +30,7 @@ def command(ctx: click.Context, config: str, data: Path | None, out: Path, stage
             seed: int | None, workers: int | None) -> None:
     """Train a pose-normalized classifier in the paper's four stages (runs under torchrun too)."""
     from fgdeploy.train.run import TrainOptions, run_training
-    from fgdeploy.train.trainer import format_record
+    from fgdeploy.train.state import format_record
 
     quiet = bool((ctx.obj or {}).get("quiet"))
     opts = TrainOptions(config=config, out=out, data=data, stage=stage, epochs=epochs, batch=batch, lr=lr,

@@ -129,8 +129,14 @@ def build_train_config(
             stage = dataclasses.replace(stage, epochs=int(epochs))
         if lr is not None:
             stage = scale_lr(stage, float(lr))
-        cfg = dataclasses.replace(cfg, **{f"stage{n}": stage})
+        cfg = _with_stage(cfg, n, stage)
     return cfg
+
+
+def _with_stage(cfg: TrainConfig, number: int, stage: StageConfig) -> TrainConfig:
+    """``cfg`` with stage ``number`` replaced."""
+    fields: dict[str, Any] = {f"stage{number}": stage}
+    return dataclasses.replace(cfg, **fields)
 
 
 def scale_lr(stage: StageConfig, lr: float) -> StageConfig:

@@ -71,14 +71,15 @@ class EvalItems(Dataset):
 
 def collate_items(items: Sequence[Sample | tuple[Sample, GroundTruth]]) -> dict[str, torch.Tensor]:
     """``collate_samples`` batch; eval items add orig_keypoints (N,P,2), orig_visible (N,P), orig_bbox (N,4)."""
-    if items and isinstance(items[0], tuple):
-        batch = collate_samples([s for s, _ in items])
-        batch["orig_keypoints"] = torch.from_numpy(np.stack([g.keypoints for _, g in items]))
-        batch["orig_visible"] = torch.from_numpy(np.stack([g.visible for _, g in items]))
-        batch["orig_bbox"] = torch.from_numpy(np.stack([g.bbox for _, g in items]))
-        batch["affine"] = batch["affine"].double()
-        return batch
-    return collate_samples(items)  # type: ignore[arg-type]
+    pairs = [item for item in items if isinstance(item, tuple)]
+    if not pairs:
+        return collate_samples([item for item in items if isinstance(item, Sample)])
+    batch = collate_samples([s for s, _ in pairs])
+    batch["orig_keypoints"] = torch.from_numpy(np.stack([g.keypoints for _, g in pairs]))
+    batch["orig_visible"] = torch.from_numpy(np.stack([g.visible for _, g in pairs]))
+    batch["orig_bbox"] = torch.from_numpy(np.stack([g.bbox for _, g in pairs]))
+    batch["affine"] = batch["affine"].double()
+    return batch
 
 
 @dataclass

@@ -79,7 +79,8 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
     from fgdeploy.train import distributed as D
     from fgdeploy.train.data import build_train_data
     from fgdeploy.train.stages import parse_stages
-    from fgdeploy.train.trainer import Hooks, RunContext, fit, load_train_state, log_to_file
+    from fgdeploy.train.state import Hooks, RunContext, log_to_file
+    from fgdeploy.train.trainer import fit
 
     out = Path(opts.out)
     if info.is_main:
@@ -103,11 +104,12 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
         start = _initial_weights(pretrained) if pretrained is not None else None
         model = create_model(model_cfg, len(data.class_names),
                              weights=str(pretrained) if pretrained is not None and start is None else None)
-        if weights is not None or start is not None:
-            _load_weights(model, weights if weights is not None else start, opts.pretrained or out / "last.pt")
+        initial = weights if weights is not None else start
+        if initial is not None:
+            _load_weights(model, initial, opts.pretrained or out / "last.pt")
         model.to(device)
         if tcfg.channels_last and device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if info.is_main and not opts.resume:
             _write_run_config(out / "config.yaml", model_cfg, tcfg, stages, data_root, opts)
         log.info("run %s: model %s (%d classes), stages %s, device %s, %d process(es)", out, model_cfg.name,

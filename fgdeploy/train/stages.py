@@ -12,8 +12,8 @@ do not change while the rest trains.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,7 +70,7 @@ def parse_stages(value: str | int) -> list[int]:
 
 def model_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """``parameter_groups()`` of a (possibly DDP-wrapped) model, checked to be disjoint and complete."""
-    module = getattr(model, "module", model)
+    module: Any = getattr(model, "module", model)
     groups = module.parameter_groups()
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
@@ -169,18 +169,3 @@ class WarmupCosine:
 def build_scheduler(optimizer: torch.optim.Optimizer, scfg: StageConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule over the whole stage (its state_dict holds only numbers, safe to checkpoint)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, scfg.warmup_steps, scfg.schedule))
-
-
-def trainable_names(model: nn.Module) -> list[str]:
-    """Names of parameters with requires_grad (for logs and tests)."""
-    module = getattr(model, "module", model)
-    return [n for n, p in module.named_parameters() if p.requires_grad]
-
-
-def frozen_state(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-    """Copies of the frozen parameters and all buffers (to check a step left them unchanged)."""
-    module = getattr(model, "module", model)
-    wanted = set(names) if names is not None else None
-    state = {n: p.detach().clone() for n, p in module.named_parameters()
-             if not p.requires_grad and (wanted is None or n in wanted)}
-    return state

@@ -9,53 +9,33 @@ one (CPU, same seed and thread count).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fgdeploy.checkpoint import CheckpointMeta, atomic_write_bytes, read_checkpoint, save_checkpoint
-from fgdeploy.config import dataclass_to_dict
-from fgdeploy.errors import CheckpointError, ConfigError
+from fgdeploy.checkpoint import read_checkpoint, save_checkpoint
+from fgdeploy.errors import ConfigError
 from fgdeploy.progress import progress_bar
 from fgdeploy.train import distributed as D
 from fgdeploy.train.config import TrainConfig
 from fgdeploy.train.data import TrainData, epoch_batches, make_loader
-from fgdeploy.train.stages import STAGES, Stage, build_optimizer, build_scheduler, set_train_mode, stage_is_applicable, uses_parts
+from fgdeploy.train.stages import (
+    STAGES, Stage, build_optimizer, build_scheduler, set_train_mode, stage_is_applicable, uses_parts,
+)
+from fgdeploy.train.state import (  # noqa: F401  (Hooks, RunContext, load_train_state: re-exported API)
+    Hooks, RunContext, TrainState, checkpoint_meta, epoch_record, format_record, load_train_state, restore_rng,
+    save_last, write_metrics,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    """Where training stands; saved in every checkpoint's ``extra_state``."""
-
-    stage: int = 0                 # stage in progress, or last finished when stage_done
-    stage_done: bool = False
-    epoch: int = 0                 # 0-based epoch in progress within the stage
-    step_in_epoch: int = 0         # optimizer steps done in that epoch
-    global_step: int = 0           # optimizer steps over the whole run
-    best_metric: float = -math.inf
-    best_epoch: int = -1
-    sums: dict[str, float] = field(default_factory=dict)   # running sums of the epoch in progress
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
-
-
-@dataclass
-class Hooks:
-    """Test/extension callbacks. ``on_step(state)`` runs after each optimizer step (may raise to simulate a kill)."""
-
-    on_step: Callable[[TrainState], None] | None = None
 
 
 class HeatmapView(nn.Module):
@@ -69,7 +49,7 @@ class HeatmapView(nn.Module):
         self.net = model
 
     def forward(self, images: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        net = self.net
+        net: Any = self.net
         x = (images - net.mean) / net.std
         feats = net.loc_net(x)
         layers = net.config.localization.score_layers
@@ -189,63 +169,6 @@ def validate(model: nn.Module, data: TrainData, device: torch.device, info: D.Di
     return compute_metrics(preds, data.class_names, data.part_names).summary()
 
 
-# --- checkpointing -------------------------------------------------------------------------------------
-@dataclass
-class RunContext:
-    """Everything ``fit`` needs that is not a hyper-parameter."""
-
-    out_dir: Path
-    device: torch.device
-    info: D.DistInfo = field(default_factory=D.DistInfo)
-    hooks: Hooks = field(default_factory=Hooks)
-    show_progress: bool | None = None
-
-
-def _meta(model: nn.Module, data: TrainData, tcfg: TrainConfig, state: TrainState,
-          metrics: dict[str, float]) -> CheckpointMeta:
-    net = D.unwrap(model)
-    cfg = net.config
-    return CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=list(data.class_names),
-                          part_names=list(data.part_names), input_size=int(cfg.input_size), mean=list(cfg.mean),
-                          std=list(cfg.std), stage=state.stage, epoch=state.epoch, train_config=dataclass_to_dict(tcfg),
-                          metrics=dict(metrics))
-
-
-def _rng_states(device: torch.device) -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def _save_last(model: nn.Module, data: TrainData, tcfg: TrainConfig, state: TrainState, ctx: RunContext,
-               step: StepContext | None, metrics: dict[str, float]) -> None:
-    """Write last.pt with the full trainer state (rank 0 writes; every rank contributes its RNG state)."""
-    rng = D.all_gather_objects(_rng_states(ctx.device))
-    if not ctx.info.is_main:
-        return
-    extra = {"train_state": dataclasses.asdict(state), "rng": rng, "world_size": ctx.info.world_size}
-    if step is not None:
-        extra.update(optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
-                     scaler=step.scaler.state_dict())
-    save_checkpoint(ctx.out_dir / "last.pt", model, _meta(model, data, tcfg, state, metrics), extra)
-
-
-def load_train_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], TrainState]:
-    """(model state_dict, extra_state, TrainState) from a last.pt written by ``fit``."""
-    ckpt = read_checkpoint(path)
-    raw = ckpt.extra_state.get("train_state")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} holds no trainer state (it is an export/best checkpoint?); resume from last.pt")
-    return ckpt.state_dict, ckpt.extra_state, TrainState(**raw)
-
-
-def _write_metrics(ctx: RunContext, history: list[dict[str, Any]]) -> None:
-    if ctx.info.is_main:
-        text = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in history)
-        atomic_write_bytes(ctx.out_dir / "metrics.jsonl", text.encode("utf-8"))
-
-
 # --- fit -----------------------------------------------------------------------------------------------
 def fit(
     model: nn.Module, data: TrainData, tcfg: TrainConfig, stages: list[int], ctx: RunContext,
@@ -266,17 +189,16 @@ def fit(
     """
     state = TrainState(**resume["train_state"]) if resume else TrainState()
     if resume:
-        _restore_rng(resume, ctx)
+        restore_rng(resume, ctx)
     else:
         torch.manual_seed(tcfg.seed * 1009 + 7 + ctx.info.rank)  # dropout stream, distinct per rank
     for number in stages:
         if number < state.stage or (number == state.stage and state.stage_done):
             continue
         stage = STAGES[number]
-        scfg = tcfg.stage(number)
-        if scfg.epochs == 0 or not stage_is_applicable(model, stage):
+        if tcfg.stage(number).epochs == 0 or not stage_is_applicable(model, stage):
             log.info("stage %d (%s): skipped (%s)", number, stage.title,
-                     "0 epochs" if scfg.epochs == 0 else "nothing to train for this model")
+                     "0 epochs" if tcfg.stage(number).epochs == 0 else "nothing to train for this model")
             continue
         continuing = resume is not None and number == state.stage and not state.stage_done
         if not continuing:
@@ -287,23 +209,10 @@ def fit(
     return state
 
 
-def _restore_rng(resume: dict[str, Any], ctx: RunContext) -> None:
-    states = resume.get("rng") or []
-    if len(states) != ctx.info.world_size:
-        log.warning("checkpoint was written by %s process(es), resuming with %d: RNG streams are re-seeded, "
-                    "so results will not match an uninterrupted run exactly", len(states), ctx.info.world_size)
-        torch.manual_seed(int(resume["train_state"]["global_step"]) * 7919 + ctx.info.rank)
-        return
-    mine = states[ctx.info.rank]
-    torch.set_rng_state(mine["torch"])
-    if "cuda" in mine and ctx.device.type == "cuda":
-        torch.cuda.set_rng_state(mine["cuda"], ctx.device)
-
-
-def _run_stage(model: nn.Module, data: TrainData, tcfg: TrainConfig, stage: Stage, state: TrainState,
-               ctx: RunContext, resume: dict[str, Any] | None) -> None:
+def _setup_stage(net: Any, data: TrainData, tcfg: TrainConfig, stage: Stage, ctx: RunContext,
+                 resume: dict[str, Any] | None) -> tuple[StepContext, int]:
+    """Freeze/unfreeze, optimizer, schedule, scaler (restored when resuming), DDP wrapper."""
     scfg = tcfg.stage(stage.number)
-    net = D.unwrap(model)
     if not uses_parts(net):  # holistic-only: the localization net is unused, so is its loss
         stage = dataclasses.replace(stage, keypoint_loss=False)
     steps_per_epoch = len(epoch_batches(data.train_indices, tcfg.batch_size, tcfg.seed, stage.number, 0, ctx.info))
@@ -318,25 +227,39 @@ def _run_stage(model: nn.Module, data: TrainData, tcfg: TrainConfig, stage: Stag
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
-    runner: nn.Module = net if stage.classification_loss else HeatmapView(net)
-    runner = D.wrap_ddp(runner, ctx.device, ctx.info)
-    step = StepContext(runner, optimizer, scheduler, scaler, stage, tcfg, ctx.device, tuple(net.heatmap_size),
-                       net.input_size, amp)
+    runner = D.wrap_ddp(net if stage.classification_loss else HeatmapView(net), ctx.device, ctx.info)
     log.info("stage %d (%s): %d epoch(s) x %d steps, lr %g, head lr %g, trainable groups %s", stage.number,
              stage.title, scfg.epochs, steps_per_epoch, scfg.lr, scfg.head_lr,
              [g["name"] for g in optimizer.param_groups])
+    return StepContext(runner, optimizer, scheduler, scaler, stage, tcfg, ctx.device, tuple(net.heatmap_size),
+                       net.input_size, amp), steps_per_epoch
 
-    while state.epoch < scfg.epochs:
+
+def _optim_state(step: StepContext) -> dict[str, Any]:
+    return {"optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
+            "scaler": step.scaler.state_dict()}
+
+
+def _run_stage(model: nn.Module, data: TrainData, tcfg: TrainConfig, stage: Stage, state: TrainState,
+               ctx: RunContext, resume: dict[str, Any] | None) -> None:
+    net: Any = D.unwrap(model)
+    step, steps_per_epoch = _setup_stage(net, data, tcfg, stage, ctx, resume)
+    epochs = tcfg.stage(stage.number).epochs
+
+    def meta(s: TrainState, metrics: dict[str, float]) -> Any:
+        return checkpoint_meta(net, data.class_names, data.part_names, tcfg, s, metrics)
+
+    while state.epoch < epochs:
         t0 = time.perf_counter()
         # LR at the epoch's first step, from the schedule (identical whether or not the epoch was resumed)
-        lr_now = max(g["initial_lr"] for g in optimizer.param_groups) * scheduler.lr_lambdas[0](
-            state.epoch * steps_per_epoch)
+        lr_at = step.scheduler.lr_lambdas[0]  # type: ignore[attr-defined]  # a LambdaLR
+        lr_now = max(g["initial_lr"] for g in step.optimizer.param_groups) * lr_at(state.epoch * steps_per_epoch)
         batches = epoch_batches(data.train_indices, tcfg.batch_size, tcfg.seed, stage.number, state.epoch, ctx.info)
         loader = make_loader(data.train_dataset, batches[state.step_in_epoch:], tcfg.workers)
 
         def on_step(s: TrainState) -> None:
             if tcfg.checkpoint_every and s.global_step % tcfg.checkpoint_every == 0 and s.step_in_epoch < len(batches):
-                _save_last(model, data, tcfg, s, ctx, step, {})
+                save_last(net, meta(s, {}), s, ctx, _optim_state(step))
             if ctx.hooks.on_step is not None:
                 ctx.hooks.on_step(s)
 
@@ -344,93 +267,25 @@ def _run_stage(model: nn.Module, data: TrainData, tcfg: TrainConfig, stage: Stag
                                ctx.show_progress if ctx.info.is_main else False)
         seconds = time.perf_counter() - t0
         D.broadcast_buffers(net)
-        metrics = validate(net, data, ctx.device, ctx.info, amp)
-        record = _epoch_record(stage, state, scfg.epochs, sums, metrics, lr_now, seconds)
+        metrics = validate(net, data, ctx.device, ctx.info, step.amp)
+        record = epoch_record(stage.number, state, epochs, sums, metrics, lr_now, seconds)
         state.history.append(record)
         score = metrics.get(stage.select_metric, -float(record["train_loss"]))
         improved = score > state.best_metric
         if improved:
             state.best_metric, state.best_epoch = score, state.epoch
-        state.epoch += 1
-        state.step_in_epoch = 0
-        state.sums = {}
+        state.epoch, state.step_in_epoch, state.sums = state.epoch + 1, 0, {}
         if improved and ctx.info.is_main:
-            best_state = dataclasses.replace(state, epoch=state.epoch)
-            save_checkpoint(ctx.out_dir / "best.pt", net, _meta(net, data, tcfg, best_state, metrics))
-        _save_last(net, data, tcfg, state, ctx, step, metrics)
-        _write_metrics(ctx, state.history)
+            save_checkpoint(ctx.out_dir / "best.pt", net, meta(state, metrics))
+        save_last(net, meta(state, metrics), state, ctx, _optim_state(step))
+        write_metrics(ctx, state.history)
         log.info("%s", format_record(record, improved))
 
     if tcfg.restore_best and state.best_epoch >= 0 and state.best_epoch != state.epoch - 1:
         D.barrier()
-        best = read_checkpoint(ctx.out_dir / "best.pt")
-        net.load_state_dict(best.state_dict)
+        net.load_state_dict(read_checkpoint(ctx.out_dir / "best.pt").state_dict)
         log.info("stage %d: continuing from its best epoch %d (%s %.4f)", stage.number, state.best_epoch + 1,
                  stage.select_metric, state.best_metric)
     state.stage_done = True
-    _save_last(net, data, tcfg, state, ctx, None, {})
+    save_last(net, meta(state, {}), state, ctx, None)
     D.barrier()
-
-
-def _epoch_record(stage: Stage, state: TrainState, epochs: int, sums: dict[str, float], metrics: dict[str, float],
-                  lr: float, seconds: float) -> dict[str, Any]:
-    n = max(1.0, sums.get("images", 0.0))
-    record: dict[str, Any] = {"stage": stage.number, "epoch": state.epoch + 1, "epochs": epochs,
-                              "step": state.global_step, "train_loss": sums.get("loss", 0.0) / n}
-    for key in ("kp_loss", "cls_loss"):
-        if key in sums:
-            record[f"train_{key}"] = sums[key] / n
-    if "correct" in sums:
-        record["train_top1"] = sums["correct"] / n
-    record.update({f"val_{k}": v for k, v in metrics.items()})
-    record["lr"] = lr  # largest group LR at the epoch's first step
-    record["seconds"] = round(seconds, 3)
-    record["images_per_s"] = round(sums.get("images", 0.0) / max(seconds, 1e-9), 2)
-    return record
-
-
-def format_record(record: dict[str, Any], improved: bool = False) -> str:
-    """One human-readable summary line per epoch."""
-    parts = [f"stage {record['stage']} epoch {record['epoch']}/{record['epochs']}",
-             f"loss {record['train_loss']:.4f}"]
-    if "train_kp_loss" in record:
-        parts.append(f"kp {record['train_kp_loss']:.4f}")
-    if "train_top1" in record:
-        parts.append(f"train top1 {100 * record['train_top1']:.1f}%")
-    if "val_top1" in record:
-        parts.append(f"val top1 {100 * record['val_top1']:.1f}%")
-    if "val_pck@0.1" in record:
-        parts.append(f"val PCK@0.1 {100 * record['val_pck@0.1']:.1f}%")
-    parts.append(f"lr {record['lr']:.3g}")
-    parts.append(f"{record['images_per_s']:.0f} img/s, {record['seconds']:.1f}s")
-    return " | ".join(parts) + (" *" if improved else "")
-
-
-@contextlib.contextmanager
-def log_to_file(path: Path, enabled: bool = True) -> Iterator[None]:
-    """Copy fgdeploy's INFO log records to ``path`` (train.log) while the block runs."""
-    if not enabled:
-        yield
-        return
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logger = logging.getLogger("fgdeploy")
-    old_level = logger.level
-    quiet = logger.getEffectiveLevel()
-    # Under --quiet the console keeps its level while train.log still gets INFO: raise the console
-    # handlers' own thresholds for the duration.
-    console = [h for h in logging.getLogger().handlers if h.level < quiet] if quiet > logging.INFO else []
-    saved = [h.level for h in console]
-    for h in console:
-        h.setLevel(quiet)
-    logger.addHandler(handler)
-    logger.setLevel(min(quiet, logging.INFO))
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        for h, level in zip(console, saved):
-            h.setLevel(level)
-        handler.close()

@@ -19,7 +19,6 @@ WORKER = textwrap.dedent('''
     import torch
     torch.set_num_threads(1)
     import fgdeploy.checkpoint as ck
-    import fgdeploy.train.trainer as tr
     from fgdeploy.train.run import TrainOptions, run_training
 
     spy_dir, cfg, data, out = (Path(a) for a in sys.argv[1:5])
@@ -31,7 +30,7 @@ WORKER = textwrap.dedent('''
             fh.write(f"{Path(path).name}\\n")
         return original(path, payload)
 
-    ck.atomic_write_bytes = tr.atomic_write_bytes = spy
+    ck.atomic_write_bytes = spy
     result = run_training(TrainOptions(config=str(cfg), data=data, out=out, stage="all", epochs=1, batch=4,
                                        device="cpu", show_progress=False))
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in result.model.state_dict().values()))
