@@ -296,9 +296,9 @@ def compare_tasks(
     r_top, t_top = r_log.argmax(1), t_log.argmax(1)
     n = len(r_top)
     task = TaskComparison(n_images=n, top1_agreement=float((r_top == t_top).mean()) if n else 1.0)
-    for i in np.flatnonzero(r_top != t_top):
+    for i in (int(k) for k in np.flatnonzero(r_top != t_top)):
         task.class_flips.append(ClassFlip(
-            index=int(i), image_id=_opt_int(ids, i), label=_opt_int(truth.labels, i),
+            index=i, image_id=_opt_int(ids, i), label=_opt_int(truth.labels, i),
             ref_class=int(r_top[i]), test_class=int(t_top[i]),
             ref_margin=float(r_log[i, r_top[i]] - r_log[i, t_top[i]]),
             test_margin=float(t_log[i, t_top[i]] - t_log[i, r_top[i]])))

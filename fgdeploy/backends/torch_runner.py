@@ -197,7 +197,8 @@ def _checkpoint_metadata(meta: Any, path: Path) -> dict[str, Any]:
     """CheckpointMeta -> the same keys the ONNX export records."""
     import dataclasses
 
-    values = dataclasses.asdict(meta) if dataclasses.is_dataclass(meta) else dict(vars(meta))
+    is_instance = dataclasses.is_dataclass(meta) and not isinstance(meta, type)
+    values = dataclasses.asdict(meta) if is_instance else dict(vars(meta))
     out = {k: values[k] for k in ("class_names", "part_names", "input_size", "stage", "epoch",
                                  "fgdeploy_version", "model_config") if k in values}
     if "mean" in values and "std" in values:

@@ -69,7 +69,7 @@ def _factory(spec: tuple[str, str], device: str, providers: str | None, fp16: bo
         options["fp16"] = True
 
     def make(debug: bool) -> Any:
-        extra = {"debug": True} if debug else {}
+        extra: dict[str, Any] = {"debug": True} if debug else {}
         return open_runner(kind, path, **options, **extra)
 
     return make

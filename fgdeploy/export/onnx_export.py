@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18      # supported by every TensorRT 10.x/11.x parser and ONNX Runtime >= 1.14
 MIN_OPSET = 18          # the dynamo exporter's floor
-MAX_OPSET = 23
+MAX_OPSET = 21          # the CoordinateTransfer function's newest (onnx_function.SUPPORTED_OPSETS)
 IR_VERSION = 10         # ONNX 1.16: what TensorRT 10.x parsers read (tensorrt.md 6.4)
 
 
@@ -134,7 +134,7 @@ def trace_to_onnx(model: torch.nn.Module, input_size: int, options: ExportOption
     dynamic = None
     if options.batch is None:
         dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=options.max_batch)}}
-    table = {torch.ops.fgdeploy.coordinate_transfer.default: _translate_coordinate_transfer}
+    table: dict[Any, Any] = {torch.ops.fgdeploy.coordinate_transfer.default: _translate_coordinate_transfer}
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -192,7 +192,7 @@ def check_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
 def build_metadata(meta: Any, model: torch.nn.Module, options: ExportOptions, outputs: Sequence[str],
                    fp32_kept: Sequence[str], source: Path | None) -> dict[str, Any]:
     """``metadata_props`` values (see ``fgdeploy.export.metadata`` for the keys)."""
-    hh, wh = model.heatmap_size  # type: ignore[attr-defined]
+    hh, wh = tuple(getattr(model, "heatmap_size"))
     return {
         "fgdeploy_format": METADATA_FORMAT,
         "fgdeploy_version": __version__,
