@@ -17,6 +17,7 @@ number of valid cells. Works for any k, Hh, Wh, Hf, Wf and a dynamic batch.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import onnx
@@ -45,7 +46,7 @@ class _Body:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
         self._count += 1
         name = out or f"{self.prefix}t{self._count}_{op_type.lower()}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [name], **attrs))
@@ -236,7 +237,7 @@ def make_coordinate_transfer_model(
     Returns:
         A checked ModelProto with the function in ``model.functions``; every dimension is symbolic.
     """
-    attrs: dict[str, object] = {"window": int(window), "mode": int(mode)} if set_attributes else {}
+    attrs: dict[str, Any] = {"window": int(window), "mode": int(mode)} if set_attributes else {}
     if plugin_attributes:
         attrs.update(plugin_namespace=PLUGIN_NAMESPACE, plugin_version=OP_VERSION)
     node = helper.make_node(OP_NAME, ["heatmaps", "features"], ["pooled"], domain=OP_DOMAIN, **attrs)

@@ -35,6 +35,9 @@ class CompactBilinearRM(nn.Module):
         seed: seed of the projections. They are fixed (not learned) and saved as buffers in the state dict.
     """
 
+    w1: Tensor  # (d, C) buffer, +-1
+    w2: Tensor
+
     def __init__(self, in_channels: int, dim: int = 5000, seed: int = 0) -> None:
         super().__init__()
         if in_channels < 1 or dim < 1:

@@ -108,7 +108,7 @@ def _gather_windows(features: Tensor, index: Tensor) -> Tensor:
 def _max_positions(windows: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Max over valid window cells and the position of the first maximum (row-major window order)."""
     vmask = valid.unsqueeze(1)  # (N, 1, P, K)
-    masked = torch.where(vmask, windows, torch.full_like(windows, float("-inf")))
+    masked = torch.where(vmask, windows, float("-inf"))
     best = masked.amax(dim=-1, keepdim=True)  # (N, C, P, 1)
     # First valid cell equal to the maximum (robust to -inf features, unlike a plain argmax on `masked`).
     first = ((masked == best) & vmask).to(torch.uint8).argmax(dim=-1, keepdim=True)
@@ -123,7 +123,7 @@ def coordinate_transfer_forward(heatmaps: Tensor, features: Tensor, window: int,
         pooled, _ = _max_positions(windows, valid)
     else:
         acc = windows.float() if windows.dtype in _HALF_DTYPES else windows
-        acc = torch.where(valid.unsqueeze(1), acc, torch.zeros_like(acc)).sum(dim=-1)
+        acc = torch.where(valid.unsqueeze(1), acc, 0.0).sum(dim=-1)
         pooled = (acc / valid.sum(dim=-1).to(acc.dtype).unsqueeze(1)).to(features.dtype)
     return pooled.permute(0, 2, 1).contiguous()
 
@@ -145,9 +145,10 @@ def coordinate_transfer_backward(
     else:
         count = valid.sum(dim=-1).to(acc_dtype).unsqueeze(1)  # (N, 1, P)
         share = (g.to(acc_dtype) / count).unsqueeze(-1).expand(n, c, p, k)
-        src = torch.where(valid.unsqueeze(1), share, torch.zeros_like(share)).reshape(n, c, p * k)
+        src = torch.where(valid.unsqueeze(1), share, 0.0).reshape(n, c, p * k)
         target = index.reshape(n, 1, p * k).expand(n, c, p * k)
-    out = torch.zeros(n, c, hf * wf, dtype=acc_dtype, device=features.device).scatter_add(2, target, src)
+    # scatter_add_ into a fresh buffer (no second full-size copy); overlapping windows accumulate.
+    out = torch.zeros(n, c, hf * wf, dtype=acc_dtype, device=features.device).scatter_add_(2, target, src)
     return out.to(features.dtype).reshape(n, c, hf, wf)
 
 

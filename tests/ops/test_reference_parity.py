@@ -111,3 +111,19 @@ def test_compact_bilinear_torch_matches_reference(hw):
     out.backward(torch.from_numpy(top))
     np.testing.assert_allclose(out.detach().numpy(), ref_out, rtol=0, atol=TOL)
     np.testing.assert_allclose(xt.grad.numpy(), ref_grad, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_coordinate_transfer_random_shapes_match_reference(seed):
+    rng = np.random.default_rng(1000 + seed)
+    n, p, c = int(rng.integers(1, 8)), int(rng.integers(1, 16)), int(rng.integers(1, 4))
+    heat_hw = tuple(int(v) for v in rng.integers(1, 13, size=2))
+    feat_hw = tuple(int(v) for v in rng.integers(1, 9, size=2))
+    window, mode = int(rng.choice([1, 3, 5, 7])), int(rng.integers(0, 2))
+    heat, feats = make_coordinate_transfer_inputs(rng, n, p, heat_hw, c, feat_hw)
+    ref_out, ref_grad, out, grad = _ct_pair(window, mode, heat, feats)
+    np.testing.assert_allclose(out, ref_out, rtol=0, atol=TOL)
+    np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=TOL)
+    f = torch.from_numpy(feats[:2]).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: coordinate_transfer(torch.from_numpy(heat[:2]), x, window, mode), (f,))
