@@ -1,0 +1,177 @@
+"""Numeric and task-level comparison of two runners' outputs (first axis = images)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fgdeploy.geometry import point_to_cell
+from fgdeploy.parity.report import (
+    PCK_ALPHA, BatchInvariance, Check, ClassFlip, GroundTruth, KeypointFlip, OutputComparison, TaskComparison,
+    Thresholds, Tolerance,
+)
+from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS
+
+
+# --- numeric comparison ----------------------------------------------------------------------------
+def compare_output(name: str, ref: np.ndarray, test: np.ndarray, tol: Tolerance,
+                   judged: bool = True) -> OutputComparison:
+    """Statistics of ``test`` against ``ref`` (first axis = images) and the tolerance verdict.
+
+    Relative errors are taken over the elements whose reference is non-zero (the verdict's
+    atol + rtol * |ref| covers the zeros).
+    """
+    r = np.asarray(ref, dtype=np.float64)
+    t = np.asarray(test, dtype=np.float64)
+    if r.shape != t.shape:
+        raise ValueError(f"output {name}: shapes differ, ref {r.shape} vs test {t.shape}")
+    n = r.shape[0] if r.ndim else 1
+    d = np.abs(t - r).reshape(n, -1)
+    mag = np.abs(r).reshape(n, -1)
+    nonzero = mag > 0
+    rel = d[nonzero] / mag[nonzero]  # relative error over elements whose reference is not zero
+    need_atol = np.maximum(d - tol.rtol * mag, 0.0).max(axis=1, initial=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        excess = np.maximum(d - tol.atol, 0.0)
+        need_rtol = np.where(excess > 0, excess / mag, 0.0).max(axis=1, initial=0.0)
+    within = need_atol <= tol.atol
+    k = max(1, math.ceil(tol.min_fraction * n))  # images that must pass
+    fraction = float(within.mean()) if n else 1.0
+    a, b = r.ravel(), t.ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    cosine = float(a @ b / norms) if norms > 0 else (1.0 if not a.any() and not b.any() else 0.0)
+    return OutputComparison(
+        name=name, shape=list(r.shape),
+        max_abs=float(d.max(initial=0.0)), mean_abs=float(d.mean()) if d.size else 0.0,
+        p99_abs=_p99(d), max_rel=float(rel.max(initial=0.0)), mean_rel=float(rel.mean()) if rel.size else 0.0,
+        p99_rel=_p99(rel), cosine=cosine, ref_range=float(r.max() - r.min()) if r.size else 0.0,
+        atol=tol.atol, rtol=tol.rtol, min_fraction=tol.min_fraction, images_within=fraction,
+        min_atol=float(np.sort(need_atol)[k - 1]) if n else 0.0,
+        min_rtol=float(np.sort(need_rtol)[k - 1]) if n else 0.0,
+        passed=(fraction >= tol.min_fraction - 1e-12) if judged else None,
+    )
+
+
+def _p99(x: np.ndarray) -> float:
+    return float(np.percentile(x, 99)) if x.size else 0.0
+
+
+# --- task-level comparison -------------------------------------------------------------------------
+
+
+def compare_tasks(
+    ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], *, input_size: int,
+    heatmap_hw: tuple[int, int], part_names: Sequence[str], truth: GroundTruth | None = None,
+) -> TaskComparison:
+    """Top-1 / keypoint agreement, accuracy and PCK of each side, and the flipped images."""
+    truth = truth or GroundTruth()
+    ids = truth.image_ids
+    r_log, t_log = np.asarray(ref[OUTPUT_LOGITS], np.float64), np.asarray(test[OUTPUT_LOGITS], np.float64)
+    r_top, t_top = r_log.argmax(1), t_log.argmax(1)
+    n = len(r_top)
+    task = TaskComparison(n_images=n, top1_agreement=float((r_top == t_top).mean()) if n else 1.0)
+    for i in (int(k) for k in np.flatnonzero(r_top != t_top)):
+        task.class_flips.append(ClassFlip(
+            index=i, image_id=_opt_int(ids, i), label=_opt_int(truth.labels, i),
+            ref_class=int(r_top[i]), test_class=int(t_top[i]),
+            ref_margin=float(r_log[i, r_top[i]] - r_log[i, t_top[i]]),
+            test_margin=float(t_log[i, t_top[i]] - t_log[i, r_top[i]])))
+    if truth.labels is not None:
+        labels = np.asarray(truth.labels)
+        task.accuracy_ref = float((r_top == labels).mean())
+        task.accuracy_test = float((t_top == labels).mean())
+        task.accuracy_diff_points = 100.0 * (task.accuracy_test - task.accuracy_ref)
+    if OUTPUT_KEYPOINTS in ref and OUTPUT_KEYPOINTS in test:
+        _compare_keypoints(task, ref, test, input_size, heatmap_hw, part_names, truth)
+    return task
+
+
+def _compare_keypoints(task: TaskComparison, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                       input_size: int, heatmap_hw: tuple[int, int], part_names: Sequence[str],
+                       truth: GroundTruth) -> None:
+    r_kp, t_kp = np.asarray(ref[OUTPUT_KEYPOINTS]), np.asarray(test[OUTPUT_KEYPOINTS])
+    r_cell = point_to_cell(r_kp, heatmap_hw, input_size)
+    t_cell = point_to_cell(t_kp, heatmap_hw, input_size)
+    dist = np.abs(r_cell - t_cell).max(axis=-1)  # (N, P)
+    task.keypoint_same_cell = float((dist == 0).mean())
+    task.keypoint_within_one_cell = float((dist <= 1).mean())
+    if OUTPUT_KEYPOINT_SCORES in ref:
+        vis = np.asarray(ref[OUTPUT_KEYPOINT_SCORES]) >= 0.5
+        task.keypoint_same_cell_visible = float((dist[vis] == 0).mean()) if vis.any() else None
+    r_heat = ref.get(OUTPUT_HEATMAPS)
+    t_heat = test.get(OUTPUT_HEATMAPS)
+    for i, p in zip(*np.nonzero(dist)):
+        rc, tc = r_cell[i, p], t_cell[i, p]
+        task.keypoint_flips.append(KeypointFlip(
+            index=int(i), image_id=_opt_int(truth.image_ids, i),
+            part=part_names[p] if p < len(part_names) else str(p),
+            ref_cell=[int(x) for x in rc], test_cell=[int(x) for x in tc], cell_distance=int(dist[i, p]),
+            ref_margin=_heat_gap(r_heat, i, p, rc, tc), test_margin=_heat_gap(t_heat, i, p, tc, rc)))
+    if truth.keypoints is not None:
+        ones = np.ones(r_kp.shape[:2])
+        task.pck_ref = pck_of(r_kp, ref.get(OUTPUT_KEYPOINT_SCORES, ones), truth, part_names)
+        task.pck_test = pck_of(t_kp, test.get(OUTPUT_KEYPOINT_SCORES, ones), truth, part_names)
+        if task.pck_ref is not None and task.pck_test is not None:
+            task.pck_diff_points = 100.0 * (task.pck_test - task.pck_ref)
+
+
+def _heat_gap(heat: np.ndarray | None, i: int, p: int, own: np.ndarray, other: np.ndarray) -> float | None:
+    if heat is None:
+        return None
+    h = heat[i, p]
+    return float(h[own[0], own[1]]) - float(h[other[0], other[1]])
+
+
+def pck_of(pred_uv: np.ndarray, scores: np.ndarray, truth: GroundTruth, part_names: Sequence[str],
+           alpha: float = PCK_ALPHA) -> float | None:
+    """Mean PCK@alpha over parts of model-input keypoints, computed by ``fgdeploy.evaluate`` (original
+    pixels, max(w, h) of the box, visible parts only)."""
+    if truth.keypoints is None or truth.visible is None or truth.bbox is None:
+        return None
+    from fgdeploy.evaluate import Predictions, compute_metrics, pck_key, unwarp_points
+
+    n = len(pred_uv)
+    affine = truth.affine if truth.affine is not None else np.tile(np.eye(2, 3), (n, 1, 1))
+    labels = truth.labels if truth.labels is not None else np.zeros(n, np.int64)
+    preds = Predictions(indices=np.arange(n), labels=labels, predicted=labels,
+                        keypoints=unwarp_points(np.asarray(pred_uv, np.float64), np.asarray(affine, np.float64)),
+                        scores=np.asarray(scores, np.float64), gt_keypoints=np.asarray(truth.keypoints, np.float64),
+                        gt_visible=np.asarray(truth.visible, bool), bbox=np.asarray(truth.bbox, np.float64))
+    result = compute_metrics(preds, [], list(part_names), alphas=[alpha])
+    value = result.pck[pck_key(alpha)]["mean"]
+    return None if not math.isfinite(value) else float(value)
+
+
+def _opt_int(values: np.ndarray | None, i: int) -> int | None:
+    return None if values is None else int(values[i])
+
+
+def build_checks(outputs: Sequence[OutputComparison], task: TaskComparison, batch: BatchInvariance | None,
+                 th: Thresholds) -> list[Check]:
+    """Every pass/fail decision of a report, with the value and threshold."""
+    checks = [Check(f"{o.name} within atol={o.atol:g} rtol={o.rtol:g}", o.images_within, o.min_fraction, ">=",
+                    bool(o.passed)) for o in outputs if o.passed is not None]
+    logits = next((o for o in outputs if o.name == OUTPUT_LOGITS), None)
+    if th.logit_error_over_range is not None and logits is not None:
+        value = logits.max_abs / logits.ref_range if logits.ref_range > 0 else logits.max_abs
+        checks.append(Check("logits max abs error / logit range", value, th.logit_error_over_range, "<=",
+                            value <= th.logit_error_over_range))
+    checks.append(_at_least("top-1 agreement", task.top1_agreement, th.top1_agreement))
+    if task.keypoint_same_cell is not None and th.keypoint_same_cell is not None:
+        checks.append(_at_least("keypoints in the same cell", task.keypoint_same_cell, th.keypoint_same_cell))
+    if task.keypoint_within_one_cell is not None and th.keypoint_within_one_cell is not None:
+        checks.append(_at_least("keypoints within one cell", task.keypoint_within_one_cell,
+                                th.keypoint_within_one_cell))
+    if task.accuracy_diff_points is not None and th.accuracy_diff_points is not None:
+        value = abs(task.accuracy_diff_points)
+        checks.append(Check("|accuracy difference| (points)", value, th.accuracy_diff_points, "<=",
+                            value <= th.accuracy_diff_points + 1e-9))
+    if batch is not None and batch.passed is not None:
+        checks.append(Check("batch invariance", float(batch.passed), 1.0, "==", batch.passed))
+    return checks
+
+
+def _at_least(name: str, value: float, threshold: float) -> Check:
+    return Check(name, value, threshold, ">=", value >= threshold - 1e-12)
