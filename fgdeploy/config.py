@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from fgdeploy.errors import ConfigError
 
@@ -84,10 +84,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return dataclass_from_dict(hint, value, where)  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value, where) if len(args) == 1 else value
+        return _coerce(members[0], value, where) if len(members) == 1 else value
     if origin is tuple and isinstance(value, (list, tuple)):
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
