@@ -101,6 +101,21 @@ def optimize_for_inference(
     Raises:
         ConfigError: unknown compile mode, or CUDA graphs / CUDA device asked for without CUDA.
     """
+    fn = build_inference_fn(model, device, fp16, channels_last, compile_mode, compile_backend, outputs, cuda_graphs)
+    if cuda_graphs:
+        fn = CudaGraphed(fn)
+    return with_cudnn_benchmark(fn, cudnn_benchmark and torch.device(device).type == "cuda")
+
+
+def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool = False,
+                       channels_last: bool = False, compile_mode: str | None = None,
+                       compile_backend: str = "inductor", outputs: Sequence[str] = MODEL_OUTPUTS,
+                       cuda_graphs: bool = False) -> InferFn:
+    """The converted (and compiled) module, without CUDA graphs or cuDNN flags; see ``optimize_for_inference``.
+
+    ``cuda_graphs`` only selects the no-graph variant of inductor modes that capture graphs
+    themselves, so ``CudaGraphed`` can wrap the result.
+    """
     device = torch.device(device)
     mode = compile_mode or "none"
     if mode not in COMPILE_MODES:
@@ -119,12 +134,11 @@ def optimize_for_inference(
             mode = _INDUCTOR_GRAPH_MODES.get(mode, mode)
         inductor_mode = None if mode == "default" or compile_backend != "inductor" else mode
         fn = torch.compile(fn, mode=inductor_mode, fullgraph=True, dynamic=False, backend=compile_backend)
-    if cuda_graphs:
-        fn = CudaGraphed(fn)
-    return _with_flags(fn, cudnn_benchmark and device.type == "cuda")
+    return fn
 
 
-def _with_flags(fn: InferFn, benchmark: bool) -> InferFn:
+def with_cudnn_benchmark(fn: InferFn, benchmark: bool) -> InferFn:
+    """``fn`` called under ``torch.no_grad()`` with cuDNN autotuning on (if ``benchmark``) for the call."""
     def run(images: Tensor) -> dict[str, Tensor]:
         with torch.no_grad(), _cudnn_benchmark(benchmark):
             return fn(images)
@@ -177,14 +191,27 @@ class CudaGraphed:
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: decode/copy threads of the infer pipeline may use CUDA while this thread captures
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             static_out = self.fn(static_in)
         logger.info("captured a CUDA graph for input %s %s", tuple(images.shape), images.dtype)
         return static_in, graph, static_out
 
 
+@dataclass
+class _OnDevice:
+    """A batch copied to the GPU on the copy stream; ``ready`` fires when the copy is done."""
+
+    tensor: Tensor
+    ready: Any
+
+
 class TorchFastPredictor:
     """``fgdeploy.infer`` predictor over ``optimize_for_inference``: uint8 batches, converted on the device.
+
+    On CUDA, ``prepare`` (the assembler thread) fills a pinned uint8 buffer and starts its copy to
+    the GPU on a side stream, so the copy of batch i+1 overlaps the compute of batch i; ``predict``
+    waits for that copy, runs the model and returns host arrays.
 
     Args:
         model: the ``PoseNormalizedNet`` (converted in place).
@@ -192,27 +219,52 @@ class TorchFastPredictor:
         options: the speed-ups.
         input_size: S, the model input side.
         batch: the pipeline's batch size; with compile or CUDA graphs a smaller last batch is padded
-            to it so no new shape is compiled or captured.
+            to it so no new shape is compiled or captured. None: never pad (benchmarks of several sizes).
+        fn: an already optimized callable to use instead of building one from ``model``/``options``.
     """
 
-    def __init__(self, model: nn.Module, device: str, options: FastPathOptions, input_size: int,
-                 batch: int) -> None:
+    def __init__(self, model: nn.Module | None, device: str, options: FastPathOptions, input_size: int,
+                 batch: int | None, fn: InferFn | None = None) -> None:
         self.device = torch.device(device)
         self.input_size = int(input_size)
-        self.fn = optimize_for_inference(
-            model, self.device, options.fp16, options.channels_last, options.compile_mode, options.cuda_graphs,
-            cudnn_benchmark=options.cudnn_benchmark, compile_backend=options.compile_backend)
+        if fn is None:
+            if model is None:
+                raise ConfigError("TorchFastPredictor needs a model or an optimized callable")
+            fn = optimize_for_inference(
+                model, self.device, options.fp16, options.channels_last, options.compile_mode,
+                options.cuda_graphs, cudnn_benchmark=options.cudnn_benchmark,
+                compile_backend=options.compile_backend)
+        self.fn = fn
         self.pad_to = batch if (options.compile_mode != "none" or options.cuda_graphs) else None
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
-    def prepare(self, images: np.ndarray) -> Tensor:
-        """(N, S, S, 3) uint8 -> a (pinned, when on CUDA) uint8 tensor, padded if needed."""
-        if self.pad_to and len(images) < self.pad_to:
-            images = np.concatenate([images, np.repeat(images[-1:], self.pad_to - len(images), axis=0)])
-        tensor = torch.from_numpy(np.ascontiguousarray(images))
-        return tensor.pin_memory() if self.device.type == "cuda" else tensor
+    def prepare(self, images: Sequence[np.ndarray]) -> Tensor | _OnDevice:
+        """N (S, S, 3) uint8 images -> one (pinned) uint8 tensor, padded if needed; on CUDA, sent ahead."""
+        n = len(images)
+        total = max(n, self.pad_to or 0)
+        cuda = self._copy_stream is not None
+        buffer = torch.empty((total, self.input_size, self.input_size, 3), dtype=torch.uint8, pin_memory=cuda)
+        host = buffer.numpy()
+        for i, image in enumerate(images):
+            host[i] = image
+        host[n:] = host[n - 1]
+        if not cuda:
+            return buffer
+        with torch.cuda.stream(self._copy_stream):
+            on_device = buffer.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        return _OnDevice(on_device, ready)
 
-    def predict(self, prepared: Tensor, count: int) -> dict[str, np.ndarray]:
-        out = self.fn(prepared.to(self.device, non_blocking=True))
+    def predict(self, prepared: Tensor | _OnDevice, count: int) -> dict[str, np.ndarray]:
+        if isinstance(prepared, _OnDevice):
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(prepared.ready)
+            prepared.tensor.record_stream(stream)   # allocated on the copy stream, used on this one
+            images = prepared.tensor
+        else:
+            images = prepared.to(self.device)
+        out = self.fn(images)
         return {k: v[:count].float().cpu().numpy() for k, v in out.items()}
 
     def warm_up(self, batch: int, iterations: int = 2) -> None:
@@ -220,4 +272,4 @@ class TorchFastPredictor:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (batch, self.input_size, self.input_size, 3), dtype=np.uint8)
         for _ in range(iterations):
-            self.predict(self.prepare(images), batch)
+            self.predict(self.prepare(list(images)), batch)

@@ -20,15 +20,12 @@ x = u' * W / S and y = v' * H / S, where W x H is the image as decoded (EXIF ori
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
-import json
 import logging
 import os
 import queue
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fgdeploy.errors import FgdeployError, ImageError
+from fgdeploy.infer_results import Journal, ResultWriter, errors_path_for, key_of, read_results, render_outputs
 from fgdeploy.tensors import (
     INPUT_IMAGES, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES,
 )
@@ -180,8 +178,8 @@ class Predictor(Protocol):
 
     input_size: int
 
-    def prepare(self, images: np.ndarray) -> Any:
-        """(N, S, S, 3) uint8 RGB -> whatever ``predict`` takes (runs on the assembler thread)."""
+    def prepare(self, images: Sequence[np.ndarray]) -> Any:
+        """N (S, S, 3) uint8 RGB images -> whatever ``predict`` takes (runs on the assembler thread)."""
 
     def predict(self, prepared: Any, count: int) -> dict[str, np.ndarray]:
         """Outputs for the first ``count`` images: logits (N, K), keypoints (N, P, 2), scores (N, P)."""
@@ -202,12 +200,13 @@ class RunnerPredictor:
                                 f"'input_size' in its metadata); pass the input size explicitly")
         self.input_size = int(size)
 
-    def prepare(self, images: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-        batch /= 255.0   # as the training collate does (float32 division)
-        if self.fixed_batch and len(batch) < self.fixed_batch:  # static engine: pad with the last image
-            pad = np.repeat(batch[-1:], self.fixed_batch - len(batch), axis=0)
-            batch = np.concatenate([batch, pad])
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        n = len(images)
+        batch = np.empty((max(n, self.fixed_batch or 0), 3, self.input_size, self.input_size), np.float32)
+        for i, image in enumerate(images):
+            batch[i] = image.transpose(2, 0, 1)
+        batch[n:] = batch[n - 1]   # a static-batch engine: pad with the last image
+        batch /= 255.0             # as the training collate does (float32 division)
         return batch.astype(self.dtype, copy=False)
 
     def predict(self, prepared: np.ndarray, count: int) -> dict[str, np.ndarray]:
@@ -248,7 +247,7 @@ def resolve_device(backend: str, device: str = "auto") -> str:
 
 @contextlib.contextmanager
 def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "auto", fp16: bool = False,
-                   batch: int = 64, fast: Any = None, threads: int | None = None) -> Iterator[LoadedModel]:
+                   batch: int | None = 64, fast: Any = None, threads: int | None = None) -> Iterator[LoadedModel]:
     """Open ``model`` for ``run_inference``; the runner is deactivated on exit.
 
     Args:
@@ -256,7 +255,7 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         backend: "auto", "torch", "ort" or "trt" (see ``resolve_backend``).
         device: "auto", "cpu", "cuda" or "cuda:K".
         fp16: torch: run in half precision; ort/trt: the artifact must be an fp16 export.
-        batch: the run's batch size (the torch fast path pads to it when compiled or graphed).
+        batch: the run's batch size (the torch fast path pads to it when compiled or graphed; None: no padding).
         fast: ``fgdeploy.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
         threads: CPU threads for ONNX Runtime (None: its default).
     """
@@ -271,6 +270,8 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         net, meta = load_checkpoint(model)
         options = replace(fast or FastPathOptions(), fp16=fp16)
         predictor = TorchFastPredictor(net, device, options, meta.input_size, batch)
+        if batch and predictor.pad_to:   # compile / capture now, before the decode threads start
+            predictor.warm_up(batch, iterations=1)
         yield LoadedModel(predictor, f"torch-{device.split(':')[0]}-{options.label}", list(meta.class_names),
                           list(meta.part_names))
         return
@@ -281,174 +282,6 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         meta = runner.metadata()
         yield LoadedModel(RunnerPredictor(runner), runner.name, list(meta.get("class_names") or []),
                           list(meta.get("part_names") or []))
-
-
-# --------------------------------------------------------------------------------------------
-# results
-def to_records(outputs: dict[str, np.ndarray], items: Sequence[Decoded], input_size: int, topk: int,
-               class_names: Sequence[str], part_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Per-image result dicts: top-k classes with softmax probabilities, keypoints in original pixels."""
-    logits = outputs[OUTPUT_LOGITS].astype(np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]   # stable: ties -> lowest index, like argmax
-    keypoints = outputs[OUTPUT_KEYPOINTS].astype(np.float64)
-    scores = outputs[OUTPUT_KEYPOINT_SCORES].astype(np.float64)
-    records = []
-    for n, item in enumerate(items):
-        h, w = item.size_hw
-        xs, ys = keypoints[n, :, 0] * w / input_size, keypoints[n, :, 1] * h / input_size
-        records.append({
-            "path": item.path, "width": int(w), "height": int(h),
-            "top": [{"label": int(c), "class": class_names[c], "prob": round(float(probs[n, c]), 6)}
-                    for c in order[n]],
-            "keypoints": [{"part": part_names[p], "x": round(float(xs[p]), 3), "y": round(float(ys[p]), 3),
-                           "score": round(float(scores[n, p]), 6)} for p in range(len(part_names))],
-        })
-    return records
-
-
-def _key(path: str, cwd: str) -> str:
-    return os.path.normcase(os.path.normpath(os.path.join(cwd, path)))
-
-
-class Journal:
-    """Append-only JSONL record of finished images; the first line is a header naming the run."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: Any = None
-
-    def start(self, header: dict[str, Any]) -> None:
-        """Create a new journal (refusing to overwrite one) with ``header`` as its first line."""
-        self._file = open(self.path, "x", encoding="utf-8")
-        self.append([{"journal": JOURNAL_VERSION, **header}])
-
-    def reopen(self, header: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
-        """Open an existing journal for appending; returns (scored keys, failed key -> reason).
-
-        A torn last line (the process died while writing it) is cut off, so its image is redone.
-
-        Raises:
-            FgdeployError: the journal was written for another model or top-k.
-        """
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            logger.info("%s: dropping a torn last line (%d bytes)", self.path, len(data) - end)
-        lines = data[:end].decode("utf-8").splitlines()
-        old = json.loads(lines[0]) if lines else {}
-        for name in ("model", "topk"):
-            if old.get(name) != header.get(name):
-                raise FgdeployError(f"{self.path} was written with {name}={old.get(name)!r} but this run has "
-                                    f"{name}={header.get(name)!r}; resume with the same options or delete it")
-        cwd = old.get("cwd", os.getcwd())
-        scored: set[str] = set()
-        failed: dict[str, str] = {}
-        for line in lines[1:]:
-            rec = json.loads(line)
-            key = _key(rec["path"], cwd)
-            if "error" in rec:
-                failed[key] = rec["error"]
-            else:
-                scored.add(key)
-        self._file = open(self.path, "r+", encoding="utf-8")
-        self._file.truncate(end)
-        self._file.seek(end)
-        return scored, failed
-
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
-        """Write records as one block, then flush and fsync so they survive a kill."""
-        if records:
-            self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def read(self) -> Iterator[dict[str, Any]]:
-        """Records after the header, in the order written."""
-        with open(self.path, encoding="utf-8") as f:
-            next(f, None)
-            for line in f:
-                if line.endswith("\n"):
-                    yield json.loads(line)
-
-
-def errors_path_for(out: Path) -> Path:
-    """Where the errors of a run writing ``out`` go: ``<stem>.errors.csv`` beside it."""
-    return out.with_name(out.stem + ".errors.csv")
-
-
-def _csv_header(topk: int, part_names: Sequence[str]) -> list[str]:
-    cols = ["path", "width", "height"]
-    cols += [f"top{i}_{f}" for i in range(1, topk + 1) for f in ("label", "class", "prob")]
-    return cols + [f"{p}_{f}" for p in part_names for f in ("x", "y", "score")]
-
-
-def _csv_row(rec: dict[str, Any], topk: int) -> list[Any]:
-    row: list[Any] = [rec["path"], rec["width"], rec["height"]]
-    for i in range(topk):
-        t = rec["top"][i] if i < len(rec["top"]) else {"label": "", "class": "", "prob": ""}
-        row += [t["label"], t["class"], t["prob"]]
-    return row + [v for k in rec["keypoints"] for v in (k["x"], k["y"], k["score"])]
-
-
-def render_outputs(journal: Journal, out: Path, topk: int, part_names: Sequence[str]) -> tuple[int, int]:
-    """Write ``out`` (CSV or JSONL by suffix) and its errors file from the journal, atomically.
-
-    Each path appears once: its first result, else its latest error. Returns (scored, failed).
-    """
-    cwd = json.loads(journal.path.open(encoding="utf-8").readline()).get("cwd", os.getcwd())
-    seen: set[str] = set()
-    errors: dict[str, tuple[str, str]] = {}
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f) if out.suffix.lower() == ".csv" else None
-        if writer:
-            writer.writerow(_csv_header(topk, part_names))
-        for rec in journal.read():
-            key = _key(rec["path"], cwd)
-            if "error" in rec:
-                errors[key] = (rec["path"], rec["error"])
-            elif key not in seen:
-                seen.add(key)
-                writer.writerow(_csv_row(rec, topk)) if writer else f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    failed = [v for k, v in errors.items() if k not in seen]
-    err_tmp = out.with_name(f".{out.name}.errors.tmp")
-    with open(err_tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows(failed)
-    os.replace(tmp, out)
-    os.replace(err_tmp, errors_path_for(out))
-    return len(seen), len(failed)
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a results file written by ``run_inference`` (CSV or JSONL) back into record dicts."""
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    header, records = rows[0], []
-    topk = sum(1 for c in header if c.endswith("_label"))
-    parts = [c[:-2] for c in header[3 + 3 * topk:] if c.endswith("_x")]
-    for row in rows[1:]:
-        top = [{"label": int(row[3 + 3 * i]), "class": row[4 + 3 * i], "prob": float(row[5 + 3 * i])}
-               for i in range(topk) if row[3 + 3 * i] != ""]
-        base = 3 + 3 * topk
-        kps = [{"part": p, "x": float(row[base + 3 * j]), "y": float(row[base + 3 * j + 1]),
-                "score": float(row[base + 3 * j + 2])} for j, p in enumerate(parts)]
-        records.append({"path": row[0], "width": int(row[1]), "height": int(row[2]), "top": top, "keypoints": kps})
-    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,7 +359,7 @@ def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOp
 
     def emit(pending: list[Decoded]) -> None:
         good = [d.image for d in pending if d.error is None]
-        put((pending, predictor.prepare(np.stack(good)) if good else None, len(good)))
+        put((pending, predictor.prepare(good) if good else None, len(good)))
 
     def produce() -> None:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="fgdeploy-decode")
@@ -594,35 +427,25 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
     journal = Journal(out.with_name(out.name + JOURNAL_SUFFIX))
     header = {"model": model_id, "topk": options.topk, "cwd": os.getcwd()}
     scored = _open_journal(journal, header, out, options.resume)
-    todo = [p for p in paths if _key(p, header["cwd"]) not in scored]
+    todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
     report = InferReport(total=len(paths), scored=0, failed=0, skipped=len(paths) - len(todo), attempted=0,
                          seconds=0.0, out=out, errors_file=errors_path_for(out), vis_dir=options.save_vis)
     if on_start:
         on_start(len(todo))
+    writer = ResultWriter(journal, predictor.input_size, options.topk, class_names, part_names,
+                          options.save_vis, on_progress)
     start = time.perf_counter()
     try:
         for items, prepared, n_good in iterate_batches(todo, predictor, options, options.save_vis is not None):
-            good = [d for d in items if d.error is None]
-            outputs = predictor.predict(prepared, n_good) if n_good else {}
-            if not class_names and n_good:
-                class_names = [f"class_{i}" for i in range(outputs[OUTPUT_LOGITS].shape[1])]
-            if not part_names and n_good:
-                p = outputs[OUTPUT_KEYPOINTS].shape[1]
-                part_names = list(PART_NAMES) if p == len(PART_NAMES) else [f"part_{i}" for i in range(p)]
-            records = to_records(outputs, good, predictor.input_size, options.topk, class_names or [],
-                                 part_names or []) if n_good else []
-            failures = [{"path": d.path, "error": d.error} for d in items if d.error is not None]
-            journal.append(records + failures)
-            report.errors += [(f["path"], f["error"]) for f in failures]
-            report.attempted += len(items)
-            if options.save_vis is not None:
-                _save_visualisations(good, records, options.save_vis)
-            if on_progress:
-                on_progress(len(items))
+            writer.put(items, predictor.predict(prepared, n_good) if n_good else {})
     finally:
-        journal.close()
-        report.seconds = time.perf_counter() - start
-    report.scored, report.failed = render_outputs(journal, out, options.topk, part_names or PART_NAMES)
+        try:
+            writer.close()
+        finally:
+            journal.close()
+            report.seconds = time.perf_counter() - start
+    report.errors, report.attempted = writer.errors, writer.attempted
+    report.scored, report.failed = render_outputs(journal, out, options.topk, writer.part_names or PART_NAMES)
     journal.path.unlink()
     return report
 
@@ -639,18 +462,5 @@ def _open_journal(journal: Journal, header: dict[str, Any], out: Path, resume: b
     if resume and out.exists():   # a finished run: keep its results, score only new images
         previous = read_results(out)
         journal.append(previous)
-        return {_key(r["path"], header["cwd"]) for r in previous}
+        return {key_of(r["path"], header["cwd"]) for r in previous}
     return set()
-
-
-def _save_visualisations(items: Sequence[Decoded], records: Sequence[dict[str, Any]], folder: Path) -> None:
-    """Draw keypoints (hollow when score < 0.5), part names and the top-1 class; write ``folder/<name>.png``."""
-    from fgdeploy.visualize import draw_caption, draw_keypoints, save_image
-
-    for item, rec in zip(items, records):
-        kps = np.array([[k["x"], k["y"]] for k in rec["keypoints"]], dtype=np.float64)
-        hollow = np.array([k["score"] < 0.5 for k in rec["keypoints"]])
-        canvas = draw_keypoints(item.original, kps, part_names=[k["part"] for k in rec["keypoints"]],
-                                labels=True, hollow=hollow)
-        canvas = draw_caption(canvas, f"{rec['top'][0]['class']}  p={rec['top'][0]['prob']:.2f}")
-        save_image(folder / f"{Path(item.path).stem}_{zlib.crc32(item.path.encode()):08x}.png", canvas)

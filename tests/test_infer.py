@@ -28,10 +28,8 @@ from click.testing import CliRunner
 
 from fgdeploy.backends.base import Runner, TensorSpec
 from fgdeploy.errors import FgdeployError, ImageError
-from fgdeploy.infer import (
-    EXIT_ALL_FAILED, InferOptions, Journal, RunnerPredictor, discover_images, errors_path_for, read_results,
-    run_inference, to_records,
-)
+from fgdeploy.infer import EXIT_ALL_FAILED, InferOptions, RunnerPredictor, discover_images, run_inference
+from fgdeploy.infer_results import Journal, errors_path_for, read_results, to_records
 
 S = 32  # fake model input size
 
@@ -476,3 +474,68 @@ def cli_group():
     from fgdeploy.cli import cli
 
     return cli
+
+
+# --------------------------------------------------------------------------------------------
+# the torch fast path (fgdeploy.fastpath)
+def _tiny_model(size: int = 32):
+    import torch
+
+    from fgdeploy.models import create_model, load_model_config
+
+    cfg = load_model_config("demo")
+    small = {"widths": [4, 8, 8, 16, 16], "depth": 1}
+    cfg = dataclasses.replace(cfg, input_size=size,
+                              localization=dataclasses.replace(cfg.localization, backbone_options=small),
+                              classification=dataclasses.replace(cfg.classification, backbone_options=small))
+    torch.manual_seed(0)
+    return create_model(cfg, 5).eval()
+
+
+def test_fastpath_compile_fullgraph_traces_coordinate_transfer_and_pads_last_batch():
+    """torch.compile(fullgraph=True) raises on any graph break, so this passing means the custom op
+    stays in one graph; the compiled predictor pads 3 images to the batch of 4 and returns 3 rows."""
+    import copy
+
+    import torch
+
+    from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
+
+    model = _tiny_model()
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+    torch._dynamo.reset()
+    options = FastPathOptions(compile_mode="default", compile_backend="aot_eager")
+    predictor = TorchFastPredictor(copy.deepcopy(model), "cpu", options, 32, batch=4)
+    prepared = predictor.prepare(images)
+    out = predictor.predict(prepared, 3)
+    assert tuple(prepared.shape) == (4, 32, 32, 3)
+    assert {k: v.shape[0] for k, v in out.items()} == {"logits": 3, "keypoints": 3, "keypoint_scores": 3}
+    for name in out:
+        np.testing.assert_allclose(out[name], ref[name].numpy(), atol=1e-5, err_msg=name)
+
+
+def test_fastpath_uint8_nhwc_input_equals_float_nchw_input():
+    import torch
+
+    from fgdeploy.fastpath import optimize_for_inference
+
+    fn = optimize_for_inference(_tiny_model(), "cpu")
+    u8 = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    a, b = fn(u8), fn(u8.permute(0, 3, 1, 2).float() / 255.0)
+    assert a["logits"].std() > 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cuda_graphs": True}, "cuda_graphs needs a CUDA device"),
+    ({"compile_mode": "fastest"}, "compile mode 'fastest' is not one of"),
+])
+def test_fastpath_rejects_bad_options(kwargs, message):
+    from fgdeploy.errors import ConfigError
+    from fgdeploy.fastpath import optimize_for_inference
+
+    with pytest.raises(ConfigError, match=message):
+        optimize_for_inference(_tiny_model(), "cpu", **kwargs)

@@ -1,0 +1,206 @@
+"""CPU benchmark of `fgdeploy infer`: pipeline efficiency and memory flatness. Writes JSON.
+
+1. Throughput: the demo model (random weights) on CUB-like JPEGs (500x375). Model-only = `fgdeploy
+   bench` (`bench_model`: the predictor on a prepared batch); end-to-end = `run_inference` over the
+   folder (decode threads, batching, results journal) through the same predictor, same batch. Each is
+   measured --repeats times, alternating, and the median is kept. Target: end-to-end >= 85 % of
+   model-only.
+2. Peak RSS: `run_inference` over 500 and over 5,000 images, each in a fresh subprocess: the peak RSS
+   of the run itself (VmHWM after resetting it once the model is loaded; ru_maxrss of the whole
+   process is recorded too).
+   The 5,000 are symlinks to the 500 JPEGs under distinct names (the pipeline sees 5,000 different
+   paths; the disk and page cache stay small). A small-width model at the demo input size keeps it
+   quick (the model's memory is constant anyway). Target: RSS(5,000) <= 1.2 x RSS(500).
+
+Usage:
+  python bench/bench_infer.py --out runs/bench/bench_infer.json              # torch backend
+  python bench/bench_infer.py --backend ort --out runs/bench/bench_infer_ort.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def save_model(path: Path, config: str, small: bool, classes: int = 20) -> Path:
+    """A random-weight checkpoint of ``config`` (``small``: narrow widths, same input size)."""
+    import torch
+
+    from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
+    from fgdeploy.config import dataclass_to_dict
+    from fgdeploy.models import create_model, load_model_config
+    from fgdeploy.tensors import PART_NAMES
+
+    cfg = load_model_config(config)
+    if small:
+        opts = {"widths": [4, 8, 8, 16, 16], "depth": 1}
+        cfg = dataclasses.replace(cfg, localization=dataclasses.replace(cfg.localization, backbone_options=opts),
+                                  classification=dataclasses.replace(cfg.classification, backbone_options=opts))
+    torch.manual_seed(0)
+    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=[f"c{i}" for i in range(classes)],
+                          part_names=list(PART_NAMES), input_size=cfg.input_size, mean=list(cfg.mean),
+                          std=list(cfg.std))
+    save_checkpoint(path, create_model(cfg, classes), meta)
+    return path
+
+
+def model_for_backend(ckpt: Path, backend: str) -> Path:
+    if backend != "ort":
+        return ckpt
+    from fgdeploy.export.onnx_export import export_checkpoint
+
+    onnx_path = ckpt.with_suffix(".onnx")
+    export_checkpoint(ckpt, onnx_path)
+    return onnx_path
+
+
+def throughput(model: Path, images: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from fgdeploy.bench import bench_end_to_end, bench_model
+    from fgdeploy.infer import open_predictor
+
+    model_ips, e2e_ips = [], []
+    with open_predictor(model, args.backend, device="cpu", batch=args.batch, threads=args.threads) as loaded:
+        for _ in range(args.repeats):
+            model_ips.append(bench_model(loaded.predictor, loaded.name, args.batch, args.iters, 2).images_per_s)
+            e2e_ips.append(bench_end_to_end(loaded.predictor, loaded.name, images, args.batch,
+                                            workers=args.workers).images_per_s)
+            print(f"model-only {model_ips[-1]:.1f} img/s, end-to-end {e2e_ips[-1]:.1f} img/s", file=sys.stderr)
+        name = loaded.name
+    m, e = statistics.median(model_ips), statistics.median(e2e_ips)
+    return {"backend": name, "batch": args.batch, "images": args.images, "model_only_images_per_s": m,
+            "end_to_end_images_per_s": e, "ratio": round(e / m, 3), "target": 0.85, "passed": e / m >= 0.85,
+            "model_only_runs": model_ips, "end_to_end_runs": e2e_ips}
+
+
+def rss_child(args: argparse.Namespace) -> None:
+    """Run inference over the list; print peak RSS (KiB) as JSON on stdout."""
+    from fgdeploy.infer import InferOptions, discover_images, open_predictor, run_inference
+
+    paths = discover_images(args.rss_child)
+    with tempfile.TemporaryDirectory() as tmp, \
+            open_predictor(args.model, args.backend, device="cpu", batch=args.batch, threads=args.threads) as m:
+        before = _status_kib("VmRSS")
+        reset = _reset_peak_rss()   # so VmHWM is the peak of the run, not of imports and model loading
+        t0 = time.perf_counter()
+        report = run_inference(paths, m.predictor, Path(tmp) / "r.csv", options=InferOptions(batch=args.batch,
+                               workers=args.workers), model_id="bench")
+        seconds = time.perf_counter() - t0
+        run_peak = _status_kib("VmHWM") if reset else None
+    print(json.dumps({"images": len(paths), "scored": report.scored, "seconds": round(seconds, 1),
+                      "rss_before_run_kib": before, "run_peak_rss_kib": run_peak,
+                      "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def _status_kib(field: str) -> int | None:
+    """A memory field of /proc/self/status (Linux), in KiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss(model: Path, folder: Path, counts: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    real = sorted(folder.glob("*.jpg"))
+    links = folder / "links"
+    links.mkdir(exist_ok=True)
+    out: dict[str, Any] = {}
+    for n in counts:
+        listing = folder / f"list_{n}.txt"
+        names = []
+        for k in range(n):
+            link = links / f"img_{k:05d}.jpg"
+            if not link.exists():
+                link.symlink_to(real[k % len(real)])
+            names.append(str(link))
+        listing.write_text("\n".join(names) + "\n")
+        cmd = [sys.executable, __file__, "--rss-child", str(listing), "--model", str(model), "--backend",
+               args.backend, "--batch", str(args.batch), "--workers", str(args.workers)]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"{n} images: peak RSS {res['max_rss_kib'] / 1024:.1f} MiB (process), "
+              f"{(res['run_peak_rss_kib'] or 0) / 1024:.1f} MiB (during the run) in {res['seconds']} s", file=sys.stderr)
+        out[str(n)] = res
+    key = "run_peak_rss_kib" if all(out[str(c)]["run_peak_rss_kib"] for c in counts) else "max_rss_kib"
+    small, large = (out[str(c)][key] for c in (min(counts), max(counts)))
+    out.update({"compared": key, "ratio": round(large / small, 3), "target": 1.2, "passed": large / small <= 1.2})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/bench_infer.json"))
+    parser.add_argument("--config", default="demo", help="model config for the throughput part")
+    parser.add_argument("--backend", choices=["torch", "ort"], default="torch")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--images", type=int, default=256, help="JPEGs for the throughput part")
+    parser.add_argument("--iters", type=int, default=10, help="timed model-only calls per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (torch: torch threads)")
+    parser.add_argument("--workers", type=int, default=0, help="decode threads (0: auto)")
+    parser.add_argument("--rss-counts", default="500,5000", help="image counts of the RSS runs ('' to skip)")
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(args)
+        return 0
+    from fgdeploy.bench import environment
+    from gpu_speed import make_jpegs
+
+    payload: dict[str, Any] = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}}
+    with tempfile.TemporaryDirectory(prefix="fgdeploy-bench-infer-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "images").mkdir()
+        make_jpegs(tmp_path / "images", args.images)
+        model = model_for_backend(save_model(tmp_path / "model.pt", args.config, small=False), args.backend)
+        payload["throughput"] = throughput(model, tmp_path / "images", args)
+        counts = [int(c) for c in args.rss_counts.split(",") if c.strip()]
+        if counts:
+            (tmp_path / "rss").mkdir()
+            make_jpegs(tmp_path / "rss", min(counts), seed=1)
+            small = model_for_backend(save_model(tmp_path / "small.pt", args.config, small=True), args.backend)
+            payload["rss"] = peak_rss(small, tmp_path / "rss", counts, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
+    tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp_out, args.out)
+    t, r = payload["throughput"], payload.get("rss")
+    print(f"end-to-end / model-only: {100 * t['ratio']:.1f} % ({t['end_to_end_images_per_s']:.1f} / "
+          f"{t['model_only_images_per_s']:.1f} img/s, {t['backend']}, batch {t['batch']})")
+    if r:
+        print(f"peak RSS {max(counts)} vs {min(counts)} images: {r['ratio']:.3f}x")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""GPU speed of the paper model (cub_vgg16_fc7, 500x500, random weights), every fast-path option side by side.
+
+One run, one GPU (H100/H200; torch >= 2.4 with CUDA, triton; no TensorRT, no network):
+
+  variant                           what it is
+  fp32-eager                        fp32, NCHW, TF32 off, cuDNN heuristics            (reference: 121 img/s on H200)
+  fp16-cl-eager                     fp16 weights+activations, channels_last           (reference: 820)
+  fp16-cl-compile                   + torch.compile(fullgraph=True), default mode     (reference: 1305)
+  fp16-cl-eager+bench               + cudnn.benchmark (fgdeploy turns it on by default)
+  fp16-cl-eager+bench+graphs        + one CUDA graph per batch size
+  fp16-cl-compile+bench             compiled + cudnn.benchmark
+  fp16-cl-compile+bench+graphs      compiled + cudnn.benchmark + CUDA graphs
+  fp16-cl-max-autotune+bench+graphs compile mode max-autotune-no-cudagraphs (+ our graphs), if time allows
+
+All variants take the batch as uint8 (N, 500, 500, 3) already on the GPU (as `fgdeploy infer` hands it
+over) and convert it inside the timed call (one fused pass, < 0.5 % of the time). Each (variant, batch)
+is warmed up (compilation, autotuning, capture; timed separately as ``setup_s``), then every call is
+timed with CUDA events; img/s = batch / median latency. "fgdeploy-fastest" is the best fgdeploy
+option set per batch; its ratio to fp16-cl-compile is the target (>= 1.3x).
+
+End-to-end: JPEGs (CUB-like 500x375) are generated into a temp folder and scored by
+`fgdeploy.infer.run_inference` with the fastest option set at the largest batch (decode threads,
+pinned uint8 batches copied ahead on a side stream, results journaled); compared with the model-only
+throughput of the same predictor (target >= 90 %).
+
+A time budget (--budget-s, default 270 s) skips optional steps that would not fit; skipped steps are
+listed in the JSON.
+
+Usage (on the GPU machine, from the repository root):
+  python bench/gpu_speed.py --out gpu_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REFERENCE_H200 = {"fp32-eager": 121.0, "fp16-cl-eager": 820.0, "fp16-cl-compile": 1305.0}
+FASTPATH_VARIANTS = ("fp16-cl-eager+bench", "fp16-cl-eager+bench+graphs", "fp16-cl-compile+bench",
+                     "fp16-cl-compile+bench+graphs", "fp16-cl-max-autotune+bench+graphs")
+FLAGS = {  # how to get each fast-path variant from the CLI (cudnn.benchmark is fgdeploy's default on GPU)
+    "fp16-cl-eager+bench": "--fp16 --channels-last",
+    "fp16-cl-eager+bench+graphs": "--fp16 --channels-last --cuda-graphs",
+    "fp16-cl-compile+bench": "--fp16 --channels-last --compile default",
+    "fp16-cl-compile+bench+graphs": "--fp16 --channels-last --compile default --cuda-graphs",
+    "fp16-cl-max-autotune+bench+graphs": "--fp16 --channels-last --compile max-autotune --cuda-graphs",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """Set TF32 for matmul and cuDNN, restoring the previous values."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def time_variant(fn: Callable[[torch.Tensor], Any], images: torch.Tensor, iters: int, warmup: int) -> dict[str, Any]:
+    """Warm up (setup_s), then time ``iters`` calls with CUDA events (CPU: perf_counter); img/s from the median."""
+    from fgdeploy.bench import time_calls
+
+    cuda = images.is_cuda
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn(images)
+    if cuda:
+        torch.cuda.synchronize()
+    setup_s = time.perf_counter() - t0
+    times, _ = time_calls(lambda: fn(images), iters, 0, cuda)
+    lat = np.asarray(times)
+    batch = images.shape[0]
+    return {"batch": batch, "iters": iters, "setup_s": round(setup_s, 2),
+            "p50_ms": round(float(np.median(lat)), 3), "p90_ms": round(float(np.percentile(lat, 90)), 3),
+            "min_ms": round(float(lat.min()), 3), "images_per_s": round(batch * 1000.0 / float(np.median(lat)), 1)}
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.start, self.seconds = time.perf_counter(), seconds
+
+    @property
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.start)
+
+
+def make_jpegs(folder: Path, count: int, seed: int = 0) -> Path:
+    """CUB-like JPEGs: smooth random colour fields at 500x375 (a quarter portrait), with fine noise."""
+    import cv2
+
+    def one(k: int) -> None:
+        rng = np.random.default_rng(seed + k)
+        h, w = (500, 375) if k % 4 == 0 else (375, 500)
+        small = rng.integers(0, 256, (h // 25, w // 25, 3), dtype=np.uint8)
+        image = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        image = np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{k:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+    with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
+        list(pool.map(one, range(count)))
+    return folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("gpu_speed.json"), help="JSON results path")
+    parser.add_argument("--config", default="cub_vgg16_fc7", help="model config (models/<name>.yaml)")
+    parser.add_argument("--batches", default="32,64", help="batch sizes, comma-separated")
+    parser.add_argument("--iters", type=int, default=20, help="timed calls per (variant, batch)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compile, autotune, capture)")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="skip optional steps past this")
+    parser.add_argument("--images", type=int, default=4096, help="JPEGs for the end-to-end run (0: skip)")
+    parser.add_argument("--workers", type=int, default=0, help="decode threads (0: CPU count)")
+    parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a smoke test of the "
+                        "script with a small --config; CUDA-graph variants are skipped)")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_speed.py needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 2
+    cuda = args.device.startswith("cuda")
+
+    from fgdeploy.fastpath import CudaGraphed, build_inference_fn, with_cudnn_benchmark
+    from fgdeploy.models import create_model, load_model_config
+
+    budget = Budget(args.budget_s)
+    batches = [int(b) for b in args.batches.split(",")]
+    cfg = load_model_config(args.config)
+    size = cfg.input_size
+    torch.manual_seed(0)
+    base = create_model(cfg, 200).eval()
+    inputs = {b: torch.randint(0, 256, (b, size, size, 3), dtype=torch.uint8, device=args.device) for b in batches}
+    results: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    compile_s: dict[str, float] = {}
+
+    def run(name: str, fn: Callable[[torch.Tensor], Any], iters: int | None = None) -> None:
+        if not cuda and "graphs" in name:
+            skipped.append(f"{name} (CUDA only)")
+            return
+        results[name] = {}
+        for b in batches:
+            r = time_variant(fn, inputs[b], iters or args.iters, args.warmup)
+            results[name][str(b)] = r
+            log(f"{name:36s} batch {b:3d}: {r['images_per_s']:8.1f} img/s (p50 {r['p50_ms']:.2f} ms, "
+                f"setup {r['setup_s']:.1f} s)")
+
+    def build(**kw: Any) -> Callable[[torch.Tensor], Any]:
+        return build_inference_fn(copy.deepcopy(base), args.device, **kw)
+
+    def free() -> None:
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+
+    gpu = torch.cuda.get_device_name() if cuda else "cpu (smoke test)"
+    log(f"{gpu}, torch {torch.__version__}, model {cfg.name} at {size}x{size}")
+    with tf32(False):
+        run("fp32-eager", with_cudnn_benchmark(build(), False), iters=max(5, args.iters // 4))
+    free()
+    eager = build(fp16=True, channels_last=True)
+    run("fp16-cl-eager", with_cudnn_benchmark(eager, False))
+    run("fp16-cl-eager+bench", with_cudnn_benchmark(eager, True))
+    run("fp16-cl-eager+bench+graphs", with_cudnn_benchmark(CudaGraphed(eager) if cuda else eager, True))
+    del eager
+    free()
+    t0 = time.perf_counter()
+    compiled = build(fp16=True, channels_last=True, compile_mode="default")
+    run("fp16-cl-compile", with_cudnn_benchmark(compiled, False))
+    compile_s["default"] = round(time.perf_counter() - t0, 1)
+    run("fp16-cl-compile+bench", with_cudnn_benchmark(compiled, True))
+    run("fp16-cl-compile+bench+graphs", with_cudnn_benchmark(CudaGraphed(compiled) if cuda else compiled, True))
+    free()
+
+    fastest = best_fastpath(results, batches)
+    e2e = None
+    if args.images > 0 and budget.left > 60:
+        e2e = end_to_end(fastest, results, base, cfg, args, batches, compiled)
+    else:
+        skipped.append("end-to-end")
+    del compiled
+    free()
+
+    estimate = 2.5 * compile_s["default"]
+    if cuda and budget.left > estimate:
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config, "max_autotune_conv_backends"):
+            inductor_config.max_autotune_conv_backends = "ATEN"  # cuDNN convs; Triton conv templates cost minutes
+        t0 = time.perf_counter()
+        tuned = build(fp16=True, channels_last=True, compile_mode="max-autotune", cuda_graphs=True)
+        run("fp16-cl-max-autotune+bench+graphs", with_cudnn_benchmark(CudaGraphed(tuned), True))
+        compile_s["max-autotune"] = round(time.perf_counter() - t0, 1)
+        del tuned
+        free()
+    elif cuda:
+        skipped.append(f"fp16-cl-max-autotune+bench+graphs (needs ~{estimate:.0f} s, {budget.left:.0f} s left)")
+    fastest = best_fastpath(results, batches)
+    summary = write_report(args, cfg, results, fastest, e2e, skipped, compile_s, budget)
+    print(summary)
+    return 0
+
+
+def best_fastpath(results: dict[str, dict[str, Any]], batches: list[int]) -> dict[str, str]:
+    """Per batch, the fgdeploy variant with the most img/s."""
+    return {str(b): max((v for v in FASTPATH_VARIANTS if v in results),
+                        key=lambda v: results[v][str(b)]["images_per_s"]) for b in batches}
+
+
+def end_to_end(fastest: dict[str, str], results: dict[str, Any], base: torch.nn.Module, cfg: Any,
+               args: argparse.Namespace, batches: list[int], compiled: Any) -> dict[str, Any]:
+    """`run_inference` over generated JPEGs with the fastest option set vs the same predictor model-only."""
+    from fgdeploy.bench import bench_end_to_end, bench_model
+    from fgdeploy.fastpath import CudaGraphed, FastPathOptions, TorchFastPredictor, build_inference_fn
+    from fgdeploy.fastpath import with_cudnn_benchmark
+
+    batch = max(batches)
+    name = fastest[str(batch)]
+    if "compile" in name:
+        inner = compiled
+    else:
+        inner = build_inference_fn(copy.deepcopy(base), args.device, fp16=True, channels_last=True)
+    graphs = name.endswith("graphs") and args.device.startswith("cuda")
+    fn = with_cudnn_benchmark(CudaGraphed(inner) if graphs else inner, True)
+    predictor = TorchFastPredictor(None, args.device, FastPathOptions(cuda_graphs=True), cfg.input_size, batch, fn=fn)
+    with tempfile.TemporaryDirectory(prefix="fgdeploy-gpu-e2e-") as tmp:
+        t0 = time.perf_counter()
+        folder = make_jpegs(Path(tmp), args.images)
+        log(f"generated {args.images} JPEGs in {time.perf_counter() - t0:.1f} s")
+        model_only = bench_model(predictor, name, batch, iters=args.iters, warmup=args.warmup)
+        e2e = bench_end_to_end(predictor, name, folder, batch, workers=args.workers or (os.cpu_count() or 8))
+    ratio = e2e.images_per_s / model_only.images_per_s
+    log(f"end-to-end {e2e.images_per_s:.1f} img/s vs model-only {model_only.images_per_s:.1f} img/s "
+        f"({100 * ratio:.1f} %) with {name}, batch {batch}")
+    return {"variant": name, "batch": batch, "images": args.images, "workers": args.workers or os.cpu_count(),
+            "model_only_images_per_s": model_only.images_per_s, "end_to_end_images_per_s": e2e.images_per_s,
+            "ratio": round(ratio, 3), "target": 0.9, "passed": ratio >= 0.9}
+
+
+def write_report(args: argparse.Namespace, cfg: Any, results: dict[str, Any], fastest: dict[str, str],
+                 e2e: dict[str, Any] | None, skipped: list[str], compile_s: dict[str, float], budget: Budget) -> str:
+    batches = sorted(int(b) for b in next(iter(results.values())))
+    fast = {}
+    for b in batches:
+        best = fastest[str(b)]
+        ips = results[best][str(b)]["images_per_s"]
+        base = results["fp16-cl-compile"][str(b)]["images_per_s"]
+        fast[str(b)] = {"variant": best, "flags": FLAGS[best], "images_per_s": ips,
+                        "vs_torch_compile": round(ips / base, 3), "target": 1.3, "passed": ips / base >= 1.3}
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    cuda = args.device.startswith("cuda")
+    payload = {
+        "environment": {"gpu": torch.cuda.get_device_name() if cuda else "cpu (smoke test)",
+                        "torch": torch.__version__, "cuda": torch.version.cuda,
+                        "cudnn": torch.backends.cudnn.version() if cuda else None, "triton": triton_version,
+                        "python": platform.python_version(), "cpu_count": os.cpu_count()},
+        "model": {"config": cfg.name, "input_size": cfg.input_size, "weights": "random (seed 0)", "classes": 200},
+        "input": "uint8 (N, S, S, 3) on the GPU, converted inside the timed call",
+        "reference_h200_images_per_s": REFERENCE_H200,
+        "results": results, "fgdeploy_fastest": fast, "end_to_end": e2e, "compile_s": compile_s,
+        "skipped": skipped, "total_s": round(budget.seconds - budget.left, 1),
+    }
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    lines = [f"{'variant':36s} " + " ".join(f"{'b' + str(b) + ' img/s':>12s}" for b in batches)]
+    for name, per in results.items():
+        lines.append(f"{name:36s} " + " ".join(f"{per[str(b)]['images_per_s']:12.1f}" for b in batches))
+    for b in batches:
+        f = fast[str(b)]
+        lines.append(f"batch {b}: fastest {f['variant']} = {f['vs_torch_compile']:.2f}x torch.compile "
+                     f"({'PASS' if f['passed'] else 'below'} 1.3x); flags: {f['flags']}")
+    if e2e:
+        lines.append(f"end-to-end / model-only = {100 * e2e['ratio']:.1f} % ({'PASS' if e2e['passed'] else 'below'} 90 %)")
+    lines.append(f"total {payload['total_s']} s; skipped: {skipped or 'nothing'}; JSON: {args.out}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""``fgdeploy bench``: model-only latency/throughput per backend and batch, optionally end-to-end over a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fgdeploy.commands.infer import BACKEND_CHOICES, COMPILE_CHOICES
+
+
+def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: give positive batch sizes separated by commas, e.g. 1,8,32,64",
+                                 ctx, param)
+    return sizes
+
+
+@click.command("bench", short_help="Latency (p50/p90/p99) and throughput per backend and batch.")
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint, .onnx or .engine; repeat to compare backends (e.g. --model m.pt --model m.onnx).")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="Runtime for every --model; auto picks it from each file's suffix.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+@click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
+@click.option("--batch", "batches", default="1,8,32,64", show_default=True, callback=_batches,
+              help="Batch sizes, comma-separated.")
+@click.option("--iters", type=click.IntRange(1), default=20, show_default=True, help="Timed calls per batch size.")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed calls first.")
+@click.option("--images", type=str, default=None,
+              help="Also time end-to-end inference (decode + model + results) over this folder/glob/list.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Decode threads (end-to-end).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results and the environment as JSON here.")
+@click.option("--channels-last", is_flag=True, help="torch: NHWC memory format.")
+@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default="none", show_default=True,
+              help="torch: torch.compile mode.")
+@click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: capture and replay CUDA graphs.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
+def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batches: list[int], iters: int,
+            warmup: int, images: str | None, workers: int, json_out: Path | None, channels_last: bool,
+            compile_mode: str, cuda_graphs: bool, threads: int | None) -> None:
+    """Time each --model at each batch size after warm-up: p50/p90/p99 latency per batch and images/s.
+
+    Model-only numbers time the runner call on a batch in host memory (host<->device copies
+    included, decoding not); on a GPU, CUDA events time each call. With --images, the whole
+    `fgdeploy infer` pipeline is timed too, at the largest batch size. Prints a table; --json saves it.
+    """
+    from fgdeploy.bench import bench_end_to_end, bench_model, render_table, write_json
+    from fgdeploy.fastpath import FastPathOptions
+    from fgdeploy.infer import open_predictor
+
+    fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+    results = []
+    for model in models:
+        with open_predictor(model, backend, device=device, fp16=fp16, batch=None, fast=fast,
+                            threads=threads) as loaded:
+            for batch in batches:
+                results.append(bench_model(loaded.predictor, loaded.name, batch, iters, warmup))
+                click.echo(render_table(results[-1:]).splitlines()[-1], err=True)
+            if images:
+                results.append(bench_end_to_end(loaded.predictor, loaded.name, images, max(batches), workers))
+    click.echo(render_table(results))
+    if json_out:
+        click.echo(f"wrote {write_json(json_out, results, {'models': list(models)})}", err=True)

@@ -1,0 +1,261 @@
+"""The end-to-end demo: synth-birds -> train -> eval -> export (fp32, fp16) -> infer -> parity -> bench.
+
+Runs on a fresh CPU-only machine with no data. Every step records its result in
+``OUT/demo_state.json``; a rerun skips steps whose result and files are there (training that was
+interrupted continues from ``last.pt``), so a killed demo picks up where it stopped. Delete the
+folder to start over. ``summary_table`` renders one table: accuracy, PCK, parity verdicts and
+throughput per backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "demo_state.json"
+STEPS: tuple[str, ...] = ("data", "train", "eval", "export", "infer", "parity", "bench")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Sizes of the demo; ``quick`` shrinks every default for a smoke run (about a minute)."""
+
+    out: Path = Path("runs/demo")
+    quick: bool = False
+    config: str = "demo"                   # model config name in models/ or a YAML path
+    device: str = "auto"                   # training/eval device; export, infer and parity run on CPU
+    classes: int | None = None             # synth-birds classes (None: 20, quick 4)
+    images_per_class: int | None = None    # (None: 30, quick 6)
+    image_size: int | None = None          # synth image side (None: 256, quick 128)
+    epochs: int | None = None              # every training stage (None: the config's preset, quick 1)
+    train_batch: int | None = None         # training batch (None: the preset's, quick 4)
+    batch: int = 16                        # infer/parity/bench batch size
+    bench_iters: int | None = None         # timed model-only calls per backend (None: 10, quick 2)
+    seed: int = 0
+
+    def resolved(self) -> dict[str, Any]:
+        q = self.quick
+        pick = lambda value, full, quick: value if value is not None else (quick if q else full)  # noqa: E731
+        return {"classes": pick(self.classes, 20, 4), "images_per_class": pick(self.images_per_class, 30, 6),
+                "image_size": pick(self.image_size, 256, 128), "epochs": pick(self.epochs, None, 1),
+                "train_batch": pick(self.train_batch, None, 4),
+                "bench_iters": pick(self.bench_iters, 10, 2)}
+
+
+@dataclass
+class DemoResult:
+    """Every step's result (plain JSON data), as stored in demo_state.json."""
+
+    out: Path
+    steps: dict[str, Any] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)        # steps run now (others came from the state file)
+
+    @property
+    def passed(self) -> bool:
+        """True when every parity comparison passed."""
+        return all(p["passed"] for p in self.steps.get("parity", []))
+
+
+def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) -> DemoResult:
+    """Run (or finish) the demo in ``options.out``; ``echo`` gets one line per step."""
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    result = DemoResult(out, steps=state)
+    sizes = options.resolved()
+    actions: dict[str, Callable[[], Any]] = {
+        "data": lambda: _step_data(out, sizes, options.seed),
+        "train": lambda: _step_train(out, options, sizes),
+        "eval": lambda: _step_eval(out, options),
+        "export": lambda: _step_export(out),
+        "infer": lambda: _step_infer(out, options.batch),
+        "parity": lambda: _step_parity(out, options.batch),
+        "bench": lambda: _step_bench(out, options.batch, sizes["bench_iters"]),
+    }
+    for name in STEPS:
+        if name in state and _outputs_exist(state[name]):
+            echo(f"[{name}] done before, skipped")
+            continue
+        echo(f"[{name}] running")
+        state[name] = actions[name]()
+        result.ran.append(name)
+        _save_state(state_path, state)
+    return result
+
+
+def _outputs_exist(step: Any) -> bool:
+    paths = step.get("files", []) if isinstance(step, dict) else []
+    return all(Path(p).exists() for p in paths)
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- steps -------------------------------------------------------------------------------------
+def _step_data(out: Path, sizes: dict[str, Any], seed: int) -> dict[str, Any]:
+    from fgdeploy.data.synthetic import generate_synth_birds
+
+    root = out / "synth-birds"
+    if not (root / "images.txt").is_file():
+        generate_synth_birds(root, classes=sizes["classes"], images_per_class=sizes["images_per_class"],
+                             size=sizes["image_size"], seed=seed)
+    return {"root": str(root), "classes": sizes["classes"], "images": sizes["classes"] * sizes["images_per_class"],
+            "files": [str(root / "images.txt")]}
+
+
+def _step_train(out: Path, options: DemoOptions, sizes: dict[str, Any]) -> dict[str, Any]:
+    from fgdeploy.train.run import TrainOptions, run_training
+
+    run_dir = out / "train"
+    resume = (run_dir / "last.pt").is_file()
+    train = TrainOptions(config=options.config, out=run_dir, data=None if resume else out / "synth-birds",
+                         epochs=None if resume else sizes["epochs"], seed=None if resume else options.seed,
+                         batch=None if resume else sizes["train_batch"],
+                         device=None if options.device == "auto" else options.device, resume=resume,
+                         show_progress=False)
+    trained = run_training(train)
+    best = run_dir / "best.pt"
+    checkpoint = best if best.is_file() else run_dir / "last.pt"
+    return {"checkpoint": str(checkpoint), "last_metrics": _plain(trained.last_metrics), "files": [str(checkpoint)]}
+
+
+def _step_eval(out: Path, options: DemoOptions) -> dict[str, Any]:
+    from fgdeploy.evaluate import evaluate_checkpoint, pck_key
+
+    ckpt = _checkpoint(out)
+    res = evaluate_checkpoint(ckpt, out / "synth-birds", "test", out_dir=out / "eval",
+                              device=options.device, progress=False).result
+    pck = {str(a): res.pck[pck_key(a)]["mean"] for a in (0.05, 0.1) if pck_key(a) in res.pck}
+    return {"images": res.num_images, "top1": res.top1, "mean_class_acc": res.mean_class_acc, "pck": pck,
+            "files": [str(out / "eval" / "eval.json")]}
+
+
+def _step_export(out: Path) -> dict[str, Any]:
+    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
+
+    files = {}
+    for name, fp16 in (("model.onnx", False), ("model_fp16.onnx", True)):
+        path = out / name
+        if not path.is_file():
+            export_checkpoint(_checkpoint(out), path, ExportOptions(fp16=fp16))
+        files[name] = str(path)
+    return {"onnx": files, "files": list(files.values())}
+
+
+def _test_image_list(out: Path) -> Path:
+    """A text file listing the synth-birds test images (the input of ``fgdeploy infer``)."""
+    from fgdeploy.data.cub import CubDataset
+
+    dataset = CubDataset(out / "synth-birds", "test", validate=False)
+    listing = out / "test_images.txt"
+    listing.write_text("".join(f"{dataset.image_path(i).resolve()}\n" for i in range(len(dataset))),
+                       encoding="utf-8")
+    return listing
+
+
+def _step_infer(out: Path, batch: int) -> dict[str, Any]:
+    from fgdeploy.infer import InferOptions, discover_images, open_predictor, run_inference
+
+    paths = discover_images(_test_image_list(out))
+    results = out / "infer" / "results.csv"
+    with open_predictor(out / "model.onnx", "ort", device="cpu", batch=batch) as loaded:
+        report = run_inference(paths, loaded.predictor, results, class_names=loaded.class_names,
+                               part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3),
+                               model_id=str((out / "model.onnx").resolve()))
+    return {"backend": loaded.name, "scored": report.scored, "failed": report.failed,
+            "images_per_s": round(report.images_per_s, 2), "results": str(results), "files": [str(results)]}
+
+
+def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
+    from fgdeploy.backends import open_runner
+    from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
+
+    ckpt = _checkpoint(out)
+    ref = lambda debug: open_runner("torch", str(ckpt), debug=debug)  # noqa: E731
+    verdicts = []
+    for name in ("model.onnx", "model_fp16.onnx"):
+        test = lambda debug, n=name: open_runner("ort", str(out / n), debug=debug)  # noqa: E731
+        with test(False) as runner:
+            size = int(runner.metadata().get("input_size") or runner.input_specs()["images"].shape[-1])
+        report = run_parity(ref, test, DatasetImages(out / "synth-birds", "test", size),
+                            ParityConfig(batch_size=min(batch, 8)))
+        report.dump(out / "parity" / f"{Path(name).stem}.json")
+        verdicts.append({"ref": report.ref, "test": report.test, "precision": report.precision,
+                         "passed": report.passed, "top1_agreement": report.task.top1_agreement,
+                         "failed_checks": [c.name for c in report.checks if not c.passed]})
+    return verdicts
+
+
+def _step_bench(out: Path, batch: int, iters: int) -> dict[str, Any]:
+    from fgdeploy.bench import bench_end_to_end, bench_model, write_json
+
+    rows = []
+    listing = _test_image_list(out)
+    for model in (_checkpoint(out), out / "model.onnx", out / "model_fp16.onnx"):
+        from fgdeploy.infer import open_predictor
+
+        with open_predictor(model, "auto", device="cpu", batch=None) as loaded:
+            rows.append(bench_model(loaded.predictor, loaded.name, batch, iters=iters, warmup=1))
+            rows.append(bench_end_to_end(loaded.predictor, loaded.name, listing, batch))
+    path = write_json(out / "bench.json", rows)
+    return {"rows": [r.__dict__ for r in rows], "files": [str(path)]}
+
+
+def _checkpoint(out: Path) -> Path:
+    best = out / "train" / "best.pt"
+    return best if best.is_file() else out / "train" / "last.pt"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numbers, strings, lists, dicts)."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+# --- summary -------------------------------------------------------------------------------------
+def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
+    """(item, value) rows of the summary table."""
+    s = result.steps
+    rows: list[tuple[str, str]] = []
+    if "data" in s:
+        rows.append(("data", f"synth-birds, {s['data']['classes']} classes, {s['data']['images']} images"))
+    if "eval" in s:
+        e = s["eval"]
+        rows.append((f"top-1 accuracy (torch, {e['images']} test images)", f"{100 * e['top1']:.1f} %"))
+        rows.append(("mean per-class accuracy", f"{100 * e['mean_class_acc']:.1f} %"))
+        rows += [(f"PCK@{alpha} (mean over parts)", f"{100 * v:.1f} %") for alpha, v in e["pck"].items()]
+    if "infer" in s:
+        i = s["infer"]
+        rows.append((f"fgdeploy infer ({i['backend']})", f"{i['scored']} scored, {i['failed']} failed"))
+    for p in s.get("parity", []):
+        verdict = "PASS" if p["passed"] else "FAIL: " + "; ".join(p["failed_checks"])
+        rows.append((f"parity {p['ref']} vs {p['test']}", f"{verdict} (top-1 agreement "
+                                                          f"{100 * p['top1_agreement']:.1f} %)"))
+    by_backend: dict[str, dict[str, Any]] = {}
+    for r in s.get("bench", {}).get("rows", []):
+        by_backend.setdefault(r["backend"], {})[r["mode"]] = r
+    for backend, modes in by_backend.items():
+        m, e2e = modes.get("model"), modes.get("end-to-end")
+        text = f"model {m['images_per_s']:.1f} img/s (batch {m['batch']}, p50 {m['p50_ms']:.1f} ms)" if m else ""
+        text += f", end-to-end {e2e['images_per_s']:.1f} img/s" if e2e else ""
+        rows.append((f"throughput {backend}", text))
+    return rows
+
+
+def summary_table(result: DemoResult) -> str:
+    """The demo's one summary table."""
+    rows = [("item", "value")] + summary_rows(result)
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines.insert(1, f"{'-' * width}  {'-' * max(len(v) for _, v in rows)}")
+    return "\n".join(lines)

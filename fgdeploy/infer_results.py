@@ -1,0 +1,286 @@
+"""Results of batch inference: per-image records, the fsync'd journal, CSV/JSONL output, drawings.
+
+A record is a dict: ``path``, ``width``, ``height`` (the image as stored), ``top`` (k dicts: ``label``,
+``class``, ``prob``), ``keypoints`` (P dicts: ``part``, ``x``, ``y``, ``score``; x, y in the original
+image's continuous pixels). The journal (``OUT.partial.jsonl``) is a header line then one JSON record
+(or ``{"path", "error"}``) per line, appended and fsync'd per batch; ``render_outputs`` turns it into
+``OUT`` (.csv: one row per image; .jsonl: one record per line) and ``<stem>.errors.csv``, atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import queue
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgdeploy.errors import FgdeployError
+from fgdeploy.tensors import OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_VERSION = 1
+
+
+def to_records(outputs: dict[str, np.ndarray], items: Sequence[Any], input_size: int, topk: int,
+               class_names: Sequence[str], part_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-image result dicts: top-k classes with softmax probabilities, keypoints in original pixels."""
+    logits = outputs[OUTPUT_LOGITS].astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]   # stable: ties -> lowest index, like argmax
+    keypoints = outputs[OUTPUT_KEYPOINTS].astype(np.float64)
+    scores = outputs[OUTPUT_KEYPOINT_SCORES].astype(np.float64)
+    records = []
+    for n, item in enumerate(items):
+        h, w = item.size_hw
+        xs, ys = keypoints[n, :, 0] * w / input_size, keypoints[n, :, 1] * h / input_size
+        records.append({
+            "path": item.path, "width": int(w), "height": int(h),
+            "top": [{"label": int(c), "class": class_names[c], "prob": round(float(probs[n, c]), 6)}
+                    for c in order[n]],
+            "keypoints": [{"part": part_names[p], "x": round(float(xs[p]), 3), "y": round(float(ys[p]), 3),
+                           "score": round(float(scores[n, p]), 6)} for p in range(len(part_names))],
+        })
+    return records
+
+
+def key_of(path: str, cwd: str) -> str:
+    """The identity of an image path across runs: absolute (relative to ``cwd``) and normalised."""
+    return os.path.normcase(os.path.normpath(os.path.join(cwd, path)))
+
+
+class Journal:
+    """Append-only JSONL record of finished images; the first line is a header naming the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def start(self, header: dict[str, Any]) -> None:
+        """Create a new journal (refusing to overwrite one) with ``header`` as its first line."""
+        self._file = open(self.path, "x", encoding="utf-8")
+        self.append([{"journal": JOURNAL_VERSION, **header}])
+
+    def reopen(self, header: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+        """Open an existing journal for appending; returns (scored keys, failed key -> reason).
+
+        A torn last line (the process died while writing it) is cut off, so its image is redone.
+
+        Raises:
+            FgdeployError: the journal was written for another model or top-k.
+        """
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            logger.info("%s: dropping a torn last line (%d bytes)", self.path, len(data) - end)
+        lines = data[:end].decode("utf-8").splitlines()
+        old = json.loads(lines[0]) if lines else {}
+        for name in ("model", "topk"):
+            if old.get(name) != header.get(name):
+                raise FgdeployError(f"{self.path} was written with {name}={old.get(name)!r} but this run has "
+                                    f"{name}={header.get(name)!r}; resume with the same options or delete it")
+        cwd = old.get("cwd", os.getcwd())
+        scored: set[str] = set()
+        failed: dict[str, str] = {}
+        for line in lines[1:]:
+            rec = json.loads(line)
+            key = key_of(rec["path"], cwd)
+            if "error" in rec:
+                failed[key] = rec["error"]
+            else:
+                scored.add(key)
+        self._file = open(self.path, "r+", encoding="utf-8")
+        self._file.truncate(end)
+        self._file.seek(end)
+        return scored, failed
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write records as one block, then flush and fsync so they survive a kill."""
+        if records:
+            self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        """Records after the header, in the order written."""
+        with open(self.path, encoding="utf-8") as f:
+            next(f, None)
+            for line in f:
+                if line.endswith("\n"):
+                    yield json.loads(line)
+
+
+def errors_path_for(out: Path) -> Path:
+    """Where the errors of a run writing ``out`` go: ``<stem>.errors.csv`` beside it."""
+    return out.with_name(out.stem + ".errors.csv")
+
+
+def _csv_header(topk: int, part_names: Sequence[str]) -> list[str]:
+    cols = ["path", "width", "height"]
+    cols += [f"top{i}_{f}" for i in range(1, topk + 1) for f in ("label", "class", "prob")]
+    return cols + [f"{p}_{f}" for p in part_names for f in ("x", "y", "score")]
+
+
+def _csv_row(rec: dict[str, Any], topk: int) -> list[Any]:
+    row: list[Any] = [rec["path"], rec["width"], rec["height"]]
+    for i in range(topk):
+        t = rec["top"][i] if i < len(rec["top"]) else {"label": "", "class": "", "prob": ""}
+        row += [t["label"], t["class"], t["prob"]]
+    return row + [v for k in rec["keypoints"] for v in (k["x"], k["y"], k["score"])]
+
+
+def render_outputs(journal: Journal, out: Path, topk: int, part_names: Sequence[str]) -> tuple[int, int]:
+    """Write ``out`` (CSV or JSONL by suffix) and its errors file from the journal, atomically.
+
+    Each path appears once: its first result, else its latest error. Returns (scored, failed).
+    """
+    cwd = json.loads(journal.path.open(encoding="utf-8").readline()).get("cwd", os.getcwd())
+    seen: set[str] = set()
+    errors: dict[str, tuple[str, str]] = {}
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f) if out.suffix.lower() == ".csv" else None
+        if writer:
+            writer.writerow(_csv_header(topk, part_names))
+        for rec in journal.read():
+            key = key_of(rec["path"], cwd)
+            if "error" in rec:
+                errors[key] = (rec["path"], rec["error"])
+            elif key not in seen:
+                seen.add(key)
+                writer.writerow(_csv_row(rec, topk)) if writer else f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    failed = [v for k, v in errors.items() if k not in seen]
+    err_tmp = out.with_name(f".{out.name}.errors.tmp")
+    with open(err_tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(failed)
+    os.replace(tmp, out)
+    os.replace(err_tmp, errors_path_for(out))
+    return len(seen), len(failed)
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read a results file written by ``run_inference`` (CSV or JSONL) back into record dicts."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    header, records = rows[0], []
+    topk = sum(1 for c in header if c.endswith("_label"))
+    parts = [c[:-2] for c in header[3 + 3 * topk:] if c.endswith("_x")]
+    for row in rows[1:]:
+        top = [{"label": int(row[3 + 3 * i]), "class": row[4 + 3 * i], "prob": float(row[5 + 3 * i])}
+               for i in range(topk) if row[3 + 3 * i] != ""]
+        base = 3 + 3 * topk
+        kps = [{"part": p, "x": float(row[base + 3 * j]), "y": float(row[base + 3 * j + 1]),
+                "score": float(row[base + 3 * j + 2])} for j, p in enumerate(parts)]
+        records.append({"path": row[0], "width": int(row[1]), "height": int(row[2]), "top": top, "keypoints": kps})
+    return records
+
+
+class ResultWriter:
+    """Turns predictor outputs into records and journals them on a background thread.
+
+    The caller's thread can then start the next batch on the device while this one is converted,
+    written and fsync'd. ``put`` re-raises an error of the writer thread; ``close`` writes what is
+    queued, stops the thread and re-raises its error, if any.
+    """
+
+    def __init__(self, journal: Journal, input_size: int, topk: int, class_names: Sequence[str] | None,
+                 part_names: Sequence[str] | None, vis_dir: Path | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        self.journal = journal
+        self.input_size = input_size
+        self.topk = topk
+        self.class_names = list(class_names or [])
+        self.part_names = list(part_names or [])
+        self.vis_dir = vis_dir
+        self.on_progress = on_progress
+        self.errors: list[tuple[str, str]] = []   # (path, reason) of this run's failures
+        self.attempted = 0                         # images handled (scored or failed)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fgdeploy-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, items: Sequence[Any], outputs: dict[str, np.ndarray]) -> None:
+        """Queue one batch: ``items`` (decoded, good and failed) and the outputs of the good ones."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put((items, outputs), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Write everything queued, then stop; re-raise the writer's error."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._write(*job)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = exc
+                return
+
+    def _write(self, items: Sequence[Any], outputs: dict[str, np.ndarray]) -> None:
+        good = [d for d in items if d.error is None]
+        records: list[dict[str, Any]] = []
+        if good:
+            if not self.class_names:
+                self.class_names = [f"class_{i}" for i in range(outputs[OUTPUT_LOGITS].shape[1])]
+            if not self.part_names:
+                p = outputs[OUTPUT_KEYPOINTS].shape[1]
+                self.part_names = list(PART_NAMES) if p == len(PART_NAMES) else [f"part_{i}" for i in range(p)]
+            records = to_records(outputs, good, self.input_size, self.topk, self.class_names, self.part_names)
+        failures = [{"path": d.path, "error": d.error} for d in items if d.error is not None]
+        self.journal.append(records + failures)
+        self.errors += [(f["path"], f["error"]) for f in failures]
+        self.attempted += len(items)
+        if self.vis_dir is not None and good:
+            save_visualisations(good, records, self.vis_dir)
+        if self.on_progress:
+            self.on_progress(len(items))
+
+
+def save_visualisations(items: Sequence[Any], records: Sequence[dict[str, Any]], folder: Path) -> None:
+    """Draw keypoints (hollow when score < 0.5), part names and the top-1 class; write ``folder/<name>.png``."""
+    from fgdeploy.visualize import draw_caption, draw_keypoints, save_image
+
+    for item, rec in zip(items, records):
+        kps = np.array([[k["x"], k["y"]] for k in rec["keypoints"]], dtype=np.float64)
+        hollow = np.array([k["score"] < 0.5 for k in rec["keypoints"]])
+        canvas = draw_keypoints(item.original, kps, part_names=[k["part"] for k in rec["keypoints"]],
+                                labels=True, hollow=hollow)
+        canvas = draw_caption(canvas, f"{rec['top'][0]['class']}  p={rec['top'][0]['prob']:.2f}")
+        save_image(folder / f"{Path(item.path).stem}_{zlib.crc32(item.path.encode()):08x}.png", canvas)

@@ -1,0 +1,77 @@
+"""``fgdeploy demo``: the whole pipeline on a tiny model and tiny synth data, then a resumed rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fgdeploy.cli import cli
+from fgdeploy.demo import STEPS, DemoResult, summary_table
+
+TINY_CONFIG = """\
+name: tiny
+input_size: 48
+shared_backbone: false
+localization:
+  backbone: small
+  backbone_options: {widths: [4, 8, 8, 16, 16], depth: 1}
+  score_layers: [s32, s16, s8, s4]
+classification:
+  backbone: small
+  backbone_options: {widths: [4, 8, 8, 16, 16], depth: 1}
+  use_parts: true
+  transfer_layer: s8
+  window: 3
+  mode: max
+  holistic: global_avg
+  holistic_layer: s32
+  dropout: 0.5
+zero_invisible_parts: true
+visibility_threshold: 0.5
+mean: [0.485, 0.456, 0.406]
+std: [0.229, 0.224, 0.225]
+"""
+
+
+def test_summary_table_shows_failed_parity_checks_and_throughput():
+    result = DemoResult(Path("x"), steps={
+        "eval": {"images": 10, "top1": 0.5, "mean_class_acc": 0.45, "pck": {"0.1": 0.8}},
+        "parity": [{"ref": "torch", "test": "ort-fp16", "passed": False, "top1_agreement": 0.9,
+                    "failed_checks": ["logits within atol=0.01"]}],
+        "bench": {"rows": [{"backend": "ort", "mode": "model", "batch": 8, "p50_ms": 2.0, "images_per_s": 4000.0},
+                           {"backend": "ort", "mode": "end-to-end", "batch": 8, "p50_ms": 3.0,
+                            "images_per_s": 900.0}]},
+    })
+    table = summary_table(result)
+    assert "top-1 accuracy (torch, 10 test images)" in table and "50.0 %" in table and "80.0 %" in table
+    assert "FAIL: logits within atol=0.01 (top-1 agreement 90.0 %)" in table
+    assert "model 4000.0 img/s (batch 8, p50 2.0 ms), end-to-end 900.0 img/s" in table
+    assert not result.passed
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_every_step_then_resumes_without_redoing_them(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--quick", "--config", str(config), "--batch", "4"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    for name in STEPS:
+        assert f"[{name}] running" in first.output
+    table = first.output[first.output.index("item "):]
+    for row in ("top-1 accuracy", "PCK@0.1", "parity torch-cpu-fp32 vs ort-cpu-fp32   PASS",
+                "parity torch-cpu-fp32 vs ort-cpu-fp16   PASS", "throughput torch-cpu-fp32-eager",
+                "throughput ort-cpu-fp32", "throughput ort-cpu-fp16", "12 scored, 0 failed"):
+        assert row in table, row
+    state = json.loads((out / "demo_state.json").read_text())
+    assert set(state) == set(STEPS)
+    assert (out / "model.onnx").is_file() and (out / "model_fp16.onnx").is_file()
+    assert len((out / "infer" / "results.csv").read_text().splitlines()) == 1 + 12
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert all(f"[{name}] done before, skipped" in second.output for name in STEPS)
+    assert second.output[second.output.index("item "):] == table
