@@ -1,0 +1,79 @@
+/*
+ * C ABI around the CoordinateTransfer launcher, for ctypes (fgdeploy/kernel_library.py) and tests.
+ * Needs CUDA only, no TensorRT. Build: see plugins/README.md (or fgdeploy.plugins.build_kernel_library).
+ */
+#include "coordTransferKernel.h"
+
+#include <cstdint>
+
+#define FGDEPLOY_CAPI extern "C" __attribute__((visibility("default")))
+
+namespace
+{
+constexpr int32_t kABI_VERSION = 1; // bump when a signature below changes
+constexpr int32_t kDTYPE_FLOAT32 = 0;
+constexpr int32_t kDTYPE_FLOAT16 = 1;
+} // namespace
+
+//! Version of this C ABI; the Python loader refuses a library with another version.
+FGDEPLOY_CAPI int32_t fgdeploy_ct_abi_version()
+{
+    return kABI_VERSION;
+}
+
+//! Why the arguments are invalid, or nullptr when they are valid (no CUDA call is made).
+FGDEPLOY_CAPI char const* fgdeploy_ct_check_args(void const* heatmaps, void const* features, void const* output,
+    int64_t batch, int64_t parts, int64_t channels, int64_t heatH, int64_t heatW, int64_t featH, int64_t featW,
+    int32_t window, int32_t mode)
+{
+    return fgdeploy::coordTransferCheckArgs(
+        heatmaps, features, output, batch, parts, channels, heatH, heatW, featH, featW, window, mode);
+}
+
+//! Enqueue the forward pass on `stream` (a cudaStream_t, 0 = legacy default stream).
+//! dtype: 0 = float32, 1 = float16. Returns a cudaError_t value (0 = success).
+FGDEPLOY_CAPI int32_t fgdeploy_ct_forward(int32_t dtype, void const* heatmaps, void const* features, void* output,
+    int64_t batch, int64_t parts, int64_t channels, int64_t heatH, int64_t heatW, int64_t featH, int64_t featW,
+    int32_t window, int32_t mode, void* stream)
+{
+    auto const s = static_cast<cudaStream_t>(stream);
+    if (dtype == kDTYPE_FLOAT32)
+    {
+        return static_cast<int32_t>(fgdeploy::coordTransferForward<float>(s, static_cast<float const*>(heatmaps),
+            static_cast<float const*>(features), static_cast<float*>(output), batch, parts, channels, heatH, heatW,
+            featH, featW, window, mode));
+    }
+    if (dtype == kDTYPE_FLOAT16)
+    {
+        return static_cast<int32_t>(fgdeploy::coordTransferForward<__half>(s, static_cast<__half const*>(heatmaps),
+            static_cast<__half const*>(features), static_cast<__half*>(output), batch, parts, channels, heatH, heatW,
+            featH, featW, window, mode));
+    }
+    return static_cast<int32_t>(cudaErrorInvalidValue);
+}
+
+//! The same computation on the CPU with host pointers (tests without a GPU); same return codes.
+FGDEPLOY_CAPI int32_t fgdeploy_ct_forward_host(int32_t dtype, void const* heatmaps, void const* features,
+    void* output, int64_t batch, int64_t parts, int64_t channels, int64_t heatH, int64_t heatW, int64_t featH,
+    int64_t featW, int32_t window, int32_t mode)
+{
+    if (dtype == kDTYPE_FLOAT32)
+    {
+        return static_cast<int32_t>(fgdeploy::coordTransferForwardHost<float>(static_cast<float const*>(heatmaps),
+            static_cast<float const*>(features), static_cast<float*>(output), batch, parts, channels, heatH, heatW,
+            featH, featW, window, mode));
+    }
+    if (dtype == kDTYPE_FLOAT16)
+    {
+        return static_cast<int32_t>(fgdeploy::coordTransferForwardHost<__half>(
+            static_cast<__half const*>(heatmaps), static_cast<__half const*>(features), static_cast<__half*>(output),
+            batch, parts, channels, heatH, heatW, featH, featW, window, mode));
+    }
+    return static_cast<int32_t>(cudaErrorInvalidValue);
+}
+
+//! Human-readable name of a cudaError_t value (static storage).
+FGDEPLOY_CAPI char const* fgdeploy_ct_error_string(int32_t code)
+{
+    return cudaGetErrorString(static_cast<cudaError_t>(code));
+}
