@@ -107,7 +107,7 @@ def bench_end_to_end(predictor: Predictor, name: str, images: str | Path, batch:
                                options=InferOptions(batch=batch, workers=workers, topk=1),
                                on_start=lambda n: stamps.append(time.perf_counter()),
                                on_progress=lambda n: stamps.append(time.perf_counter()))
-    gaps = np.diff(stamps) * 1000.0 if len(stamps) > 1 else np.array([report.seconds * 1000.0])
+    gaps = list(np.diff(stamps) * 1000.0) if len(stamps) > 1 else [report.seconds * 1000.0]
     return BenchResult.from_latencies(name, "end-to-end", batch, gaps, "wall", report.images_per_s)
 
 
@@ -125,7 +125,7 @@ def environment() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     try:
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
 
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:  # pragma: no cover

@@ -127,7 +127,7 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
     dtype = torch.float16 if fp16 else torch.float32
     model = model.eval().to(device=device, dtype=dtype)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     fn: Any = _InferenceModule(model, dtype, channels_last, outputs).eval()
     if mode != "none":
         if cuda_graphs:

@@ -237,7 +237,7 @@ def resolve_device(backend: str, device: str = "auto") -> str:
     if device != "auto":
         return device
     if backend == "ort":
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
 
         return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
     import torch
@@ -277,11 +277,11 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         return
     from fgdeploy.backends import open_runner
 
-    extra = {"threads": threads} if threads and kind == "ort" else {}
+    extra: dict[str, Any] = {"threads": threads} if threads and kind == "ort" else {}
     with open_runner(kind, str(model), device=device, fp16=fp16 or None, **extra) as runner:
-        meta = runner.metadata()
-        yield LoadedModel(RunnerPredictor(runner), runner.name, list(meta.get("class_names") or []),
-                          list(meta.get("part_names") or []))
+        recorded = runner.metadata()
+        yield LoadedModel(RunnerPredictor(runner), runner.name, list(recorded.get("class_names") or []),
+                          list(recorded.get("part_names") or []))
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOp
                 continue
 
     def emit(pending: list[Decoded]) -> None:
-        good = [d.image for d in pending if d.error is None]
+        good = [d.image for d in pending if d.image is not None]
         put((pending, predictor.prepare(good) if good else None, len(good)))
 
     def produce() -> None:
@@ -367,16 +367,17 @@ def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOp
             window: deque[Future[Decoded]] = deque()
             it = iter(paths)
             pending: list[Decoded] = []
+            n_good = 0
             while True:
                 while len(window) < window_size and (p := next(it, None)) is not None:
                     window.append(pool.submit(decode_one, p, predictor.input_size, keep_original))
                 if not window or stop.is_set():
                     break
                 pending.append(window.popleft().result())
-                n_good = sum(d.error is None for d in pending)
-                if n_good == options.batch or len(pending) >= 4 * options.batch:
+                n_good += pending[-1].error is None
+                if n_good == options.batch or len(pending) >= 4 * options.batch:  # many bad files: flush them
                     emit(pending)
-                    pending = []
+                    pending, n_good = [], 0
             if pending and not stop.is_set():
                 emit(pending)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -425,9 +426,10 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(out.with_name(out.name + JOURNAL_SUFFIX))
-    header = {"model": model_id, "topk": options.topk, "cwd": os.getcwd()}
+    cwd = os.getcwd()
+    header = {"model": model_id, "topk": options.topk, "cwd": cwd}
     scored = _open_journal(journal, header, out, options.resume)
-    todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
+    todo = [p for p in paths if key_of(p, cwd) not in scored]
     report = InferReport(total=len(paths), scored=0, failed=0, skipped=len(paths) - len(todo), attempted=0,
                          seconds=0.0, out=out, errors_file=errors_path_for(out), vis_dir=options.save_vis)
     if on_start:

@@ -399,38 +399,61 @@ def test_cli_infer_all_bad_exits_3(tmp_path, tiny_ckpt):
     assert read_results(tmp_path / "r.jsonl") == []
 
 
-def test_cli_infer_matches_running_the_model_directly(tmp_path, tiny_ckpt):
-    """Same top-1 and keypoints as decoding, resizing and calling the model by hand."""
+def _direct_model(backend: str, ckpt: Path, tmp_path: Path):
+    """(model file for the CLI, fn(x (1, 3, S, S) float32) -> outputs) calling the model without fgdeploy.infer."""
     import torch
 
     from fgdeploy.checkpoint import load_checkpoint
+
+    if backend == "torch":
+        model, _ = load_checkpoint(ckpt)
+        model.eval()
+
+        def run_torch(x):
+            with torch.no_grad():
+                return {k: v.numpy() for k, v in model(torch.from_numpy(x)).items()}
+
+        return ckpt, run_torch
+    import onnxruntime as ort
+
+    from fgdeploy.export.onnx_export import export_checkpoint
+
+    onnx_path = tmp_path / "tiny.onnx"
+    export_checkpoint(ckpt, onnx_path)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return onnx_path, lambda x: dict(zip(names, session.run(None, {"images": x})))
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_cli_infer_matches_running_the_model_directly(tmp_path, tiny_ckpt, backend):
+    """Same top-1, keypoints and scores as decoding, resizing and calling the model (or session) by hand."""
     from fgdeploy.cli import cli
     from fgdeploy.data.images import read_image
     from fgdeploy.data.sample import Sample
     from fgdeploy.data.transforms import resize_to_input
 
+    model_file, direct_fn = _direct_model(backend, tiny_ckpt, tmp_path)
     images = make_mixed_folder(tmp_path / "imgs")
     out = tmp_path / "r.jsonl"
-    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(tiny_ckpt), "--out", str(out),
+    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(model_file), "--out", str(out),
                                       "--batch", "3"])
     assert result.exit_code == 0, result.output
     records = read_results(out)
-    model, meta = load_checkpoint(tiny_ckpt)
-    model.eval()
-    size = meta.input_size
+    assert len(records) == len(GOOD)
+    size = 48
     for rec in records:
         image = read_image(rec["path"])
         h, w = image.shape[:2]
         sample = Sample(image, np.zeros((15, 2), np.float32), np.zeros(15, bool),
                         np.array([0, 0, w, h], np.float32), 0, 0, rec["path"])
-        x = torch.from_numpy(resize_to_input(sample, size).image).permute(2, 0, 1)[None].float() / 255.0
-        with torch.no_grad():
-            direct = model(x)
+        x = resize_to_input(sample, size).image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+        direct = direct_fn(np.ascontiguousarray(x))
         assert rec["top"][0]["label"] == int(direct["logits"][0].argmax()), rec["path"]
-        kp = direct["keypoints"][0].numpy() * np.array([w / size, h / size])
+        kp = direct["keypoints"][0] * np.array([w / size, h / size])
         got = np.array([[k["x"], k["y"]] for k in rec["keypoints"]])
         np.testing.assert_allclose(got, kp, atol=2e-3, err_msg=rec["path"])
-        np.testing.assert_allclose([k["score"] for k in rec["keypoints"]], direct["keypoint_scores"][0].numpy(),
+        np.testing.assert_allclose([k["score"] for k in rec["keypoints"]], direct["keypoint_scores"][0],
                                    atol=1e-5)
 
 

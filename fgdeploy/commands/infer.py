@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -77,11 +78,11 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     ctx.exit(report.exit_code)
 
 
-def _progress_bar(ctx: click.Context, total: int):  # type: ignore[no-untyped-def]
+def _progress_bar(ctx: click.Context, total: int) -> Any:
     """A tqdm bar (img/s, ETA) on stderr; off under --quiet or when stderr is not a terminal."""
     import sys
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     quiet = bool((ctx.find_root().obj or {}).get("quiet"))
     return tqdm(total=total, unit="img", desc="infer", file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
