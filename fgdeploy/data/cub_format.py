@@ -17,7 +17,7 @@ spaces ("left eye") and are normalised to the ``fgdeploy.tensors.PART_NAMES`` sp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,9 @@ class Problems:
 
     def at(self, name: str, line: int | None, message: str) -> None:
         """Record ``<root>/<name>:<line>: <message>`` (no line number when ``line`` is None)."""
+        if len(self.messages) >= self.limit:
+            self.count += 1
+            return
         where = str(self.root / name) + (f":{line}" if line is not None else "")
         self.add(f"{where}: {message}")
 
@@ -84,78 +87,106 @@ class Problems:
         raise DatasetError(self.messages[0] + tail)
 
 
-Row = tuple[int, tuple[int | float | str, ...]]  # (line number, parsed fields)
+@dataclass
+class Table:
+    """The good lines of one annotation file, as columns (lines with a problem are left out)."""
+
+    lines: np.ndarray          # (R,) int64 line numbers
+    columns: list[np.ndarray]  # one per field: int64, float64 or str (object) arrays
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
 
-def read_table(root: Path, name: str, problems: Problems) -> list[Row]:
-    """Parse ``<root>/<name>`` by its `FORMATS` entry; bad lines are recorded in ``problems`` and skipped."""
+def read_table(root: Path, name: str, problems: Problems) -> Table:
+    """Parse ``<root>/<name>`` by its `FORMATS` entry; bad lines are recorded in ``problems`` and skipped.
+
+    Columns are converted with NumPy in one go (CUB's part_locs.txt has 176,820 lines); a column that
+    does not convert is scanned token by token to name the first bad lines.
+    """
     path = root / name
-    fields = FORMATS[name]
+    fields = [f.rstrip("*") for f in FORMATS[name]]
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         problems.at(name, None, f"missing file (expected lines {format_of(name)}); is {root} the root of a "
                                 "CUB-200-2011-format dataset?")
-        return []
+        return Table(np.zeros(0, np.int64), [np.zeros(0) for _ in fields])
     except OSError as exc:
         problems.at(name, None, f"cannot read file ({exc.strerror}); check its permissions")
-        return []
-    rows: list[Row] = []
-    for number, text in _lines(raw, name, problems):
-        parsed = _parse_line(text, fields)
-        if isinstance(parsed, str):
-            problems.at(name, number, parsed)
-        else:
-            rows.append((number, parsed))
-    if not rows and not problems.count:
+        return Table(np.zeros(0, np.int64), [np.zeros(0) for _ in fields])
+    numbers, texts = _lines(raw, name, problems)
+    maxsplit = len(fields) - 1 if FORMATS[name][-1].endswith("*") else -1
+    tokens = [t.split(None, maxsplit) for t in texts]
+    ok = np.array([len(t) == len(fields) for t in tokens], dtype=bool)
+    for k in np.flatnonzero(~ok):
+        problems.at(name, int(numbers[k]), f"expected {len(fields)} fields {format_of(name)}, got {len(tokens[k])}")
+    good = [t for t, keep in zip(tokens, ok) if keep]
+    raw_columns = [np.array(c, dtype=object) for c in zip(*good)] if good else [np.zeros(0, object)] * len(fields)
+    lines = np.asarray(numbers, dtype=np.int64)[ok]
+    valid = np.ones(len(lines), dtype=bool)
+    columns = [_convert(field, column, lines, valid, name, problems) for field, column in zip(fields, raw_columns)]
+    if not len(numbers) and not problems.count:
         problems.at(name, None, f"file has no lines; expected lines {format_of(name)}")
-    return rows
+    return Table(lines[valid], [c[valid] for c in columns])
 
 
-def _lines(raw: bytes, name: str, problems: Problems) -> Iterator[tuple[int, str]]:
+def _lines(raw: bytes, name: str, problems: Problems) -> tuple[list[int], list[str]]:
+    """(line numbers, texts) of the non-blank lines; CRLF endings and a UTF-8 BOM are accepted."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = line.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            problems.at(name, number, "line is not valid UTF-8 text; re-save the file as UTF-8")
-            continue
-        if text.strip():
-            yield number, text
+    try:
+        all_lines = raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        all_lines = []
+        for number, line in enumerate(raw.split(b"\n"), start=1):
+            try:
+                all_lines.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                problems.at(name, number, "line is not valid UTF-8 text; re-save the file as UTF-8")
+                all_lines.append("")
+    numbers = [n for n, text in enumerate(all_lines, start=1) if text.strip()]
+    return numbers, [all_lines[n - 1].rstrip("\r") for n in numbers]
 
 
-def _parse_line(text: str, fields: tuple[str, ...]) -> tuple[int | float | str, ...] | str:
-    """Parsed values, or an error message (without the ``file:line:`` prefix)."""
-    rest = fields[-1].endswith("*")
-    tokens = text.split(maxsplit=len(fields) - 1) if rest else text.split()
-    if len(tokens) != len(fields):
-        shown = " ".join(f"<{f.rstrip('*')}>" for f in fields)
-        return f"expected {len(fields)} fields {shown}, got {len(tokens)}"
-    values: list[int | float | str] = []
-    for field, token in zip(fields, tokens):
-        field = field.rstrip("*")
-        if field in _INT_FIELDS:
+def _convert(field: str, column: np.ndarray, lines: np.ndarray, valid: np.ndarray, name: str,
+             problems: Problems) -> np.ndarray:
+    """Convert one column; lines that fail are reported (once per line) and cleared in ``valid``."""
+    def fail(rows: np.ndarray, message: Callable[[str], str]) -> None:
+        for k in rows:
+            if valid[k]:
+                problems.at(name, int(lines[k]), message(str(column[k])))
+                valid[k] = False
+
+    if field in _INT_FIELDS:
+        values, bad = _to_numbers(column, np.int64, int)
+        fail(bad, lambda t: f"<{field}> must be an integer, got {t!r}")
+        if field in _FLAG_FIELDS:
+            fail(np.flatnonzero((values != 0) & (values != 1)), lambda t: f"<{field}> must be 0 or 1, got {t!r}")
+        if field.endswith("_id"):
+            fail(np.flatnonzero(values < 1), lambda t: f"<{field}> must be >= 1 (ids are 1-based), got {t!r}")
+        return values
+    if field in _FLOAT_FIELDS:
+        values, bad = _to_numbers(column, np.float64, float)
+        fail(bad, lambda t: f"<{field}> must be a number, got {t!r}")
+        fail(np.flatnonzero(~np.isfinite(values)), lambda t: f"<{field}> must be a finite number, got {t!r}")
+        return values
+    return np.array([str(t).strip() for t in column], dtype=object)
+
+
+def _to_numbers(column: np.ndarray, dtype: type, parse: Callable[[str], object]) -> tuple[np.ndarray, np.ndarray]:
+    """(values, indices that did not parse) - vectorised, falling back to a scan only on failure."""
+    try:
+        return np.array(list(map(parse, column)), dtype=dtype), np.zeros(0, np.int64)
+    except (ValueError, OverflowError):
+        values = np.zeros(len(column), dtype=dtype)
+        bad = []
+        for k, token in enumerate(column):
             try:
-                number = int(token)
-            except ValueError:
-                return f"<{field}> must be an integer, got {token!r}"
-            if field in _FLAG_FIELDS and number not in (0, 1):
-                return f"<{field}> must be 0 or 1, got {token!r}"
-            if field.endswith("_id") and number < 1:
-                return f"<{field}> must be >= 1 (ids are 1-based), got {token!r}"
-            values.append(number)
-        elif field in _FLOAT_FIELDS:
-            try:
-                value = float(token)
-            except ValueError:
-                return f"<{field}> must be a number, got {token!r}"
-            if not math.isfinite(value):
-                return f"<{field}> must be a finite number, got {token!r}"
-            values.append(value)
-        else:
-            values.append(token.strip())
-    return tuple(values)
+                values[k] = parse(str(token))  # type: ignore[assignment]
+            except (ValueError, OverflowError):
+                bad.append(k)
+        return values, np.array(bad, dtype=np.int64)
 
 
 @dataclass
@@ -188,72 +219,83 @@ def parse_annotations(root: Path, problems: Problems) -> CubAnnotations | None:
     tables = {name: read_table(root, name, problems) for name in FORMATS}
     if problems.count:
         return None
-    images = _unique_ids(tables[IMAGES], IMAGES, "image id", problems)
+    image_ids, image_lines, paths = _unique_ids(tables[IMAGES], IMAGES, "image id", problems)
     class_names = _numbered_names(tables[CLASSES], CLASSES, "class", problems)
-    part_names = [normalise_part_name(str(n)) for n in _numbered_names(tables[PARTS], PARTS, "part", problems)]
+    part_names = [normalise_part_name(n) for n in _numbered_names(tables[PARTS], PARTS, "part", problems)]
     if part_names and tuple(part_names) != PART_NAMES:
         problems.at(PARTS, None, f"parts are {part_names}; fgdeploy needs the 15 CUB parts in this order: "
                                  f"{list(PART_NAMES)}")
-    index = {image_id: i for i, image_id in enumerate(images)}
-    n, p = len(images), len(part_names)
-    labels = _per_image(tables[LABELS], LABELS, index, problems, lambda v, where: _class_index(
-        int(v[1]), len(class_names), where, problems))
-    split = _per_image(tables[SPLIT], SPLIT, index, problems, lambda v, where: int(v[1]) == 1)
-    boxes = _per_image(tables[BOXES], BOXES, index, problems, lambda v, where: _box(v, where, problems))
-    part_xy = np.zeros((n, p, 2), dtype=np.float64)
-    part_visible = np.zeros((n, p), dtype=bool)
-    _part_locs(tables[PART_LOCS], index, part_names, part_xy, part_visible, problems)
+    labels_table, split_table, boxes_table = tables[LABELS], tables[SPLIT], tables[BOXES]
+    label_rows = _rows_per_image(labels_table, LABELS, image_ids, problems)
+    split_rows = _rows_per_image(split_table, SPLIT, image_ids, problems)
+    box_rows = _rows_per_image(boxes_table, BOXES, image_ids, problems)
+    class_ids = labels_table.columns[1]
+    for k in np.flatnonzero((class_ids < 1) | (class_ids > len(class_names))):
+        problems.at(LABELS, int(labels_table.lines[k]), f"class id {class_ids[k]} is not in {CLASSES} "
+                                                        f"(ids 1..{len(class_names)})")
+    boxes = np.stack(boxes_table.columns[1:], axis=1).astype(np.float64)
+    for k in np.flatnonzero((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)):
+        problems.at(BOXES, int(boxes_table.lines[k]), f"<width> and <height> must be > 0, got "
+                                                      f"{boxes[k, 2]:g} {boxes[k, 3]:g}")
+    part_xy, part_visible = _part_locs(tables[PART_LOCS], image_ids, part_names, problems)
     if problems.count:
         return None
     return CubAnnotations(
-        root=root, image_ids=np.array(list(images), dtype=np.int64),
-        paths=[str(images[i][1]) for i in images], labels=np.array(labels, dtype=np.int64),
-        is_train=np.array(split, dtype=bool), boxes=np.array(boxes, dtype=np.float64).reshape(n, 4),
-        part_xy=part_xy, part_visible=part_visible, class_names=[str(c) for c in class_names],
-        part_names=part_names, image_lines=[images[i][0] for i in images])
+        root=root, image_ids=image_ids, paths=paths, labels=class_ids[label_rows] - 1,
+        is_train=split_table.columns[1][split_rows] == 1, boxes=boxes[box_rows], part_xy=part_xy,
+        part_visible=part_visible, class_names=class_names, part_names=part_names,
+        image_lines=[int(n) for n in image_lines])
 
 
-def _unique_ids(rows: list[Row], name: str, what: str, problems: Problems) -> dict[int, tuple[int, str]]:
-    """id -> (line, value) for two-field files whose first field is a unique id."""
-    seen: dict[int, tuple[int, str]] = {}
-    for line, values in rows:
-        key = int(values[0])
-        if key in seen:
-            problems.at(name, line, f"duplicate {what} {key} (first on line {seen[key][0]})")
+def _unique_ids(table: Table, name: str, what: str, problems: Problems) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(ids, line numbers, second-field values) of a file whose first field is a unique id."""
+    first: dict[int, int] = {}
+    for k, key in enumerate(table.columns[0].tolist()):
+        if key in first:
+            problems.at(name, int(table.lines[k]), f"duplicate {what} {key} (first on line "
+                                                   f"{table.lines[first[key]]})")
         else:
-            seen[key] = (line, str(values[1]))
-    return seen
+            first[key] = k
+    rows = np.array(list(first.values()), dtype=np.int64)
+    return table.columns[0][rows], table.lines[rows], [str(v) for v in table.columns[1][rows]]
 
 
-def _numbered_names(rows: list[Row], name: str, what: str, problems: Problems) -> list[str]:
+def _numbered_names(table: Table, name: str, what: str, problems: Problems) -> list[str]:
     """Names of a file whose ids must run 1, 2, ..., K in order."""
     names: list[str] = []
-    for line, values in rows:
-        expected = len(names) + 1
-        if int(values[0]) != expected:
-            problems.at(name, line, f"{what} ids must run 1..K in order; got {values[0]} where {expected} "
+    for line, key, value in zip(table.lines.tolist(), table.columns[0].tolist(), table.columns[1]):
+        if key != len(names) + 1:
+            problems.at(name, line, f"{what} ids must run 1..K in order; got {key} where {len(names) + 1} "
                                     "was expected")
             return names
-        names.append(str(values[1]))
+        names.append(str(value))
     return names
 
 
-def _per_image(rows: list[Row], name: str, index: dict[int, int], problems: Problems,
-               convert: Callable[[tuple[int | float | str, ...], int], object]) -> list[object]:
-    """One value per image (images.txt order) from a file keyed by image id; reports unknown/missing ids."""
-    out: list[object] = [None] * len(index)
-    first_line: dict[int, int] = {}
-    for line, values in rows:
-        image_id = int(values[0])
-        if image_id not in index:
-            problems.at(name, line, f"image id {image_id} is not in {IMAGES}")
-        elif image_id in first_line:
-            problems.at(name, line, f"duplicate image id {image_id} (first on line {first_line[image_id]})")
+def _image_index(ids: np.ndarray, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each id in ``image_ids`` (images.txt order) and whether it is there at all."""
+    if not len(image_ids):
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    order = np.argsort(image_ids, kind="stable")
+    pos = np.minimum(np.searchsorted(image_ids[order], ids), len(image_ids) - 1)
+    return order[pos], image_ids[order][pos] == ids
+
+
+def _rows_per_image(table: Table, name: str, image_ids: np.ndarray, problems: Problems) -> np.ndarray:
+    """For each image (images.txt order) the row of ``table`` that describes it; reports unknown,
+    duplicate and missing ids."""
+    index, known = _image_index(table.columns[0], image_ids)
+    for k in np.flatnonzero(~known):
+        problems.at(name, int(table.lines[k]), f"image id {table.columns[0][k]} is not in {IMAGES}")
+    rows = np.full(len(image_ids), -1, dtype=np.int64)
+    for k in np.flatnonzero(known):
+        if rows[index[k]] >= 0:
+            problems.at(name, int(table.lines[k]), f"duplicate image id {table.columns[0][k]} (first on line "
+                                                   f"{table.lines[rows[index[k]]]})")
         else:
-            first_line[image_id] = line
-            out[index[image_id]] = convert(values, line)
-    _report_missing(name, [i for i in index if i not in first_line], problems, "has no line")
-    return out
+            rows[index[k]] = k
+    _report_missing(name, image_ids[rows < 0].tolist(), problems, "has no line")
+    return rows
 
 
 def _report_missing(name: str, missing: list[int], problems: Problems, what: str) -> None:
@@ -262,44 +304,40 @@ def _report_missing(name: str, missing: list[int], problems: Problems, what: str
         problems.at(name, None, f"{len(missing)} image id(s) listed in {IMAGES} {what} here: {shown}")
 
 
-def _class_index(class_id: int, num_classes: int, line: int, problems: Problems) -> int:
-    if not 1 <= class_id <= num_classes:
-        problems.at(LABELS, line, f"class id {class_id} is not in {CLASSES} (ids 1..{num_classes})")
-    return class_id - 1
-
-
-def _box(values: tuple[int | float | str, ...], line: int, problems: Problems) -> tuple[float, ...]:
-    x, y, w, h = (float(v) for v in values[1:])
-    if w <= 0 or h <= 0:
-        problems.at(BOXES, line, f"<width> and <height> must be > 0, got {values[3]} {values[4]}")
-    return x, y, w, h
-
-
-def _part_locs(rows: list[Row], index: dict[int, int], part_names: list[str], part_xy: np.ndarray,
-               part_visible: np.ndarray, problems: Problems) -> None:
-    seen = np.zeros(part_visible.shape, dtype=np.int64)  # line number of each (image, part); 0 = none yet
-    for line, values in rows:
-        image_id, part_id = int(values[0]), int(values[1])
-        if image_id not in index:
-            problems.at(PART_LOCS, line, f"image id {image_id} is not in {IMAGES}")
-            continue
-        if not 1 <= part_id <= len(part_names):
-            problems.at(PART_LOCS, line, f"part id {part_id} is not in {PARTS} (ids 1..{len(part_names)})")
-            continue
-        i, p = index[image_id], part_id - 1
-        if seen[i, p]:
-            problems.at(PART_LOCS, line, f"duplicate line for image {image_id} part {part_id} "
-                                         f"(first on line {seen[i, p]})")
-            continue
-        seen[i, p] = line
-        part_xy[i, p] = (float(values[2]), float(values[3]))
-        part_visible[i, p] = int(values[4]) == 1
-    ids = list(index)
-    missing = [f"{ids[i]}/{part_names[p]}" for i, p in zip(*np.nonzero(seen == 0))]
+def _part_locs(table: Table, image_ids: np.ndarray, part_names: list[str], problems: Problems
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, P, 2) part coordinates and (N, P) visibility; reports unknown, duplicate and missing lines."""
+    n, p = len(image_ids), len(part_names)
+    ids, parts = table.columns[0], table.columns[1]
+    index, known = _image_index(ids, image_ids)
+    for k in np.flatnonzero(~known):
+        problems.at(PART_LOCS, int(table.lines[k]), f"image id {ids[k]} is not in {IMAGES}")
+    bad_part = known & ((parts < 1) | (parts > p))
+    for k in np.flatnonzero(bad_part):
+        problems.at(PART_LOCS, int(table.lines[k]), f"part id {parts[k]} is not in {PARTS} (ids 1..{p})")
+    rows = np.flatnonzero(known & ~bad_part)
+    flat = index[rows] * p + parts[rows] - 1
+    order = np.argsort(flat, kind="stable")
+    repeat = np.zeros(len(rows), dtype=bool)
+    repeat[order[1:]] = flat[order[1:]] == flat[order[:-1]]
+    first_row = np.full(n * p, -1, dtype=np.int64)
+    first_row[flat[~repeat]] = rows[~repeat]
+    for k in np.flatnonzero(repeat):
+        row = rows[k]
+        problems.at(PART_LOCS, int(table.lines[row]), f"duplicate line for image {ids[row]} part {parts[row]} "
+                                                      f"(first on line {table.lines[first_row[flat[k]]]})")
+    present = first_row >= 0
+    part_xy = np.zeros((n * p, 2), dtype=np.float64)
+    part_visible = np.zeros(n * p, dtype=bool)
+    part_xy[present] = np.stack([table.columns[2], table.columns[3]], axis=1)[first_row[present]]
+    part_visible[present] = table.columns[4][first_row[present]] == 1
+    missing = [f"{image_ids[f // p]}/{part_names[f % p]}" for f in np.flatnonzero(~present)[:10]]
     if missing:
-        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        problems.at(PART_LOCS, None, f"{len(missing)} (image id/part) pair(s) have no line; every image needs "
+        count = int((~present).sum())
+        shown = ", ".join(missing) + (", ..." if count > 10 else "")
+        problems.at(PART_LOCS, None, f"{count} (image id/part) pair(s) have no line; every image needs "
                                      f"one line per part: {shown}")
+    return part_xy.reshape(n, p, 2), part_visible.reshape(n, p)
 
 
 def write_annotations(ann: CubAnnotations) -> None:
