@@ -18,7 +18,7 @@ from fgdeploy.plugins import PluginBuildError, build_kernel_library
 if TYPE_CHECKING:
     import torch
 
-KERNEL_ABI_VERSION = 1  # must equal kABI_VERSION in coordTransferCapi.cpp
+KERNEL_ABI_VERSION = 2  # must equal kABI_VERSION in coordTransferCapi.cpp
 _DTYPE_CODES = {"float32": 0, "float16": 1}  # kDTYPE_* in coordTransferCapi.cpp
 
 
@@ -40,7 +40,7 @@ class KernelLibrary:
         lib.fgdeploy_ct_check_args.restype = ctypes.c_char_p
         lib.fgdeploy_ct_check_args.argtypes = [vp, vp, vp, *[i64] * 7, i32, i32]
         lib.fgdeploy_ct_forward.restype = i32
-        lib.fgdeploy_ct_forward.argtypes = [i32, vp, vp, vp, *[i64] * 7, i32, i32, vp]
+        lib.fgdeploy_ct_forward.argtypes = [i32, vp, vp, vp, *[i64] * 7, i32, i32, vp, i32]
         lib.fgdeploy_ct_forward_host.restype = i32
         lib.fgdeploy_ct_forward_host.argtypes = [i32, vp, vp, vp, *[i64] * 7, i32, i32]
         version = lib.fgdeploy_ct_abi_version()
@@ -65,12 +65,15 @@ class KernelLibrary:
         return reason.decode() if reason else None
 
     def launch(self, dtype: str, heatmaps: int, features: int, output: int, dims: Sequence[int], window: int,
-               mode: int, stream: int = 0) -> int:
-        """Enqueue the kernel on raw device addresses; returns the cudaError_t value (0 = success)."""
+               mode: int, stream: int = 0, device: int = -1) -> int:
+        """Enqueue the kernel on raw device addresses; returns the cudaError_t value (0 = success).
+
+        ``device`` (>= 0) is made current for the launch and restored; -1 keeps the current device.
+        """
         if dtype not in _DTYPE_CODES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPE_CODES)}, got {dtype!r}")
         return int(self._lib.fgdeploy_ct_forward(_DTYPE_CODES[dtype], heatmaps, features, output, *dims, window,
-                                                 mode, stream or None))
+                                                 mode, stream or None, device))
 
     def forward_host(self, heatmaps: Any, features: Any, window: int = 3, mode: int = 0) -> Any:
         """Run the kernel's per-element code on the CPU on numpy arrays (no GPU needed; for tests).
@@ -135,7 +138,7 @@ class KernelLibrary:
         dims = (n, p, c, *heat.shape[2:], *feat.shape[2:])
         stream = torch.cuda.current_stream(features.device).cuda_stream
         code = self.launch(str(features.dtype).replace("torch.", ""), heat.data_ptr(), feat.data_ptr(),
-                           out.data_ptr(), dims, window, mode, stream)
+                           out.data_ptr(), dims, window, mode, stream, features.device.index or 0)
         if code != 0:
             reason = self.check_args(heat.data_ptr(), feat.data_ptr(), out.data_ptr(), dims, window, mode)
             raise RuntimeError(f"CoordinateTransfer kernel failed: {self.error_string(code)} (cudaError {code})"

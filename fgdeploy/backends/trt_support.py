@@ -88,7 +88,10 @@ def load_plugin_library(path: str | Path) -> None:
         raise PluginLibraryError(f"plugin library {resolved} does not exist; build it (plugins/README.md)")
     registry = trt.get_plugin_registry()
     before = registry.get_creator(OP_NAME, OP_VERSION, PLUGIN_NAMESPACE)
-    handle = registry.load_library(resolved)
+    try:
+        handle = registry.load_library(resolved)
+    except Exception as exc:  # the binding may raise instead of returning None
+        raise PluginLibraryError(f"TensorRT could not load the plugin library {resolved}: {exc}") from exc
     if handle is None and before is None:
         raise PluginLibraryError(
             f"TensorRT could not load the plugin library {resolved} (see the TensorRT log above); it must be built "

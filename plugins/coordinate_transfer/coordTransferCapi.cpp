@@ -10,7 +10,7 @@
 
 namespace
 {
-constexpr int32_t kABI_VERSION = 1; // bump when a signature below changes
+constexpr int32_t kABI_VERSION = 2; // bump when a signature below changes
 constexpr int32_t kDTYPE_FLOAT32 = 0;
 constexpr int32_t kDTYPE_FLOAT16 = 1;
 } // namespace
@@ -30,13 +30,12 @@ FGDEPLOY_CAPI char const* fgdeploy_ct_check_args(void const* heatmaps, void cons
         heatmaps, features, output, batch, parts, channels, heatH, heatW, featH, featW, window, mode);
 }
 
-//! Enqueue the forward pass on `stream` (a cudaStream_t, 0 = legacy default stream).
-//! dtype: 0 = float32, 1 = float16. Returns a cudaError_t value (0 = success).
-FGDEPLOY_CAPI int32_t fgdeploy_ct_forward(int32_t dtype, void const* heatmaps, void const* features, void* output,
-    int64_t batch, int64_t parts, int64_t channels, int64_t heatH, int64_t heatW, int64_t featH, int64_t featW,
-    int32_t window, int32_t mode, void* stream)
+namespace
 {
-    auto const s = static_cast<cudaStream_t>(stream);
+int32_t forwardOnCurrentDevice(int32_t dtype, void const* heatmaps, void const* features, void* output, int64_t batch,
+    int64_t parts, int64_t channels, int64_t heatH, int64_t heatW, int64_t featH, int64_t featW, int32_t window,
+    int32_t mode, cudaStream_t s)
+{
     if (dtype == kDTYPE_FLOAT32)
     {
         return static_cast<int32_t>(fgdeploy::coordTransferForward<float>(s, static_cast<float const*>(heatmaps),
@@ -50,6 +49,43 @@ FGDEPLOY_CAPI int32_t fgdeploy_ct_forward(int32_t dtype, void const* heatmaps, v
             featH, featW, window, mode));
     }
     return static_cast<int32_t>(cudaErrorInvalidValue);
+}
+} // namespace
+
+//! Enqueue the forward pass on `stream` (a cudaStream_t, 0 = legacy default stream) of CUDA device `device`
+//! (-1: the calling thread's current device; otherwise it is made current for the launch and restored).
+//! dtype: 0 = float32, 1 = float16. Returns a cudaError_t value (0 = success).
+FGDEPLOY_CAPI int32_t fgdeploy_ct_forward(int32_t dtype, void const* heatmaps, void const* features, void* output,
+    int64_t batch, int64_t parts, int64_t channels, int64_t heatH, int64_t heatW, int64_t featH, int64_t featW,
+    int32_t window, int32_t mode, void* stream, int32_t device)
+{
+    auto const s = static_cast<cudaStream_t>(stream);
+    if (fgdeploy::coordTransferCheckArgs(
+            heatmaps, features, output, batch, parts, channels, heatH, heatW, featH, featW, window, mode)
+        != nullptr)
+    {
+        return static_cast<int32_t>(cudaErrorInvalidValue); // before any CUDA call, even without a GPU
+    }
+    int previous = -1;
+    if (device >= 0)
+    {
+        cudaError_t const status = cudaGetDevice(&previous);
+        if (status != cudaSuccess)
+        {
+            return static_cast<int32_t>(status);
+        }
+        if (previous != device && (cudaSetDevice(device) != cudaSuccess))
+        {
+            return static_cast<int32_t>(cudaGetLastError());
+        }
+    }
+    int32_t const result = forwardOnCurrentDevice(
+        dtype, heatmaps, features, output, batch, parts, channels, heatH, heatW, featH, featW, window, mode, s);
+    if (device >= 0 && previous != device)
+    {
+        cudaSetDevice(previous);
+    }
+    return result;
 }
 
 //! The same computation on the CPU with host pointers (tests without a GPU); same return codes.
