@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgdeploy.errors import ConfigError
+from fgdeploy.models.compact_bilinear import CompactBilinearRM
 
 
 class KeypointHead(nn.Module):
@@ -33,13 +34,15 @@ class KeypointHead(nn.Module):
             if fine[0] < coarse[0] or fine[1] < coarse[1]:
                 raise ConfigError(f"localization.score_layers must go coarse to fine; grid {fine} follows {coarse}")
         self.grids = tuple(tuple(g) for g in grids)
-        self.score = nn.ModuleList(nn.Conv2d(c, num_parts, 1) for c in in_channels)
+        convs = [nn.Conv2d(c, num_parts, 1) for c in in_channels]
         hh, wh = self.grids[-1]
-        for i, conv in enumerate(self.score):
+        for i, conv in enumerate(convs):
             nn.init.normal_(conv.weight, 0.0, 0.01)
             # Prior of one positive cell per map (as focal-loss init): sigmoid(bias) = 1 / (Hh * Wh),
             # so the summed BCE starts near its floor instead of ~0.69 per cell.
-            nn.init.constant_(conv.bias, -math.log(hh * wh - 1) if i == 0 else 0.0)
+            if conv.bias is not None:
+                nn.init.constant_(conv.bias, -math.log(hh * wh - 1) if i == 0 and hh * wh > 1 else 0.0)
+        self.score = nn.ModuleList(convs)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -69,8 +72,6 @@ class HolisticHead(nn.Module):
         self.kind = kind
         self.cbp: nn.Module | None = None
         if kind == "cbp":
-            from fgdeploy.models.compact_bilinear import CompactBilinearRM
-
             self.cbp = CompactBilinearRM(in_channels, cbp_dim, cbp_seed)
             self.out_dim = cbp_dim
         elif kind in ("global_avg", "fc7"):

@@ -40,6 +40,9 @@ class PoseNormalizedNet(nn.Module):
         classifier: L2 per block, concat, dropout, FC.
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffer
+    std: torch.Tensor  # (1, 3, 1, 1) buffer
+
     def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
         super().__init__()
         if num_classes < 1:
@@ -137,27 +140,39 @@ class PoseNormalizedNet(nn.Module):
             {"logits": (N, K), "keypoints": (N, P, 2) (u, v) input pixels of the argmax cell centre,
              "keypoint_scores": (N, P) sigmoid(max logit), "heatmaps": (N, P, Hh, Wh) logits}.
         """
-        s = self.input_size
-        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != s or images.shape[3] != s:
-            raise ValueError(f"images must be (N, 3, {s}, {s}) RGB in [0, 1], got {tuple(images.shape)}")
-        x = (images - self.mean) / self.std
+        x = self._normalise(images)
         loc_feats = self.loc_net(x)
         cls_feats = loc_feats if self.cls_net is None else self.cls_net(x)
-
-        heatmaps = self.keypoint_head([loc_feats[n] for n in self._score_layers])  # (N, P, Hh, Wh)
-        keypoints, scores = decode_keypoints(heatmaps, s)
+        out = self._keypoint_outputs(loc_feats)
 
         parts = None
         if self._transfer_layer is not None:
-            parts = self._part_features(cls_feats[self._transfer_layer], heatmaps, scores, part_heatmaps, part_visible)
+            parts = self._part_features(cls_feats[self._transfer_layer], out[OUTPUT_HEATMAPS],
+                                        out[OUTPUT_KEYPOINT_SCORES], part_heatmaps, part_visible)
         holistic = self.holistic(cls_feats[self._holistic_layer]) if self.holistic is not None else None
-        logits = self.classifier(parts, holistic)
-        return {
-            OUTPUT_LOGITS: logits,
-            OUTPUT_KEYPOINTS: keypoints,
-            OUTPUT_KEYPOINT_SCORES: scores,
-            OUTPUT_HEATMAPS: heatmaps,
-        }
+        return {OUTPUT_LOGITS: self.classifier(parts, holistic), **out}
+
+    def localize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the localization net only (half the cost of ``forward`` for keypoint-only training stages).
+
+        Args:
+            images: (N, 3, S, S) float RGB in [0, 1].
+
+        Returns:
+            {"keypoints", "keypoint_scores", "heatmaps"}, equal to those of ``forward``.
+        """
+        return self._keypoint_outputs(self.loc_net(self._normalise(images)))
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.input_size
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != s or images.shape[3] != s:
+            raise ValueError(f"images must be (N, 3, {s}, {s}) RGB in [0, 1], got {tuple(images.shape)}")
+        return (images - self.mean) / self.std
+
+    def _keypoint_outputs(self, loc_feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        heatmaps = self.keypoint_head([loc_feats[n] for n in self._score_layers])  # (N, P, Hh, Wh)
+        keypoints, scores = decode_keypoints(heatmaps, self.input_size)
+        return {OUTPUT_KEYPOINTS: keypoints, OUTPUT_KEYPOINT_SCORES: scores, OUTPUT_HEATMAPS: heatmaps}
 
     def _part_features(
         self,

@@ -28,6 +28,13 @@ from fgdeploy.models.state_dict import WeightTarget, copy_weights, read_state_di
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a conv built with bias=True (every VGG conv)."""
+    if conv.bias is None:
+        raise RuntimeError(f"{conv} has no bias")
+    return conv.bias
+
+
 def _feature_info(blocks: Sequence[Sequence[int]], fc_width: int) -> tuple[FeatureInfo, ...]:
     infos = []
     for b, widths in enumerate(blocks):
@@ -93,11 +100,11 @@ class VGG16FCN(Backbone):
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(_bias(m))
         for fc in (self.fc6, self.fc7):
             if fc is not None:
                 nn.init.normal_(fc.weight, 0.0, 0.01)
-                nn.init.zeros_(fc.bias)
+                nn.init.zeros_(_bias(fc))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Args: x (N, 3, S, S). Returns: {tap: (N, C, H, W)} for ``out_layers``."""
@@ -136,11 +143,11 @@ class VGG16FCN(Backbone):
         for idx, layer in enumerate(self.features):
             if isinstance(layer, nn.Conv2d):
                 targets[f"features.{idx}.weight"] = WeightTarget(layer.weight, f"features.{idx}.weight")
-                targets[f"features.{idx}.bias"] = WeightTarget(layer.bias, f"features.{idx}.bias")
+                targets[f"features.{idx}.bias"] = WeightTarget(_bias(layer), f"features.{idx}.bias")
         for key, fc, name in (("classifier.0", self.fc6, "fc6"), ("classifier.3", self.fc7, "fc7")):
             if fc is not None:
                 targets[f"{key}.weight"] = WeightTarget(fc.weight, f"{name}.weight")
-                targets[f"{key}.bias"] = WeightTarget(fc.bias, f"{name}.bias")
+                targets[f"{key}.bias"] = WeightTarget(_bias(fc), f"{name}.bias")
         return targets
 
     def load_pretrained(self, path: str | Path) -> None:

@@ -53,3 +53,12 @@ def _random_vgg_state_dict(blocks, fc_width: int, seed: int) -> dict[str, torch.
 @pytest.fixture
 def random_vgg_state_dict() -> Callable[..., dict[str, torch.Tensor]]:
     return _random_vgg_state_dict
+
+
+@pytest.fixture(autouse=True)
+def _single_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core machine spinning threads cost a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

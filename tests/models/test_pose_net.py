@@ -10,17 +10,17 @@ import torch.nn.functional as F
 
 from fgdeploy.models import PARAMETER_GROUPS, ModelConfig, PoseNormalizedNet, create_model
 from fgdeploy.models.config import ClassificationConfig, LocalizationConfig
+from fgdeploy.models.keypoints import cell_to_point
+from fgdeploy.models.losses import keypoint_bce_loss, keypoint_targets
 from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS
 
 P = 15
 
 
 def one_hot_targets(cells: torch.Tensor, visible: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(N, P, H, W) one-hot maps at flat cell indices ``cells`` (N, P); all zero where not visible."""
-    n, p = cells.shape
-    t = torch.zeros(n, p, hw[0] * hw[1])
-    t.scatter_(2, cells.unsqueeze(-1), 1.0)
-    return (t * visible.unsqueeze(-1)).reshape(n, p, *hw)
+    """Targets (losses.keypoint_targets) for keypoints at the centres of flat cells ``cells`` (N, P) of a 64 px input."""
+    uv = cell_to_point(cells // hw[1], cells % hw[1], hw, 64)
+    return keypoint_targets(uv, visible, hw, 64)
 
 
 def make(cfg, k: int = 5, seed: int = 0) -> PoseNormalizedNet:
@@ -40,6 +40,15 @@ def test_outputs_have_contract_names_and_shapes(tiny_cfg):
     kp = out[OUTPUT_KEYPOINTS]
     assert kp.min() >= 2.0 and kp.max() <= 62.0  # cell centres of 4 px cells
     torch.testing.assert_close(out[OUTPUT_KEYPOINT_SCORES], torch.sigmoid(out[OUTPUT_HEATMAPS].flatten(2).amax(-1)))
+
+
+def test_localize_equals_the_keypoint_outputs_of_forward(tiny_cfg):
+    model = make(tiny_cfg()).eval()
+    images = torch.rand(2, 3, 64, 64)
+    full, loc = model(images), model.localize(images)
+    assert set(loc) == {OUTPUT_KEYPOINTS, OUTPUT_KEYPOINT_SCORES, OUTPUT_HEATMAPS}
+    for name, value in loc.items():
+        torch.testing.assert_close(value, full[name])
 
 
 def test_wrong_input_size_is_a_clear_error(tiny_cfg):
@@ -103,7 +112,7 @@ def test_ground_truth_parts_use_target_locations_and_visibility(tiny_cfg):
 
 def test_predicted_parts_are_zeroed_below_the_visibility_threshold(tiny_cfg):
     images = torch.rand(2, 3, 64, 64)
-    zeroing = make(tiny_cfg()).eval()
+    zeroing = make(tiny_cfg(zero_invisible_parts=True)).eval()
     keeping = make(tiny_cfg(zero_invisible_parts=False)).eval()
     keeping.load_state_dict(zeroing.state_dict())
     with torch.no_grad():
@@ -142,7 +151,7 @@ def test_losses_train_separate_nets_separately(tiny_cfg):
 
     model.zero_grad(set_to_none=True)
     out = model(images, targets, torch.ones(2, P))
-    F.binary_cross_entropy_with_logits(out[OUTPUT_HEATMAPS], targets).backward()
+    keypoint_bce_loss(out[OUTPUT_HEATMAPS], targets).backward()
     assert _grad_norms(groups["localization"]) > 0 and _grad_norms(groups["keypoint_score"]) > 0
     assert _grad_norms(groups["classification"]) == 0 and _grad_norms(groups["classifier"]) == 0
 
@@ -201,3 +210,26 @@ def test_vgg_fc7_model_with_pretrained_trunks(tmp_path, random_vgg_state_dict):
     assert model.heatmap_size == (2, 2) and model.transfer_feature_size == (16, 16)
     assert model.classifier.fc.in_features == P * 32 + 64
     assert model(torch.rand(1, 3, 256, 256))[OUTPUT_LOGITS].shape == (1, 3)
+
+
+def test_tiny_model_learns_keypoints_of_a_few_images(tiny_cfg):
+    # End-to-end wiring: targets -> heatmaps -> loss -> trunk gradients -> decoded keypoints near the truth.
+    model = make(tiny_cfg(), seed=4).train()
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(4, 3, 64, 64, generator=g)
+    uv = torch.rand(4, P, 2, generator=g) * 56 + 4
+    targets = keypoint_targets(uv, torch.ones(4, P), model.heatmap_size, 64)
+    params = model.parameter_groups()
+    opt = torch.optim.Adam(params["localization"] + params["keypoint_score"], lr=1e-2)
+    first = None
+    for _ in range(60):
+        loss = keypoint_bce_loss(model(images, targets)[OUTPUT_HEATMAPS], targets)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        found = model(images)[OUTPUT_KEYPOINTS]
+    assert loss.item() < 0.5 * first
+    assert ((found - uv).norm(dim=-1) <= 4.0).float().mean() > 0.9  # within a cell of the truth
