@@ -33,16 +33,18 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--device", default="cpu", show_default=True, help="Device of torch/trt runners: cpu, cuda, cuda:N.")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma separated (cpu, cuda, tensorrt).")
 @click.option("--ref-fp16", is_flag=True, help="Run a torch reference in fp16.")
+@click.option("--test-fp16", is_flag=True, help="Run a torch runner under test in fp16 (ONNX carries its own).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random images.")
 @click.pass_context
 def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str, str], data: Path | None,
             split: str, count: int | None, batch: int, report: Path | None, atol: float | None,
-            rtol: float | None, device: str, providers: str | None, ref_fp16: bool, seed: int) -> None:
+            rtol: float | None, device: str, providers: str | None, ref_fp16: bool, test_fp16: bool,
+            seed: int) -> None:
     """Run --ref and --test on the same images and report parity; exit 0 only if every check passes."""
     from fgdeploy.parity import DatasetImages, ParityConfig, RandomImages, run_parity
 
     ref = _factory(ref_spec, device, providers, ref_fp16)
-    test = _factory(test_spec, device, providers, False)
+    test = _factory(test_spec, device, providers, test_fp16)
     with test(False) as runner:  # the input size of the artifact under test
         size = int(runner.metadata().get("input_size") or runner.input_specs()["images"].shape[-1])
     source = (DatasetImages(data, split, size, count or 500) if data is not None

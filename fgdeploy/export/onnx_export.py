@@ -107,7 +107,7 @@ def _translate_coordinate_transfer(heatmaps: Any, features: Any, window: int = 3
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's chatter (torchvision registrations, deprecation notes) below errors."""
-    names = ["torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript"]
+    names = ["torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir"]
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
