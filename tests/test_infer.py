@@ -562,3 +562,50 @@ def test_fastpath_rejects_bad_options(kwargs, message):
 
     with pytest.raises(ConfigError, match=message):
         optimize_for_inference(_tiny_model(), "cpu", **kwargs)
+
+
+_NO_CUDA = "needs a CUDA GPU"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason=_NO_CUDA)
+@pytest.mark.parametrize("compile_mode", ["none", "default"])
+def test_fastpath_cuda_fp16_channels_last_graphs_match_fp32_eager(compile_mode):
+    import copy
+
+    import torch
+
+    from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
+
+    model = _tiny_model()
+    images = list(np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
+    ref = TorchFastPredictor(copy.deepcopy(model), "cpu", FastPathOptions(), 32, None)
+    fast = TorchFastPredictor(copy.deepcopy(model), "cuda",
+                              FastPathOptions(fp16=True, channels_last=True, compile_mode=compile_mode,
+                                              cuda_graphs=True), 32, batch=8)
+    want = ref.predict(ref.prepare(images), 5)
+    for _ in range(2):   # the second call replays the captured graph
+        got = fast.predict(fast.prepare(images), 5)
+    assert torch.cuda.is_available() and got["logits"].shape == (5, 5)
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=5e-2, rtol=5e-2)
+    np.testing.assert_allclose(got["keypoint_scores"], want["keypoint_scores"], atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason=_NO_CUDA)
+def test_cli_infer_cuda_fast_path_scores_mixed_folder(tmp_path, tiny_ckpt):
+    from fgdeploy.cli import cli
+
+    images = make_mixed_folder(tmp_path / "imgs")
+    out = tmp_path / "r.csv"
+    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(tiny_ckpt), "--out", str(out),
+                                      "--device", "cuda", "--fp16", "--channels-last", "--compile", "default",
+                                      "--cuda-graphs", "--batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(read_results(out)) == len(GOOD) and "torch-cuda-fp16-cl-default-graphs" in result.output
