@@ -41,7 +41,7 @@ def test_cuda_model_sized_batch_matches_cpu(dtype, mode):
     grad = torch.randn(64, 15, 512, generator=g).to(dtype)
     outs, grads = [], []
     for device in ("cpu", "cuda"):
-        f = feats.to(device).requires_grad_(True)
+        f = feats.to(device).detach().requires_grad_(True)  # a fresh leaf on each device
         out = coordinate_transfer(heat.to(device), f, 3, mode)
         out.backward(grad.to(device))
         outs.append(out.detach().cpu().double())
