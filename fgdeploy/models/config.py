@@ -52,6 +52,10 @@ class ClassificationConfig:
     cbp_dim: int = 5000                          # compact bilinear (Random Maclaurin) output dim
     cbp_seed: int = 0                            # seed of the fixed Rademacher projections
     dropout: float = 0.5                         # on the concatenated feature vector, training only
+    # Constant multiplying every L2-normalised block before the FC (1 = method.md 6). Unit-norm inputs make
+    # tiny logits and tiny trunk gradients under SGD; a scale s acts like an s^2 larger FC learning rate and
+    # an s times larger trunk gradient (NormFace-style temperature). Used by the from-scratch demo model.
+    feature_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in POOL_MODES:
@@ -64,6 +68,8 @@ class ClassificationConfig:
             raise ConfigError(f"classification.window: must be an odd int >= 1, got {self.window}")
         if self.cbp_dim < 1:
             raise ConfigError(f"classification.cbp_dim: must be >= 1, got {self.cbp_dim}")
+        if self.feature_scale <= 0:
+            raise ConfigError(f"classification.feature_scale: must be > 0, got {self.feature_scale}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"classification.dropout: must be in [0, 1), got {self.dropout}")
 

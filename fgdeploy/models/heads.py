@@ -87,21 +87,24 @@ class HolisticHead(nn.Module):
 
 
 class FusedClassifier(nn.Module):
-    """Each block L2-normalised, concatenated [parts ; holistic], dropout, then one linear layer.
+    """Each block L2-normalised (times ``scale``), concatenated [parts ; holistic], dropout, one linear layer.
 
     Args:
         part_dim: P * C of the stacked part features (0 without parts).
         holistic_dim: D of the holistic vector (0 without it).
         num_classes: K.
         dropout: dropout probability on the concatenated vector in training.
+        scale: constant multiplying each unit-norm block. Defaults to 1.
     """
 
-    def __init__(self, part_dim: int, holistic_dim: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, part_dim: int, holistic_dim: int, num_classes: int, dropout: float,
+                 scale: float = 1.0) -> None:
         super().__init__()
         if part_dim + holistic_dim < 1:
             raise ConfigError("classifier: needs part features, a holistic vector, or both")
         self.part_dim = part_dim
         self.holistic_dim = holistic_dim
+        self.scale = float(scale)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(part_dim + holistic_dim, num_classes)
         nn.init.normal_(self.fc.weight, 0.0, 0.01)
@@ -115,4 +118,6 @@ class FusedClassifier(nn.Module):
         if holistic is not None:
             blocks.append(F.normalize(holistic, dim=1))
         x = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        if self.scale != 1.0:
+            x = x * self.scale
         return self.fc(self.drop(x))

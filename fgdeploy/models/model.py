@@ -75,7 +75,7 @@ class PoseNormalizedNet(nn.Module):
                                          cls.cbp_dim, cls.cbp_seed)
         part_dim = cfg.num_parts * trunk.info(self._transfer_layer).num_chs if self._transfer_layer else 0
         self.classifier = FusedClassifier(part_dim, self.holistic.out_dim if self.holistic else 0,
-                                          num_classes, cls.dropout)
+                                          num_classes, cls.dropout, cls.feature_scale)
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.num_classes = num_classes

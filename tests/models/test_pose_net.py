@@ -123,7 +123,8 @@ def test_predicted_parts_are_zeroed_below_the_visibility_threshold(tiny_cfg):
     trunk = zeroing.cls_net((images - zeroing.mean) / zeroing.std)
     holistic = F.normalize(zeroing.holistic(trunk["s32"]), dim=1)
     parts_dim = zeroing.classifier.part_dim
-    expected = zeroing.classifier.fc(torch.cat([torch.zeros(2, parts_dim), holistic], dim=1))
+    scale = zeroing.classifier.scale
+    expected = zeroing.classifier.fc(scale * torch.cat([torch.zeros(2, parts_dim), holistic], dim=1))
     torch.testing.assert_close(out[OUTPUT_LOGITS], expected)
     assert (keeping(images)[OUTPUT_LOGITS] - expected).abs().max() > 1e-6
 
@@ -233,3 +234,19 @@ def test_tiny_model_learns_keypoints_of_a_few_images(tiny_cfg):
         found = model(images)[OUTPUT_KEYPOINTS]
     assert loss.item() < 0.5 * first
     assert ((found - uv).norm(dim=-1) <= 4.0).float().mean() > 0.9  # within a cell of the truth
+
+
+def test_feature_scale_multiplies_the_normalised_blocks():
+    from fgdeploy.models.heads import FusedClassifier
+
+    torch.manual_seed(0)
+    plain = FusedClassifier(12, 5, num_classes=3, dropout=0.5).eval()
+    scaled = FusedClassifier(12, 5, num_classes=3, dropout=0.5, scale=8.0).eval()
+    scaled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.fc.bias.uniform_(-1, 1)
+        scaled.fc.bias.copy_(plain.fc.bias)
+    parts, holistic = torch.rand(2, 3, 4) * 7, torch.rand(2, 5) * 0.1  # block norms do not matter
+    bias = plain.fc.bias
+    torch.testing.assert_close(scaled(parts, holistic) - bias, 8.0 * (plain(parts, holistic) - bias))
+    torch.testing.assert_close(plain(parts * 3, holistic * 5), plain(parts, holistic))
