@@ -44,7 +44,8 @@ class TrainConfig:
     device: str = "auto"             # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     val_fraction: float = 0.1        # of the train split, held out (stratified) for validation / best.pt
     augment: bool = True             # flip + scale-crop jitter (method.md section 9) on the train split
-    momentum: float = 0.9            # SGD
+    optimizer: str = "sgd"           # "sgd" (method.md section 8) or "adamw"
+    momentum: float = 0.9            # SGD momentum (AdamW: beta1)
     weight_decay: float = 5e-4       # SGD, on all trained parameters
     nesterov: bool = False
     kp_loss_weight: float = 1.0      # lambda of L = L_cls + lambda * L_kp in stage 4
@@ -52,6 +53,7 @@ class TrainConfig:
     amp: bool = True                 # float16 autocast + GradScaler on CUDA (ignored on CPU)
     channels_last: bool = False      # NHWC memory format on CUDA
     checkpoint_every: int = 50       # also save last.pt every N optimizer steps mid-epoch (0 = epoch end only)
+    calibrate_visibility: bool = True  # fit the model's visibility_threshold on held-out data after localizer epochs
     restore_best: bool = True        # each stage ends with (and the next starts from) its best validation weights
     stage1: StageConfig = field(default_factory=StageConfig)  # keypoint score layer on frozen features
     stage2: StageConfig = field(default_factory=StageConfig)  # whole localization net, smaller LR
@@ -63,6 +65,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optimizer {self.optimizer!r} unknown; use 'sgd' or 'adamw'")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
 

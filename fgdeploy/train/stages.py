@@ -133,8 +133,8 @@ def _freeze_modes(module: nn.Module) -> None:
             _freeze_modes(child)
 
 
-def build_optimizer(model: nn.Module, stage: Stage, scfg: StageConfig, tcfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with one param group per trainable model group (head groups at ``head_lr``)."""
+def build_optimizer(model: nn.Module, stage: Stage, scfg: StageConfig, tcfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (or AdamW) with one param group per trainable model group (head groups at ``head_lr``)."""
     apply_stage(model, stage)
     param_groups = []
     for name, params in model_groups(model).items():
@@ -145,6 +145,9 @@ def build_optimizer(model: nn.Module, stage: Stage, scfg: StageConfig, tcfg: Tra
         param_groups.append({"params": params, "lr": lr, "initial_lr": lr, "name": name})
     if not param_groups:
         raise ConfigError(f"stage {stage.number} ({stage.title}) has no parameters to train for this model")
+    if tcfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=scfg.lr, betas=(tcfg.momentum, 0.999),
+                                 weight_decay=tcfg.weight_decay)
     return torch.optim.SGD(param_groups, lr=scfg.lr, momentum=tcfg.momentum,
                            weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
 

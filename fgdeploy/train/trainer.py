@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fgdeploy.checkpoint import read_checkpoint, save_checkpoint
+from fgdeploy.checkpoint import model_config_from_meta, read_checkpoint, save_checkpoint
 from fgdeploy.errors import ConfigError
 from fgdeploy.progress import progress_bar
 from fgdeploy.train import distributed as D
@@ -50,10 +51,7 @@ class HeatmapView(nn.Module):
 
     def forward(self, images: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         net: Any = self.net
-        x = (images - net.mean) / net.std
-        feats = net.loc_net(x)
-        layers = net.config.localization.score_layers
-        return {"heatmaps": net.keypoint_head([feats[n] for n in layers])}
+        return net.localize(images)
 
 
 # --- one step / one epoch -------------------------------------------------------------------------------
@@ -169,6 +167,35 @@ def validate(model: nn.Module, data: TrainData, device: torch.device, info: D.Di
     return compute_metrics(preds, data.class_names, data.part_names).summary()
 
 
+def calibrate_visibility(net: Any, data: TrainData, device: torch.device, info: D.DistInfo, amp: bool) -> float | None:
+    """Set ``net.config.visibility_threshold`` to the value that best separates visible from invisible parts.
+
+    The model zeroes a part's features at test when its max sigmoid is below the threshold (method.md 4). With
+    a fine heatmap grid the probability of a keypoint is shared by neighbouring cells, so peaks stay well
+    below the default 0.5 and nearly every part would be dropped. The threshold maximising visibility
+    accuracy on the held-out split is written into the model config (and so into every checkpoint).
+
+    Returns:
+        The new threshold, or None when nothing was calibrated (no validation split, no parts, no zeroing).
+    """
+    from fgdeploy.evaluate import predict
+
+    cfg = net.config
+    if not data.val_indices or not uses_parts(net) or not cfg.zero_invisible_parts:
+        return None
+    shard = D.shard_indices(data.val_indices, info, pad=False)
+    preds = predict(net, data.eval_dataset, shard, device, batch_size=data.eval_batch_size, amp=amp)
+    preds = preds.merge(D.all_gather_objects(preds))
+    candidates = np.round(np.arange(0.01, 0.951, 0.01), 2)
+    accuracy = [float(((preds.scores >= t) == preds.gt_visible).mean()) for t in candidates]
+    best = float(candidates[int(np.argmax(accuracy))])
+    net.config = dataclasses.replace(cfg, visibility_threshold=best)
+    log.info("visibility threshold %.2f (held-out visibility accuracy %.1f%%; at %.2f: %.1f%%)", best,
+             100 * max(accuracy), cfg.visibility_threshold,
+             100 * float(((preds.scores >= cfg.visibility_threshold) == preds.gt_visible).mean()))
+    return best
+
+
 # --- fit -----------------------------------------------------------------------------------------------
 def fit(
     model: nn.Module, data: TrainData, tcfg: TrainConfig, stages: list[int], ctx: RunContext,
@@ -267,6 +294,8 @@ def _run_stage(model: nn.Module, data: TrainData, tcfg: TrainConfig, stage: Stag
                                ctx.show_progress if ctx.info.is_main else False)
         seconds = time.perf_counter() - t0
         D.broadcast_buffers(net)
+        if tcfg.calibrate_visibility and stage.keypoint_loss:  # the localizer changed: re-fit its threshold
+            calibrate_visibility(net, data, ctx.device, ctx.info, step.amp)
         metrics = validate(net, data, ctx.device, ctx.info, step.amp)
         record = epoch_record(stage.number, state, epochs, sums, metrics, lr_now, seconds)
         state.history.append(record)
@@ -283,7 +312,9 @@ def _run_stage(model: nn.Module, data: TrainData, tcfg: TrainConfig, stage: Stag
 
     if tcfg.restore_best and state.best_epoch >= 0 and state.best_epoch != state.epoch - 1:
         D.barrier()
-        net.load_state_dict(read_checkpoint(ctx.out_dir / "best.pt").state_dict)
+        best = read_checkpoint(ctx.out_dir / "best.pt")
+        net.load_state_dict(best.state_dict)
+        net.config = model_config_from_meta(best.meta)  # with the visibility threshold fitted to those weights
         log.info("stage %d: continuing from its best epoch %d (%s %.4f)", stage.number, state.best_epoch + 1,
                  stage.select_metric, state.best_metric)
     state.stage_done = True

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
+
+import numpy as np
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
-from fgdeploy.checkpoint import read_checkpoint
+from fgdeploy.checkpoint import model_config_from_meta, read_checkpoint
 from fgdeploy.cli import cli
 from fgdeploy.models import create_model
 from fgdeploy.train.config import StageConfig
@@ -53,7 +56,8 @@ def _fit(tiny_data, out, hooks=None, resume=None):
     data = build_train_data(tiny_data, 64, tcfg.seed, 0.2, augment=True)
     assert len(data.train_indices) // tcfg.batch_size == STEPS_PER_EPOCH
     torch.manual_seed(tcfg.seed)
-    model = create_model(tiny_model_config(), num_classes=len(data.class_names))
+    cfg = tiny_model_config() if resume is None else resume[2]  # as run.py: the config saved in last.pt
+    model = create_model(cfg, num_classes=len(data.class_names))
     if resume is not None:
         model.load_state_dict(resume[0])
     ctx = RunContext(out_dir=out, device=torch.device("cpu"), hooks=hooks or Hooks(), show_progress=False)
@@ -82,11 +86,13 @@ def test_trainer_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path
         _fit(tiny_data, tmp_path / "killed", hooks=Hooks(on_step=kill))
     weights, extra, saved = load_train_state(tmp_path / "killed" / "last.pt")
     assert saved.global_step < kill_after  # the kill lost some work that resume must redo
-    state, model = _fit(tiny_data, tmp_path / "killed", resume=(weights, extra))
+    cfg = model_config_from_meta(read_checkpoint(tmp_path / "killed" / "last.pt").meta)
+    state, model = _fit(tiny_data, tmp_path / "killed", resume=(weights, extra, cfg))
 
     assert _comparable(state.history) == _comparable(full_state.history)
     for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+    assert model.config == full_model.config  # incl. the visibility threshold fitted on held-out data
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert _comparable([json.loads(x) for x in lines]) == _comparable(full_state.history)
 
@@ -124,3 +130,41 @@ def test_train_cli_writes_run_folder_and_eval_cli_reports(tiny_data, tmp_path):
 def test_train_cli_resume_needs_a_last_checkpoint(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--config", "demo", "--out", str(tmp_path / "none"), "--resume"])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+class _ScoreStub(torch.nn.Module):
+    """keypoint_scores = the first pixel row's red values (the samples encode visibility there)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        n, p = images.shape[0], self.config.num_parts
+        return {"logits": torch.zeros(n, 3), "keypoints": torch.zeros(n, p, 2),
+                "keypoint_scores": images[:, 0, 0, :p]}
+
+
+def test_calibrate_visibility_picks_threshold_separating_visible_parts():
+    from fgdeploy.data.sample import Sample
+    from fgdeploy.data.transforms import EvalTransform
+    from fgdeploy.train.data import EvalItems, TrainData
+    from fgdeploy.train.trainer import calibrate_visibility
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(6):
+        visible = rng.random(15) > 0.3
+        image = np.zeros((64, 64, 3), np.uint8)
+        image[0, :15, 0] = np.where(visible, 0.6, 0.2) * 255  # scores 0.6 (visible) / 0.2 (hidden)
+        samples.append(Sample(image=image, keypoints=np.full((15, 2), 8, np.float32), visible=visible,
+                              bbox=np.array([0, 0, 64, 64], np.float32), label=k % 3, image_id=k + 1, path="x.jpg",
+                              orig_size=(64, 64)))
+    data = TrainData(train_dataset=None, eval_dataset=EvalItems(samples, EvalTransform(64)),  # type: ignore
+                     train_indices=[], val_indices=list(range(6)), class_names=["a", "b", "c"],
+                     part_names=[str(p) for p in range(15)])
+    net = _ScoreStub(dataclasses.replace(tiny_model_config(), zero_invisible_parts=True))
+    assert net.config.visibility_threshold == 0.5
+    t = calibrate_visibility(net, data, torch.device("cpu"), DistInfo(), amp=False)
+    assert t is not None and 0.2 < t <= 0.6 and net.config.visibility_threshold == t
