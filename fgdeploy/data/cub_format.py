@@ -179,11 +179,11 @@ def _to_numbers(column: np.ndarray, dtype: type, parse: Callable[[str], object])
     try:
         return np.array(list(map(parse, column)), dtype=dtype), np.zeros(0, np.int64)
     except (ValueError, OverflowError):
-        values = np.zeros(len(column), dtype=dtype)
-        bad = []
+        values: np.ndarray = np.zeros(len(column), dtype=dtype)
+        bad: list[int] = []
         for k, token in enumerate(column):
             try:
-                values[k] = parse(str(token))  # type: ignore[assignment]
+                values[k] = parse(str(token))
             except (ValueError, OverflowError):
                 bad.append(k)
         return values, np.array(bad, dtype=np.int64)

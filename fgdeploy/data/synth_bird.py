@@ -183,11 +183,11 @@ class _Builder:
         for part, d, depth in (("crown", crown_dir, 0.84), ("forehead", (0.72, 0.62, 0.0), 0.86),
                                ("nape", (-0.9, -0.4, 0.0), 0.95), ("throat", (0.3, -0.95, 0.0), 0.9)):
             self.keypoint(part, hc + rot @ (depth * r * _unit(np.asarray(d, dtype=float))), "head")
-        for side_name, part in (("near", "eye"), ("far", "eye")):
+        for side_name in ("near", "far"):
             z = self.side[side_name]
             eye_dir = _unit(np.array([0.55, 0.3, 0.78 * z]))
             normal_z = (rot @ eye_dir)[2]
-            name = ("right_" if z > 0 else "left_") + part
+            name = "right_eye" if z > 0 else "left_eye"
             centre = hc + rot @ (0.97 * r * eye_dir)
             self.keypoint(name, centre, "head", facing_ok=bool(normal_z > 0.12))
             if normal_z > 0.12:

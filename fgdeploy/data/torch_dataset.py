@@ -68,9 +68,11 @@ def collate_samples(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
     if len(shapes) != 1:
         raise ValueError(f"cannot batch images of different shapes {sorted(shapes)}; apply EvalTransform or "
                          "TrainAugment (fixed input size) before collating")
-    images = torch.from_numpy(np.stack([s.image for s in samples]))              # (N, S, S, 3) uint8
+    nhwc = np.stack([s.image for s in samples])                                   # (N, S, S, 3) uint8
+    images = np.empty((nhwc.shape[0], 3, *nhwc.shape[1:3]), dtype=np.float32)    # (N, 3, S, S)
+    np.multiply(nhwc.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=images, casting="unsafe")
     return {
-        "images": images.permute(0, 3, 1, 2).float().div_(255.0).contiguous(),  # (N, 3, S, S)
+        "images": torch.from_numpy(images),
         "keypoints": torch.from_numpy(np.stack([s.keypoints for s in samples]).astype(np.float32)),
         "visible": torch.from_numpy(np.stack([s.visible for s in samples]).astype(np.float32)),
         "labels": torch.tensor([s.label for s in samples], dtype=torch.int64),
@@ -81,6 +83,14 @@ def collate_samples(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
     }
 
 
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers: one OpenCV/torch thread each, so N workers use N cores, not N x cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def make_loader(source: SampleSource, transform: Transform | None, batch_size: int, shuffle: bool,
                 num_workers: int = 0, seed: int | None = None, drop_last: bool = False
                 ) -> DataLoader[Sample]:
@@ -88,4 +98,5 @@ def make_loader(source: SampleSource, transform: Transform | None, batch_size: i
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(TorchSampleDataset(source, transform), batch_size=batch_size, shuffle=shuffle,
                       num_workers=num_workers, collate_fn=collate_samples, generator=generator,
-                      drop_last=drop_last, persistent_workers=num_workers > 0)
+                      drop_last=drop_last, persistent_workers=num_workers > 0,
+                      worker_init_fn=worker_init if num_workers > 0 else None)
