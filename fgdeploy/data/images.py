@@ -99,7 +99,7 @@ def _to_rgb_uint8(image: np.ndarray, path: str | Path) -> np.ndarray:
         image = image[:, :, None]
     channels = image.shape[2]
     if channels in (1, 2):  # grayscale (+ alpha): replicate the gray channel
-        return np.ascontiguousarray(np.repeat(image[:, :, :1], 3, axis=2))
+        return cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB)
     if channels in (3, 4):  # BGR (+ alpha): drop alpha, reorder to RGB (cvtColor: ~100x faster than a strided copy)
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGB)
     raise ImageError(f"{path}: {channels} channels; expected 1 to 4. Convert the image to RGB")
