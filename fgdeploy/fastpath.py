@@ -456,6 +456,11 @@ class TorchFastPredictor:
         return _OnDevice(on_device, ready)
 
     def predict(self, prepared: Tensor | _OnDevice, count: int) -> dict[str, np.ndarray]:
+        return self.collect(self.launch(prepared, count))
+
+    def launch(self, prepared: Tensor | _OnDevice, count: int) -> Any:
+        """Start the model on a prepared batch; on CUDA returns at once (outputs copied to pinned host
+        memory asynchronously), so ``fgdeploy.infer`` can queue batch i+1 before it waits for batch i."""
         if isinstance(prepared, _OnDevice):
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(prepared.ready)
@@ -464,7 +469,24 @@ class TorchFastPredictor:
         else:
             images = prepared.to(self.device)
         out = self.fn(images)
-        return {k: v[:count].float().cpu().numpy() for k, v in out.items()}
+        if self.device.type != "cuda":
+            return {k: v[:count].float().cpu().numpy() for k, v in out.items()}
+        host = {}
+        for k, v in out.items():
+            src = v[:count].float()
+            host[k] = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+            host[k].copy_(src, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return host, done
+
+    def collect(self, handle: Any) -> dict[str, np.ndarray]:
+        """Wait for a ``launch`` and return its outputs as host arrays."""
+        if isinstance(handle, dict):
+            return handle
+        host, done = handle
+        done.synchronize()
+        return {k: v.numpy() for k, v in host.items()}
 
     def warm_up(self, batch: int, iterations: int = 2) -> None:
         """Run random batches so compilation/autotuning/graph capture are not timed."""

@@ -182,7 +182,11 @@ class Predictor(Protocol):
         """N (S, S, 3) uint8 RGB images -> whatever ``predict`` takes (runs on the assembler thread)."""
 
     def predict(self, prepared: Any, count: int) -> dict[str, np.ndarray]:
-        """Outputs for the first ``count`` images: logits (N, K), keypoints (N, P, 2), scores (N, P)."""
+        """Outputs for the first ``count`` images: logits (N, K), keypoints (N, P, 2), scores (N, P).
+
+        A predictor may also offer ``launch(prepared, count) -> handle`` and ``collect(handle) -> outputs``
+        (predict = collect of launch); ``run_inference`` then launches batch i+1 before collecting batch i.
+        """
 
 
 class RunnerPredictor:
@@ -437,9 +441,19 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
     writer = ResultWriter(journal, predictor.input_size, options.topk, class_names, part_names,
                           options.save_vis, on_progress)
     start = time.perf_counter()
+    launch = getattr(predictor, "launch", None)   # asynchronous predictors: keep one batch in flight
+    inflight: tuple[list[Decoded], Any] | None = None
     try:
         for items, prepared, n_good in iterate_batches(todo, predictor, options, options.save_vis is not None):
-            writer.put(items, predictor.predict(prepared, n_good) if n_good else {})
+            if launch is None:
+                writer.put(items, predictor.predict(prepared, n_good) if n_good else {})
+                continue
+            handle = launch(prepared, n_good) if n_good else None   # batch i+1 queued on the device ...
+            if inflight is not None:                                # ... before waiting for batch i
+                writer.put(inflight[0], predictor.collect(inflight[1]) if inflight[1] is not None else {})
+            inflight = (items, handle)
+        if inflight is not None:
+            writer.put(inflight[0], predictor.collect(inflight[1]) if inflight[1] is not None else {})
     finally:
         try:
             writer.close()
