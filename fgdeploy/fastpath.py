@@ -230,7 +230,7 @@ def pad_first_conv(trunk: nn.Module, channels: int = _PAD_CHANNELS) -> bool:
     if not isinstance(first, nn.Conv2d) or first.in_channels != 3 or first.groups != 1:
         return False
     conv = nn.Conv2d(channels, first.out_channels, first.kernel_size, first.stride, first.padding,  # type: ignore[arg-type]
-                     first.dilation, 1, first.bias is not None).to(first.weight)
+                     first.dilation, 1, first.bias is not None).to(first.weight)  # type: ignore[arg-type]
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[:, :3] = first.weight
@@ -240,7 +240,7 @@ def pad_first_conv(trunk: nn.Module, channels: int = _PAD_CHANNELS) -> bool:
     return True
 
 
-def _model_input(images: Tensor, model: nn.Module, dtype: torch.dtype, channels_last: bool, pad_to: int) -> Tensor:
+def _model_input(images: Tensor, model: Any, dtype: torch.dtype, channels_last: bool, pad_to: int) -> Tensor:
     """uint8 NHWC (or float NCHW in [0, 1]) -> normalised model input, zero-padded to ``pad_to`` channels."""
     if images.dtype == torch.uint8:
         images = images.permute(0, 3, 1, 2).float() / 255.0
@@ -259,7 +259,8 @@ class _LocalizationPart(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         x = _model_input(images, self.model, self.dtype, self.channels_last, self.pad_to)
-        return self.model._keypoint_outputs(self.model.loc_net(x))
+        model: Any = self.model
+        return model._keypoint_outputs(model.loc_net(x))  # type: ignore[no-any-return]
 
 
 class _ClassificationPart(nn.Module):
@@ -271,7 +272,8 @@ class _ClassificationPart(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         x = _model_input(images, self.model, self.dtype, self.channels_last, self.pad_to)
-        return self.model.cls_net(x)
+        model: Any = self.model
+        return model.cls_net(x)  # type: ignore[no-any-return]
 
 
 class _HeadPart(nn.Module):
@@ -282,7 +284,7 @@ class _HeadPart(nn.Module):
         self.model = model
 
     def forward(self, loc: dict[str, Tensor], feats: dict[str, Tensor]) -> Tensor:
-        m = self.model
+        m: Any = self.model
         parts = None
         if m._transfer_layer is not None:
             parts = m._part_features(feats[m._transfer_layer], loc[OUTPUT_HEATMAPS], loc[OUTPUT_KEYPOINT_SCORES],

@@ -442,6 +442,8 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
                           options.save_vis, on_progress)
     start = time.perf_counter()
     launch = getattr(predictor, "launch", None)   # asynchronous predictors: keep one batch in flight
+    collect: Any = getattr(predictor, "collect", None)
+    launch = launch if collect is not None else None
     inflight: tuple[list[Decoded], Any] | None = None
     try:
         for items, prepared, n_good in iterate_batches(todo, predictor, options, options.save_vis is not None):
@@ -450,10 +452,10 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
                 continue
             handle = launch(prepared, n_good) if n_good else None   # batch i+1 queued on the device ...
             if inflight is not None:                                # ... before waiting for batch i
-                writer.put(inflight[0], predictor.collect(inflight[1]) if inflight[1] is not None else {})
+                writer.put(inflight[0], collect(inflight[1]) if inflight[1] is not None else {})
             inflight = (items, handle)
         if inflight is not None:
-            writer.put(inflight[0], predictor.collect(inflight[1]) if inflight[1] is not None else {})
+            writer.put(inflight[0], collect(inflight[1]) if inflight[1] is not None else {})
     finally:
         try:
             writer.close()
