@@ -391,6 +391,9 @@ def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOp
             put(_DONE)
 
     thread = threading.Thread(target=produce, name="fgdeploy-assembler", daemon=True)
+    # The decode threads are the parallelism: OpenCV's own threads inside each warpAffine only contend with
+    # them (2-core dev box: 4.6 ms per 500x500 warp single-threaded vs 7.1 ms with cv2's 2 threads).
+    cv2_threads = _single_threaded_cv2() if workers > 1 else None
     thread.start()
     try:
         while (item := q.get()) is not _DONE:
@@ -405,6 +408,21 @@ def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOp
             except queue.Empty:
                 pass
         thread.join()
+        if cv2_threads is not None:
+            import cv2
+
+            cv2.setNumThreads(cv2_threads)
+
+
+def _single_threaded_cv2() -> int | None:
+    """Set OpenCV to one thread (outputs do not depend on it); returns the previous count to restore."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv is a dependency
+        return None
+    previous = int(cv2.getNumThreads())
+    cv2.setNumThreads(1)
+    return previous
 
 
 def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *,
