@@ -250,7 +250,7 @@ def render_report(report: ParityReport) -> str:
         lines.append(f"batch invariance ({b.runner}): {b.note}; max |logit diff| {_g(b.max_abs_logit_diff)}, "
                      f"top-1 changes {b.top1_changes}, keypoint changes {b.keypoint_changes}: {verdict}")
     lines += ["", "checks:"]
-    lines += [f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {_g(c.value)} {c.op} {_g(c.threshold)}"
+    lines += [f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {_g(c.value, 6)} {c.op} {_g(c.threshold, 6)}"
               for c in report.checks]
     if report.divergence is not None:
         d = report.divergence
@@ -295,8 +295,8 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def _g(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
+def _g(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
 
 
 def _pct(value: float | None) -> str:
