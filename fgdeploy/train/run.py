@@ -47,6 +47,7 @@ class TrainOptions:
     synth_classes: int = 20             # generated data set, when data is None
     synth_images_per_class: int = 30
     synth_size: int = 256
+    hooks: Any = None                   # fgdeploy.train.state.Hooks (tests: simulate a kill)
 
 
 @dataclass
@@ -114,7 +115,8 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
             _write_run_config(out / "config.yaml", model_cfg, tcfg, stages, data_root, opts)
         log.info("run %s: model %s (%d classes), stages %s, device %s, %d process(es)", out, model_cfg.name,
                  len(data.class_names), stages, device, info.world_size)
-        ctx = RunContext(out_dir=out, device=device, info=info, hooks=Hooks(), show_progress=opts.show_progress)
+        ctx = RunContext(out_dir=out, device=device, info=info, hooks=opts.hooks or Hooks(),
+                         show_progress=opts.show_progress)
         state = fit(model, data, tcfg, stages, ctx, resume=resume_state)
     last = state.history[-1] if state.history else {}
     return TrainResult(out_dir=out, state=state, data_root=data_root, last_metrics=last, is_main=info.is_main,

@@ -169,3 +169,31 @@ def test_calibrate_visibility_picks_threshold_separating_visible_parts():
     assert net.config.visibility_threshold == 0.5
     t = calibrate_visibility(net, data, torch.device("cpu"), DistInfo(), amp=False)
     assert t is not None and 0.2 < t <= 0.6 and net.config.visibility_threshold == t
+
+
+def test_run_training_without_data_generates_synth_birds_and_resume_continues_exactly(tmp_path):
+    from fgdeploy.config import dataclass_to_dict
+    from fgdeploy.train.run import TrainOptions, run_training
+    from fgdeploy.train.state import Hooks
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(dataclass_to_dict(tiny_model_config())))
+
+    def options(out, **kw):
+        return TrainOptions(config=str(cfg_path), out=out, stage="2-3", epochs=2, batch=4, seed=1,
+                            show_progress=False, synth_classes=3, synth_images_per_class=10, synth_size=64, **kw)
+
+    full = run_training(options(tmp_path / "full"))
+    assert (tmp_path / "full" / "synth-birds" / "images.txt").is_file()
+    assert full.data_root == tmp_path / "full" / "synth-birds"
+
+    def kill(state):
+        if state.global_step == 5:
+            raise Killed("simulated kill")
+
+    with pytest.raises(Killed):
+        run_training(options(tmp_path / "run", hooks=Hooks(on_step=kill)))
+    resumed = run_training(TrainOptions(config=str(cfg_path), out=tmp_path / "run", resume=True, show_progress=False))
+    assert _comparable(resumed.state.history) == _comparable(full.state.history)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
