@@ -112,12 +112,18 @@ class FusedClassifier(nn.Module):
 
     def forward(self, parts: torch.Tensor | None, holistic: torch.Tensor | None) -> torch.Tensor:
         """Args: parts (N, P, C) or None, holistic (N, D) or None. Returns: (N, K) logits."""
+        # Norms in float32: in fp16 the sum of squares of a 7,680-d block overflows (inf -> NaN logits, seen on H200).
         blocks = []
         if parts is not None:
-            blocks.append(F.normalize(parts.flatten(1), dim=1))  # (N, P*C) unit norm (zero if all parts hidden)
+            blocks.append(_unit_norm(parts.flatten(1)))  # (N, P*C) unit norm (zero if all parts hidden)
         if holistic is not None:
-            blocks.append(F.normalize(holistic, dim=1))
+            blocks.append(_unit_norm(holistic))
         x = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
         if self.scale != 1.0:
             x = x * self.scale
         return self.fc(self.drop(x))
+
+
+def _unit_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows of (N, D) in float32, returned in x's dtype."""
+    return F.normalize(x.float(), dim=1).to(x.dtype)
