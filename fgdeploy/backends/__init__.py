@@ -31,9 +31,10 @@ __all__ = [
 BACKENDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "torch": ("fgdeploy.backends.torch_runner", "TorchRunner", ("torch",)),
     "ort": ("fgdeploy.backends.ort_runner", "OrtRunner", ("onnxruntime",)),
+    "trt": ("fgdeploy.backends.trt_runner", "TrtRunner", ("tensorrt",)),
 }
 # Other spellings accepted by open_runner and the CLI ("onnx:model.onnx" means ONNX Runtime).
-BACKEND_ALIASES: dict[str, str] = {"onnx": "ort", "onnxruntime": "ort", "pytorch": "torch"}
+BACKEND_ALIASES: dict[str, str] = {"onnx": "ort", "onnxruntime": "ort", "pytorch": "torch", "tensorrt": "trt"}
 
 
 def _canonical(kind: str) -> str:

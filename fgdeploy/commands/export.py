@@ -30,8 +30,11 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
               help="Upper bound of the dynamic batch dimension.")
 @click.option("--opset", type=int, default=18, show_default=True, help="Default-domain ONNX opset (18..21).")
 @click.option("--heatmaps", is_flag=True, help="Also output the (N, P, Hh, Wh) heatmap logits.")
+@click.option("--engine", is_flag=True,
+              help="Also build a TensorRT engine (OUT with .engine, plus a .json sidecar) with the fgdeploy plugin; "
+                   "needs TensorRT and a GPU.")
 def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int, opset: int,
-            heatmaps: bool) -> None:
+            heatmaps: bool, engine: bool) -> None:
     """Export CHECKPOINT (written by fgdeploy train) to ONNX for ONNX Runtime and TensorRT."""
     from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
 
@@ -46,3 +49,16 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
         fp16_convs = result.fp16_summary["fp16_nodes"].get("Conv", 0)
         fp32_convs = result.fp16_summary["fp32_nodes"].get("Conv", 0)
         click.echo(f"  fp16: {fp16_convs} convs fp16, {fp32_convs} kept fp32, {result.fp16_summary['casts']} casts")
+    if engine:
+        _build_engine(Path(result.path), batch or max_batch)
+
+
+def _build_engine(onnx_path: Path, max_batch: int) -> None:
+    """Build the TensorRT engine next to the ONNX; BackendUnavailable (exit 1) says how to install TensorRT."""
+    from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
+
+    engine_path = onnx_path.with_suffix(".engine")
+    report = build_engine(onnx_path, engine_path, EngineBuildConfig(max_batch=max_batch, opt_batch=min(8, max_batch)))
+    click.echo(f"wrote {report.engine_path} (+ sidecar {report.sidecar_path}): {report.precision}, "
+               f"CoordinateTransfer via {report.op_path} ({len(report.plugin_layers)} plugin layer(s)), "
+               f"built in {report.build_seconds:.1f} s")

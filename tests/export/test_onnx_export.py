@@ -219,3 +219,24 @@ def test_parity_cli_clear_errors_for_corrupt_onnx_and_missing_provider(ckpt, fp3
     result = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"onnx:{fp32_onnx}",
                                       "--providers", "cuda"])
     assert result.exit_code == 1 and "available providers are" in result.output
+
+
+def test_export_engine_without_tensorrt_says_how_to_install_and_exits_1(ckpt, tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the engine path is covered by tests/plugins/test_trt_engine.py")
+    result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx"), "--engine"])
+    assert result.exit_code == 1, result.output
+    assert (tmp_path / "m.onnx").is_file()  # the ONNX is kept; only the engine step failed
+    assert "TensorRT" in result.output and "install" in result.output.lower()
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_open_runner_knows_trt_and_reports_it_unavailable_here():
+    import importlib.util
+
+    from fgdeploy.backends import BACKEND_ALIASES, BACKENDS, available_backends
+
+    assert BACKENDS["trt"][1] == "TrtRunner" and BACKEND_ALIASES["tensorrt"] == "trt"
+    assert ("trt" in available_backends()) == (importlib.util.find_spec("tensorrt") is not None)
