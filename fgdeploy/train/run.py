@@ -67,9 +67,14 @@ def run_training(opts: TrainOptions) -> TrainResult:
     info = D.env_dist_info()
     device = D.resolve_device(opts.device or "auto", info)
     D.init_distributed(device)
+    pkg_log = logging.getLogger("fgdeploy")
+    level = pkg_log.level
+    if not info.is_main:  # one copy of the log: rank 0's
+        pkg_log.setLevel(logging.WARNING)
     try:
         return _run(opts, info, device)
     finally:
+        pkg_log.setLevel(level)
         D.cleanup_distributed()
 
 
