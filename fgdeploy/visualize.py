@@ -79,7 +79,10 @@ def draw_text(
     """Write ``text`` with a dark outline at ``org`` (bottom-left of the text, in pixels)."""
     out = image if inplace else np.ascontiguousarray(image.copy())
     thickness = max(1, int(round(scale * 2)))
-    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    # Outline by shifted copies, not a thicker stroke: some OpenCV builds widen glyphs with thickness.
+    x, y = org
+    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        cv2.putText(out, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
     cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
     return out
 
