@@ -145,7 +145,7 @@ def read_checkpoint(path: str | Path) -> CheckpointData:
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file written by fgdeploy train")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+    except Exception as exc:  # a corrupt file can raise almost anything from the unpickler (IndexError seen)
         raise CheckpointError(
             f"{path} is not a loadable fgdeploy checkpoint (torch.load with weights_only=True failed: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "

@@ -88,8 +88,40 @@ def test_checkpoint_pickled_code_is_not_executed(tmp_path):
 
 def test_checkpoint_garbage_and_missing_files_raise_checkpoint_error(tmp_path):
     path = tmp_path / "junk.pt"
-    path.write_bytes(os.urandom(256))
+    path.write_bytes(bytes(range(256)) * 2)  # fixed garbage (random bytes made the unpickler raise IndexError)
     with pytest.raises(CheckpointError, match="not a loadable fgdeploy checkpoint"):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pt")
+
+
+def test_load_checkpoint_rebuilds_the_model_with_equal_outputs(tmp_path):
+    import dataclasses
+
+    from fgdeploy.checkpoint import load_checkpoint
+    from fgdeploy.config import dataclass_to_dict
+    from fgdeploy.models import create_model, load_model_config
+
+    base = load_model_config("demo")
+    tiny = {"widths": [4, 8, 8, 16, 16], "depth": 1}
+    cfg = dataclasses.replace(base, input_size=64,
+                              localization=dataclasses.replace(base.localization, backbone_options=tiny),
+                              classification=dataclasses.replace(base.classification, backbone_options=tiny))
+    torch.manual_seed(0)
+    model = create_model(cfg, num_classes=3).eval()
+    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=["a", "b", "c"],
+                          part_names=[f"p{i}" for i in range(15)], input_size=cfg.input_size, mean=list(cfg.mean),
+                          std=list(cfg.std), stage=4, epoch=2)
+    save_checkpoint(tmp_path / "best.pt", model, meta)
+    loaded, meta2 = load_checkpoint(tmp_path / "best.pt")
+    images = torch.rand(2, 3, cfg.input_size, cfg.input_size)
+    with torch.no_grad():
+        a, b = model(images), loaded(images)
+    assert not loaded.training and loaded.config == cfg and meta2.stage == 4
+    for key in ("logits", "keypoints", "keypoint_scores"):
+        torch.testing.assert_close(a[key], b[key])
+
+    wrong = CheckpointMeta(**{**meta.__dict__, "class_names": ["a", "b"]})
+    save_checkpoint(tmp_path / "wrong.pt", model, wrong)
+    with pytest.raises(CheckpointError, match="do not match the model config"):
+        load_checkpoint(tmp_path / "wrong.pt")
