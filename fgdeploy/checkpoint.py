@@ -136,8 +136,6 @@ def read_checkpoint(path: str | Path) -> CheckpointData:
     Raises:
         CheckpointError: the file is missing, unreadable, unsafe to unpickle, or not an fgdeploy checkpoint.
     """
-    import pickle
-
     import torch
 
     path = Path(path)

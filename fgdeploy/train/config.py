@@ -80,8 +80,8 @@ class TrainConfig:
 # Tuned for the `demo` config on synth-birds (20 classes x 30 images), bench/fidelity.py: a small backbone trained
 # from scratch, so the "frozen features" of stage 1 are random and stage 2 does the localization work (test
 # PCK@0.1: 81 % after 20 epochs, 88 % after 35, 89 % after 60; about 2 s per epoch on 2 idle cores). Stage 3 trains
-# the classification trunk; the classifier's inputs are unit-norm blocks scaled by feature_scale (12 in demo), so
-# its LR is 10x lower than the trunk's (0.05 on the FC diverged: loss 3.2 -> 5.7).
+# the classification trunk; the classifier's inputs are unit-norm blocks scaled by feature_scale (8-12 in demo), so
+# its LR is 10x lower than the trunk's (0.05 on the FC diverged for the holistic model: loss 3.2 -> 5.7).
 SMALL_PRESET = TrainConfig(
     batch_size=16,
     checkpoint_every=50,
