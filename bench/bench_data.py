@@ -122,7 +122,7 @@ def main() -> None:
     text = json.dumps(run(args), indent=1)
     print(text)
     if args.out:
-        from fgdeploy.data.fileio import atomic_write_text
+        from fgdeploy.fileio import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fgdeploy.fileio import atomic_write_text
 from fgdeploy.infer import InferOptions, Predictor, discover_images, run_inference
 
 
@@ -149,7 +150,5 @@ def write_json(path: str | Path, results: Sequence[BenchResult], extra: dict[str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"environment": environment(), **(extra or {}), "results": [asdict(r) for r in results]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return path

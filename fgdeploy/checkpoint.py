@@ -19,14 +19,13 @@ import dataclasses
 import hashlib
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fgdeploy import __version__
 from fgdeploy.errors import CheckpointError
+from fgdeploy.fileio import atomic_write_bytes, file_sha256  # noqa: F401  (re-exported: callers import them from here)
 
 if TYPE_CHECKING:  # torch is imported inside functions so `import fgdeploy.checkpoint` stays light
     import torch
@@ -66,31 +65,6 @@ class CheckpointData:
     meta: CheckpointMeta
     state_dict: dict[str, Any]
     extra_state: dict[str, Any]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fgdeploy.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,7 @@ def _outputs_exist(step: Any) -> bool:
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
 
 
 # --- steps -------------------------------------------------------------------------------------

@@ -250,30 +250,31 @@ def _model_input(images: Tensor, model: Any, dtype: torch.dtype, channels_last: 
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-class _LocalizationPart(nn.Module):
-    """Input conversion + localization trunk + keypoint head: heatmaps, keypoints, scores."""
+class _TrunkPart(nn.Module):
+    """Input conversion (uint8/float -> normalised, optionally padded, model dtype and layout) before a trunk."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool, pad_to: int) -> None:
         super().__init__()
         self.model, self.dtype, self.channels_last, self.pad_to = model, dtype, channels_last, pad_to
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        x = _model_input(images, self.model, self.dtype, self.channels_last, self.pad_to)
-        model: Any = self.model
-        return model._keypoint_outputs(model.loc_net(x))  # type: ignore[no-any-return]
+    def _input(self, images: Tensor) -> Tensor:
+        return _model_input(images, self.model, self.dtype, self.channels_last, self.pad_to)
 
 
-class _ClassificationPart(nn.Module):
-    """Input conversion + classification trunk: (transfer-layer map, holistic map) as a dict."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool, pad_to: int) -> None:
-        super().__init__()
-        self.model, self.dtype, self.channels_last, self.pad_to = model, dtype, channels_last, pad_to
+class _LocalizationPart(_TrunkPart):
+    """Localization trunk + keypoint head: heatmaps, keypoints, scores."""
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        x = _model_input(images, self.model, self.dtype, self.channels_last, self.pad_to)
         model: Any = self.model
-        return model.cls_net(x)  # type: ignore[no-any-return]
+        return model._keypoint_outputs(model.loc_net(self._input(images)))  # type: ignore[no-any-return]
+
+
+class _ClassificationPart(_TrunkPart):
+    """Classification trunk: (transfer-layer map, holistic map) as a dict."""
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        model: Any = self.model
+        return model.cls_net(self._input(images))  # type: ignore[no-any-return]
 
 
 class _HeadPart(nn.Module):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fgdeploy.errors import FgdeployError
+from fgdeploy.fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -266,16 +267,7 @@ def find_plugin_library(explicit: str | Path | None = None, tensorrt_version: st
     return built[-1] if built else None
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def describe_library(path: str | Path) -> dict[str, Any]:
     """Path, size and sha256 of a built library (for sidecars and ``fgdeploy doctor``)."""
     p = Path(path)
-    return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": file_sha256(p)}

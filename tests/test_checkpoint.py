@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from fgdeploy import checkpoint as ckpt
+from fgdeploy import fileio
 from fgdeploy.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from fgdeploy.errors import CheckpointError
 
@@ -55,7 +55,7 @@ def test_checkpoint_crash_while_writing_leaves_previous_loadable(tmp_path, monke
     def crash(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(ckpt.os, hook, crash)
+    monkeypatch.setattr(fileio.os, hook, crash)  # the atomic write lives in fgdeploy.fileio
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(path, _model(1), _meta(epoch=2))
     monkeypatch.undo()

@@ -16,14 +16,13 @@ spaces ("left eye") and are normalised to the ``fgdeploy.tensors.PART_NAMES`` sp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fgdeploy.data.fileio import atomic_write_text
+from fgdeploy.fileio import atomic_write_text
 from fgdeploy.errors import DatasetError
 from fgdeploy.tensors import PART_NAMES
 

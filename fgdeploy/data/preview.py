@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from fgdeploy.data.cub import CubDataset
-from fgdeploy.data.fileio import atomic_write_bytes
+from fgdeploy.fileio import atomic_write_bytes
 from fgdeploy.data.images import encode_image
 from fgdeploy.data.sample import Sample
 

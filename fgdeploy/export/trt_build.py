@@ -18,10 +18,8 @@ Command line (for rebuilding from an ONNX file)::
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from fgdeploy.backends.trt_support import (
     tensorrt_major, tensorrt_version, write_json_atomic,
 )
 from fgdeploy.errors import ExportError, FgdeployError
+from fgdeploy.fileio import atomic_write_bytes, file_sha256
 from fgdeploy.tensors import OP_DOMAIN, OP_NAME, PLUGIN_NAMESPACE
 
 if TYPE_CHECKING:  # annotations only; the real import is lazy, inside the functions
@@ -186,17 +185,6 @@ def add_batch_profile(builder: trt.Builder, network: trt.INetworkDefinition,
     return profile, shapes
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def rebuild_command(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig) -> str:
     """The shell command that rebuilds this engine from its ONNX (put in the sidecar and in errors)."""
     args = ["python", "-m", "fgdeploy.export.trt_build", str(onnx_path.resolve()), "--engine",
@@ -305,9 +293,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, config: EngineB
     seconds = time.perf_counter() - start
     if plan is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT errors above")
-    _write_bytes_atomic(engine_path, bytes(plan))
+    atomic_write_bytes(engine_path, bytes(plan))
     if cfg.timing_cache is not None:
-        _write_bytes_atomic(cfg.timing_cache, bytes(builder_config.get_timing_cache().serialize()))
+        atomic_write_bytes(cfg.timing_cache, bytes(builder_config.get_timing_cache().serialize()))
     report = EngineBuildReport(engine_path, sidecar_path(engine_path), op_nodes, plugged, op_path, precision,
                                parser_flags, seconds)
     report.sidecar = make_sidecar(onnx_path, engine_path, cfg, report, shapes, metadata, plugin_lib)
@@ -319,7 +307,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, config: EngineB
 def make_sidecar(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig, report: EngineBuildReport,
                  shapes: dict[str, Any], metadata: dict[str, Any], plugin_lib: Path | None) -> dict[str, Any]:
     """The JSON written next to the engine (read back by ``TrtRunner``)."""
-    from fgdeploy.plugins import describe_library, sha256_file
+    from fgdeploy.plugins import describe_library
 
     return {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "fgdeploy_version": __version__,
@@ -327,7 +315,7 @@ def make_sidecar(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig, rep
         "engine": {"file": engine_path.name, **{k: v for k, v in describe_library(engine_path).items() if k != "path"}},
         "machine": machine_info(cfg.device),
         "plugin_library": describe_library(plugin_lib) if plugin_lib is not None else None,
-        "onnx": {"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path)},
+        "onnx": {"path": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path)},
         "profile": {"min_batch": cfg.min_batch, "opt_batch": cfg.opt_batch, "max_batch": cfg.max_batch,
                     "shapes": shapes},
         "precision": report.precision,
