@@ -84,10 +84,13 @@ def collate_samples(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader workers: one OpenCV/torch thread each, so N workers use N cores, not N x cores."""
-    import cv2
+    """DataLoader workers: one torch thread each, so N workers use N cores, not N x cores.
 
-    cv2.setNumThreads(1)
+    OpenCV's thread count is deliberately left alone: a forked worker inherits the parent's OpenCV thread
+    pool state, and resizing it there (``cv2.setNumThreads``) destroys a condition variable the parent's
+    pool threads were waiting on, which blocks forever (seen as a hung ``bench/bench_data.py``). OpenCV
+    calls themselves are safe in the worker.
+    """
     torch.set_num_threads(1)
 
 

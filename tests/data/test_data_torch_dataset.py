@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,27 @@ def test_dataset_without_transform_returns_samples(cub_root: Path) -> None:
     dataset = CubDataset(cub_root, "test")
     wrapped = TorchSampleDataset(dataset)
     assert len(wrapped) == 3 and wrapped[2].image_id == dataset[2].image_id
+
+
+def test_loader_workers_start_after_the_parent_used_opencv_threads(cub_root: Path) -> None:
+    """Forked workers must not hang when the parent's OpenCV pool threads were idle-waiting at the fork."""
+    script = textwrap.dedent(f"""
+        import time, cv2, numpy as np
+        from fgdeploy.data.cub import CubDataset
+        from fgdeploy.data.torch_dataset import make_loader
+        from fgdeploy.data.transforms import TrainAugment
+        cv2.setNumThreads(2)
+        big = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+        for _ in range(3):
+            cv2.resize(big, (500, 500), interpolation=cv2.INTER_AREA)  # starts OpenCV's pool threads
+        time.sleep(0.5)                                                # ... which now wait on their condvar
+        loader = make_loader(CubDataset({str(cub_root)!r}, "all"), TrainAugment(32), batch_size=3,
+                             shuffle=False, num_workers=2, seed=0)
+        print(sum(int(b["images"].shape[0]) for b in loader))
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("DataLoader workers hung after the parent used OpenCV threads")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "6"
