@@ -6,6 +6,10 @@ that does coordinate maths. It warps the image with ``cv2.warpAffine`` (after co
 OpenCV's pixel-centre convention), maps keypoints and box corners with the same ``A``, makes keypoints
 that leave the image invisible (coordinates 0), and swaps left/right parts
 (``fgdeploy.tensors.FLIP_PERMUTATION``) when ``A`` mirrors (negative determinant).
+
+The test-time whole-image resize (`resize_to_input`, `EvalTransform`: eval, parity and infer all use it)
+moves pixels with `resize_image` (``cv2.resize``, edges replicated) instead: the same sampling grid as
+the warp at a fraction of the cost (500x375 -> 500x500: 0.5 ms vs 2.3 ms on one core).
 """
 
 from __future__ import annotations
@@ -84,6 +88,24 @@ def warp_image(image: np.ndarray, affine: np.ndarray, out_hw: tuple[int, int]) -
                           borderMode=cv2.BORDER_CONSTANT, borderValue=_BORDER_VALUE)
 
 
+def resize_image(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Resize the whole image to ``out_hw`` (u' = u out_w / W, v' = v out_h / H, pixel-centre aligned).
+
+    Same filters as `warp_image` for that map: axes shrinking by more than 1.5x are area-averaged to their
+    final size (when one is, every shrinking axis is), then bilinear; borders replicate the edge pixels
+    (the warp blends them with black when enlarging).
+    """
+    height, width = image.shape[:2]
+    out_h, out_w = out_hw
+    sx, sy = out_w / width, out_h / height
+    if min(sx, sy) < 2.0 / 3.0:
+        new_w, new_h = (out_w if sx < 1 else width), (out_h if sy < 1 else height)
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    if image.shape[:2] != (out_h, out_w):
+        image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(image)
+
+
 def warp_keypoints(keypoints: np.ndarray, visible: np.ndarray, affine: np.ndarray, out_hw: tuple[int, int]
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Map (P, 2) keypoints; those outside [0, W) x [0, H) or invisible become invisible with (0, 0).
@@ -129,8 +151,16 @@ def input_affine(sample: Sample, size: int, crop_to_bbox: bool = False) -> np.nd
 
 
 def resize_to_input(sample: Sample, size: int) -> Sample:
-    """Warp the whole image to size x size: u' = u S / W, v' = v S / H."""
-    return warp_sample(sample, input_affine(sample, size), (size, size))
+    """Resize the whole image to size x size (u' = u S / W, v' = v S / H) with `resize_image`.
+
+    Like `warp_sample` with ``input_affine(sample, size)`` (keypoints, box, ``affine`` identical), but the
+    pixels come from ``cv2.resize``.
+    """
+    affine = input_affine(sample, size)
+    keypoints, visible = warp_keypoints(sample.keypoints, sample.visible, affine, (size, size))
+    return replace(sample, image=resize_image(sample.image, (size, size)), keypoints=keypoints,
+                   visible=visible, bbox=warp_box(sample.bbox, affine, (size, size)),
+                   affine=compose(affine, sample.affine))
 
 
 @dataclass(frozen=True)
@@ -141,7 +171,9 @@ class EvalTransform:
     crop_to_bbox: bool = False   # ablation: warp the ground-truth box instead of the whole image
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        return warp_sample(sample, input_affine(sample, self.size, self.crop_to_bbox), (self.size, self.size))
+        if not self.crop_to_bbox:
+            return resize_to_input(sample, self.size)
+        return warp_sample(sample, input_affine(sample, self.size, crop_to_bbox=True), (self.size, self.size))
 
 
 @dataclass(frozen=True)

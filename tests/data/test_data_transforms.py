@@ -11,7 +11,8 @@ from fgdeploy.data.cub import CubDataset
 from fgdeploy.data.sample import Sample
 from fgdeploy.data.transforms import (EvalTransform, TrainAugment, affine_hflip, affine_rotate, affine_scale,
                                       affine_translate, apply_affine, compose, hflip, invert_affine,
-                                      jitter_colour, resize_to_input, warp_sample)
+                                      jitter_colour, resize_image, resize_to_input, warp_image,
+                                      warp_sample)
 from fgdeploy.tensors import FLIP_PERMUTATION, NUM_PARTS, PART_NAMES
 
 P = {name: i for i, name in enumerate(PART_NAMES)}
@@ -99,6 +100,33 @@ def test_resize_to_input_scales_each_axis(cub_root: Path) -> None:
     vis = sample.visible
     np.testing.assert_allclose(out.keypoints[vis], sample.keypoints[vis] * [64 / 40, 64 / 30], rtol=1e-5)
     np.testing.assert_allclose(out.bbox, sample.bbox * np.array([64 / 40, 64 / 30, 64 / 40, 64 / 30]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("src_hw,out_hw", [((375, 500), (160, 160)), ((375, 500), (500, 500)),
+                                           ((300, 90), (128, 128)), ((61, 47), (61, 47))])
+def test_resize_image_samples_like_the_warp_of_the_same_map(src_hw: tuple[int, int],
+                                                            out_hw: tuple[int, int]) -> None:
+    """Pixels agree with warp_image(affine_scale) up to OpenCV rounding; only enlarged edges may differ."""
+    image = np.random.default_rng(4).integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    image = np.ascontiguousarray(np.cumsum(image, axis=1) % 256, dtype=np.uint8)  # structure, not just noise
+    affine = affine_scale(out_hw[1] / src_hw[1], out_hw[0] / src_hw[0])
+    fast, warped = resize_image(image, out_hw).astype(int), warp_image(image, affine, out_hw).astype(int)
+    assert fast.shape == warped.shape == (*out_hw, 3)
+    interior = np.abs(fast - warped)[1:-1, 1:-1]
+    assert interior.max() <= 2, interior.max()
+    assert np.mean(interior > 0) < 0.1
+    if out_hw[0] <= src_hw[0] and out_hw[1] <= src_hw[1]:   # shrinking: no border samples, same pixels
+        assert np.abs(fast - warped).max() <= 1
+
+
+def test_resize_to_input_moves_coordinates_like_warp_sample() -> None:
+    sample = _blob_sample(50, 70, (30.0, 25.0), sigma=4.0)
+    fast, warped = resize_to_input(sample, 32), warp_sample(sample, affine_scale(32 / 70, 32 / 50), (32, 32))
+    np.testing.assert_array_equal(fast.keypoints, warped.keypoints)
+    np.testing.assert_array_equal(fast.visible, warped.visible)
+    np.testing.assert_array_equal(fast.bbox, warped.bbox)
+    np.testing.assert_array_equal(fast.affine, warped.affine)
+    assert EvalTransform(32)(sample).image.tobytes() == fast.image.tobytes()
 
 
 def test_eval_transform_records_the_map_back_to_the_file(cub_root: Path) -> None:
