@@ -59,15 +59,13 @@ def test_demo_quick_runs_every_step_then_resumes_without_redoing_them(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--quick", "--config", str(config), "--batch", "4"]
     first = CliRunner().invoke(cli, args)
-    # A 1-epoch tiny model has near-flat heatmaps: torch and ORT may break an exact tie differently, which the
-    # fp32 parity reports as a moved keypoint. That (and only that) may fail here; the exit code must say so.
-    tie_flip = "parity torch-cpu-fp32 vs ort-cpu-fp32   FAIL: keypoints in the same cell (" in first.output
-    assert first.exit_code == (1 if tie_flip else 0), first.output
+    # A 1-epoch tiny model has near-flat heatmaps: torch and ORT may break a near-tie differently; parity
+    # fetches the reference heatmaps for moved keypoints and accepts such moves, so the demo must pass.
+    assert first.exit_code == 0, first.output
     for name in STEPS:
         assert f"[{name}] running" in first.output
     table = first.output[first.output.index("item "):]
-    fp32_parity = "parity torch-cpu-fp32 vs ort-cpu-fp32   " + ("FAIL" if tie_flip else "PASS")
-    for row in ("top-1 accuracy", "PCK@0.1", fp32_parity,
+    for row in ("top-1 accuracy", "PCK@0.1", "parity torch-cpu-fp32 vs ort-cpu-fp32   PASS",
                 "parity torch-cpu-fp32 vs ort-cpu-fp16   PASS", "throughput torch-cpu-fp32-eager",
                 "throughput ort-cpu-fp32", "throughput ort-cpu-fp16", "12 scored, 0 failed"):
         assert row in table, row

@@ -14,6 +14,7 @@ from fgdeploy.parity import (
     ArrayImages, GroundTruth, ParityConfig, RandomImages, Tolerance, compare_output, compare_tasks,
     default_thresholds, pck_of, run_parity,
 )
+from fgdeploy.parity.compare import build_checks
 
 S, HW, P, K = 16, (4, 4), 3, 5
 
@@ -170,6 +171,55 @@ def test_run_parity_locates_divergence_in_heatmaps_and_lists_keypoint_flips():
     assert report.task.keypoint_flips and all(f.part == "a" for f in report.task.keypoint_flips)
     assert all(f.test_cell == [3, 3] for f in report.task.keypoint_flips)
     assert all(f.test_margin is not None and f.test_margin > 0 for f in report.task.keypoint_flips)
+    assert report.task.keypoint_near_ties == 0 and not any(f.near_tie for f in report.task.keypoint_flips)
+
+
+def test_compare_tasks_counts_a_move_between_near_tied_reference_cells_as_agreement():
+    heat = np.random.default_rng(5).uniform(-3, 0, (2, 1, 4, 4))
+    heat[0, 0, 0, 1], heat[0, 0, 0, 2] = 2.0, 2.0 - 1e-6  # image 0: two cells within rounding
+    heat[1, 0, 0, 1], heat[1, 0, 0, 2] = 2.0, 1.0         # image 1: a clear winner
+    kp = np.array([[[6.0, 2.0]], [[6.0, 2.0]]])           # both at cell (0, 1)
+    ref = {"logits": np.eye(2), "keypoints": kp, "heatmaps": heat}
+    test = {"logits": np.eye(2), "keypoints": kp + [4.0, 0.0]}  # both moved to cell (0, 2)
+    tol = Tolerance(atol=1e-4, rtol=1e-3)
+    task = compare_tasks(ref, test, input_size=16, heatmap_hw=(4, 4), part_names=["beak"], tie_tolerance=tol)
+    assert [f.near_tie for f in task.keypoint_flips] == [True, False]
+    assert task.keypoint_flips[0].ref_margin == pytest.approx(1e-6, rel=1e-3)
+    assert task.keypoint_same_cell == 0.0 and task.keypoint_near_ties == 1 and task.keypoint_same_cell_or_tie == 0.5
+    (check,) = [c for c in build_checks([], task, None, default_thresholds("fp32")) if "same cell" in c.name]
+    assert "near-ties" in check.name and check.value == 0.5 and not check.passed
+    assert task.keypoint_within_one_cell_or_tie == 1.0   # both moves are one cell
+    untold = compare_tasks(ref, test, input_size=16, heatmap_hw=(4, 4), part_names=["beak"])
+    assert untold.keypoint_same_cell_or_tie is None and untold.keypoint_flips[0].near_tie is None
+
+
+def _tied_images(n: int) -> np.ndarray:
+    """Images whose part-0 heatmap has an exact tie between cells (0, 0) and (2, 3), identical features there."""
+    images = RandomImages(n, S, seed=7).load(range(n)).astype(np.float64) * 0.5
+    images[:, :, 8:12, 12:16] = images[:, :, 0:4, 0:4]
+    images[:, 0, 0:4, 0:4] = images[:, 0, 8:12, 12:16] = 0.9
+    return images.astype(np.float32)
+
+
+def test_run_parity_fetches_reference_heatmaps_and_passes_a_tie_broken_the_other_way():
+    def without_heatmaps(fn):
+        return lambda images: {k: v for k, v in fn(images).items() if k != "heatmaps"}
+
+    def other_side_of_the_tie(images):
+        noise = np.zeros((len(images), P, 4, 4))
+        noise[:, 0, 2, 3] = 1e-6   # rounding-sized: part 0 now picks the second of the tied cells
+        return pipeline(images, heat_noise=noise)
+
+    source = ArrayImages(_tied_images(6))
+    report = run_parity(factory(without_heatmaps(pipeline), "ref"),
+                        factory(without_heatmaps(other_side_of_the_tie), "test"), source, ParityConfig(batch_size=3))
+    task = report.task
+    assert task.keypoint_same_cell == pytest.approx(1 - 6 / (6 * P))   # part 0 moved in every image
+    assert task.keypoint_near_ties == 6 and task.keypoint_same_cell_or_tie == 1.0
+    assert task.keypoint_within_one_cell < 1.0 and task.keypoint_within_one_cell_or_tie == 1.0
+    assert all(f.near_tie and f.ref_margin == pytest.approx(0.0, abs=1e-6) for f in task.keypoint_flips)
+    assert report, report.render()
+    assert "near-ties allowed" in report.render() and "(near-tie)" in report.render()
 
 
 def test_run_parity_fp16_thresholds_are_looser_and_atol_overridable():

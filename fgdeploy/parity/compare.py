@@ -64,8 +64,14 @@ def _p99(x: np.ndarray) -> float:
 def compare_tasks(
     ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], *, input_size: int,
     heatmap_hw: tuple[int, int], part_names: Sequence[str], truth: GroundTruth | None = None,
+    tie_tolerance: Tolerance | None = None,
 ) -> TaskComparison:
-    """Top-1 / keypoint agreement, accuracy and PCK of each side, and the flipped images."""
+    """Top-1 / keypoint agreement, accuracy and PCK of each side, and the flipped images.
+
+    With the reference's heatmaps in ``ref`` and a ``tie_tolerance``, a keypoint that moved to a cell the
+    reference scored within that tolerance of its own argmax is a near-tie: either cell is a correct
+    argmax of the reference up to rounding, so it counts towards ``keypoint_same_cell_or_tie``.
+    """
     truth = truth or GroundTruth()
     ids = truth.image_ids
     r_log, t_log = np.asarray(ref[OUTPUT_LOGITS], np.float64), np.asarray(test[OUTPUT_LOGITS], np.float64)
@@ -84,13 +90,13 @@ def compare_tasks(
         task.accuracy_test = float((t_top == labels).mean())
         task.accuracy_diff_points = 100.0 * (task.accuracy_test - task.accuracy_ref)
     if OUTPUT_KEYPOINTS in ref and OUTPUT_KEYPOINTS in test:
-        _compare_keypoints(task, ref, test, input_size, heatmap_hw, part_names, truth)
+        _compare_keypoints(task, ref, test, input_size, heatmap_hw, part_names, truth, tie_tolerance)
     return task
 
 
 def _compare_keypoints(task: TaskComparison, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
                        input_size: int, heatmap_hw: tuple[int, int], part_names: Sequence[str],
-                       truth: GroundTruth) -> None:
+                       truth: GroundTruth, tie_tolerance: Tolerance | None) -> None:
     r_kp, t_kp = np.asarray(ref[OUTPUT_KEYPOINTS]), np.asarray(test[OUTPUT_KEYPOINTS])
     r_cell = point_to_cell(r_kp, heatmap_hw, input_size)
     t_cell = point_to_cell(t_kp, heatmap_hw, input_size)
@@ -104,11 +110,21 @@ def _compare_keypoints(task: TaskComparison, ref: Mapping[str, np.ndarray], test
     t_heat = test.get(OUTPUT_HEATMAPS)
     for i, p in zip(*np.nonzero(dist)):
         rc, tc = r_cell[i, p], t_cell[i, p]
+        ref_margin = _heat_gap(r_heat, i, p, rc, tc)
+        near_tie = None
+        if ref_margin is not None and tie_tolerance is not None:
+            top = abs(float(r_heat[i, p, rc[0], rc[1]]))  # type: ignore[index]  # ref_margin implies heatmaps
+            near_tie = ref_margin <= tie_tolerance.atol + tie_tolerance.rtol * top
         task.keypoint_flips.append(KeypointFlip(
             index=int(i), image_id=_opt_int(truth.image_ids, i),
             part=part_names[p] if p < len(part_names) else str(p),
             ref_cell=[int(x) for x in rc], test_cell=[int(x) for x in tc], cell_distance=int(dist[i, p]),
-            ref_margin=_heat_gap(r_heat, i, p, rc, tc), test_margin=_heat_gap(t_heat, i, p, tc, rc)))
+            ref_margin=ref_margin, test_margin=_heat_gap(t_heat, i, p, tc, rc), near_tie=near_tie))
+    if r_heat is not None and tie_tolerance is not None:
+        task.keypoint_near_ties = sum(bool(f.near_tie) for f in task.keypoint_flips)
+        far_ties = sum(bool(f.near_tie) and f.cell_distance > 1 for f in task.keypoint_flips)
+        task.keypoint_same_cell_or_tie = float(((dist == 0).sum() + task.keypoint_near_ties) / dist.size)
+        task.keypoint_within_one_cell_or_tie = float(((dist <= 1).sum() + far_ties) / dist.size)
     if truth.keypoints is not None:
         ones = np.ones(r_kp.shape[:2])
         task.pck_ref = pck_of(r_kp, ref.get(OUTPUT_KEYPOINT_SCORES, ones), truth, part_names)
@@ -121,7 +137,8 @@ def _heat_gap(heat: np.ndarray | None, i: int, p: int, own: np.ndarray, other: n
     if heat is None:
         return None
     h = heat[i, p]
-    return float(h[own[0], own[1]]) - float(h[other[0], other[1]])
+    gap = float(h[own[0], own[1]]) - float(h[other[0], other[1]])
+    return gap if math.isfinite(gap) else None   # NaN: this image's heatmaps were not fetched
 
 
 def pck_of(pred_uv: np.ndarray, scores: np.ndarray, truth: GroundTruth, part_names: Sequence[str],
@@ -159,9 +176,15 @@ def build_checks(outputs: Sequence[OutputComparison], task: TaskComparison, batc
         checks.append(Check("logits max abs error / logit range", value, th.logit_error_over_range, "<=",
                             value <= th.logit_error_over_range))
     checks.append(_at_least("top-1 agreement", task.top1_agreement, th.top1_agreement))
-    if task.keypoint_same_cell is not None and th.keypoint_same_cell is not None:
+    if task.keypoint_same_cell_or_tie is not None and th.keypoint_same_cell is not None:
+        checks.append(_at_least("keypoints in the same cell (near-ties allowed)", task.keypoint_same_cell_or_tie,
+                                th.keypoint_same_cell))
+    elif task.keypoint_same_cell is not None and th.keypoint_same_cell is not None:
         checks.append(_at_least("keypoints in the same cell", task.keypoint_same_cell, th.keypoint_same_cell))
-    if task.keypoint_within_one_cell is not None and th.keypoint_within_one_cell is not None:
+    if task.keypoint_within_one_cell_or_tie is not None and th.keypoint_within_one_cell is not None:
+        checks.append(_at_least("keypoints within one cell (near-ties allowed)", task.keypoint_within_one_cell_or_tie,
+                                th.keypoint_within_one_cell))
+    elif task.keypoint_within_one_cell is not None and th.keypoint_within_one_cell is not None:
         checks.append(_at_least("keypoints within one cell", task.keypoint_within_one_cell,
                                 th.keypoint_within_one_cell))
     if task.accuracy_diff_points is not None and th.accuracy_diff_points is not None:

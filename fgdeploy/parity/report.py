@@ -111,6 +111,7 @@ class KeypointFlip:
     cell_distance: int  # Chebyshev distance in cells
     ref_margin: float | None   # ref logit at its cell minus ref logit at the test's cell
     test_margin: float | None
+    near_tie: bool | None = None  # ref_margin within the tolerance: both cells are the reference's argmax
 
 
 @dataclass
@@ -120,6 +121,9 @@ class TaskComparison:
     keypoint_same_cell: float | None = None
     keypoint_within_one_cell: float | None = None
     keypoint_same_cell_visible: float | None = None  # only parts the reference scores >= 0.5
+    keypoint_near_ties: int | None = None            # moved keypoints whose reference heatmap had a near-tie
+    keypoint_same_cell_or_tie: float | None = None   # same cell, or moved between near-tied cells
+    keypoint_within_one_cell_or_tie: float | None = None
     accuracy_ref: float | None = None
     accuracy_test: float | None = None
     accuracy_diff_points: float | None = None        # (test - ref) * 100
@@ -271,6 +275,9 @@ def _task_lines(task: TaskComparison) -> list[str]:
         lines.append(f"keypoints: same cell {_pct(task.keypoint_same_cell)}, within one cell "
                      f"{_pct(task.keypoint_within_one_cell)}, same cell (parts scored visible) "
                      f"{_pct(task.keypoint_same_cell_visible)}")
+    if task.keypoint_near_ties:
+        lines.append(f"keypoints: {task.keypoint_near_ties} moved between cells the reference scores within "
+                     f"tolerance (near-ties); same cell or near-tie {_pct(task.keypoint_same_cell_or_tie)}")
     if task.accuracy_ref is not None:
         lines.append(f"accuracy: ref {_pct(task.accuracy_ref)}, test {_pct(task.accuracy_test)}, "
                      f"diff {task.accuracy_diff_points:+.2f} points")
@@ -283,7 +290,7 @@ def _task_lines(task: TaskComparison) -> list[str]:
     for k in task.keypoint_flips[:MAX_LISTED_FLIPS]:
         lines.append(f"  keypoint flip: image {k.index} (id {k.image_id}) {k.part}: cell {k.ref_cell} -> "
                      f"{k.test_cell} ({k.cell_distance} cell(s)); ref margin {_g(k.ref_margin)}, "
-                     f"test margin {_g(k.test_margin)}")
+                     f"test margin {_g(k.test_margin)}{' (near-tie)' if k.near_tie else ''}")
     hidden = sum(max(0, len(f) - MAX_LISTED_FLIPS) for f in (task.class_flips, task.keypoint_flips))
     if hidden:
         lines.append(f"  ... {hidden} more flip(s) in the JSON report")

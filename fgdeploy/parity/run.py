@@ -25,6 +25,7 @@ from fgdeploy.tensors import (
 logger = logging.getLogger(__name__)
 
 MAX_DEBUG_IMAGES = 16  # images rerun with debug outputs to locate a divergence
+MAX_TIE_IMAGES = 64    # images with moved keypoints rerun for the reference heatmaps (near-tie check)
 RunnerFactory = Callable[[bool], Runner]  # debug flag -> a new, inactive runner
 
 
@@ -192,9 +193,10 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
                               judged=name != OUTPUT_KEYPOINTS) for name in _common_outputs(ref_out, test_out)]
     task = TaskComparison(n_images=len(indices), top1_agreement=1.0)
     if heatmap_hw is not None:
-        task = compare_tasks(ref_out, test_out, input_size=input_size, heatmap_hw=heatmap_hw,
+        ref_task = with_ref_heatmaps(ref, ref_out, test_out, source, heatmap_hw, input_size, config.batch_size)
+        task = compare_tasks(ref_task, test_out, input_size=input_size, heatmap_hw=heatmap_hw,
                              part_names=part_names or [str(p) for p in range(ref_out[OUTPUT_KEYPOINTS].shape[1])],
-                             truth=source.truth)
+                             truth=source.truth, tie_tolerance=thresholds.tolerance)
     else:
         task = compare_tasks({OUTPUT_LOGITS: ref_out[OUTPUT_LOGITS]}, {OUTPUT_LOGITS: test_out[OUTPUT_LOGITS]},
                              input_size=input_size, heatmap_hw=(1, 1), part_names=part_names, truth=source.truth)
@@ -207,6 +209,38 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
                                               input_size=input_size, heatmap_hw=heatmap_hw,
                                               batch_size=config.batch_size)
     return report
+
+
+def with_ref_heatmaps(ref: RunnerFactory, ref_out: Mapping[str, np.ndarray], test_out: Mapping[str, np.ndarray],
+                      source: ImageSource, heatmap_hw: tuple[int, int], input_size: int, batch_size: int
+                      ) -> dict[str, np.ndarray]:
+    """``ref_out`` plus the reference heatmaps of the images whose keypoints moved (NaN for the others).
+
+    The heatmaps tell a real disagreement from a near-tie. When the main outputs lack them, the first
+    ``MAX_TIE_IMAGES`` such images are rerun with the reference's intermediate outputs; a runner that has
+    none leaves ``ref_out`` as it is.
+    """
+    if OUTPUT_HEATMAPS in ref_out or OUTPUT_KEYPOINTS not in ref_out or OUTPUT_KEYPOINTS not in test_out:
+        return dict(ref_out)
+    moved = np.any(point_to_cell(ref_out[OUTPUT_KEYPOINTS], heatmap_hw, input_size)
+                   != point_to_cell(test_out[OUTPUT_KEYPOINTS], heatmap_hw, input_size), axis=(1, 2))
+    indices = [int(i) for i in np.flatnonzero(moved)[:MAX_TIE_IMAGES]]
+    if not indices:
+        return dict(ref_out)
+    from fgdeploy.export.debug_outputs import debug_heatmaps_name
+
+    try:
+        runner = ref(True)
+    except (TypeError, NotImplementedError):
+        return dict(ref_out)
+    with runner:
+        debug = run_batches(runner, source, indices, batch_size)
+    name = next((n for n in (debug_heatmaps_name(0), OUTPUT_HEATMAPS) if n in debug), None)
+    if name is None or tuple(debug[name].shape[-2:]) != tuple(heatmap_hw):
+        return dict(ref_out)
+    heat = np.full((len(moved), *debug[name].shape[1:]), np.nan, np.float32)
+    heat[indices] = debug[name]
+    return {**ref_out, OUTPUT_HEATMAPS: heat}
 
 
 def _precision(*metas: Mapping[str, Any]) -> str:
