@@ -8,6 +8,8 @@
    stage (decode, resize, prepare; one thread), and the ceiling they leave on this machine's cores,
    cores / (model + preprocessing) img/s: with no GPU, decoding and the model share the cores, so a model
    that needs little more CPU per image than a JPEG decode cannot reach the target however well they overlap.
+   The ceiling assumes the model's work divides over the cores; where the model-only run does not speed up
+   with threads (compare ``model_only_process`` with ``model_one_thread``), it is loose.
 2. Peak RSS: `run_inference` over 500 and over 5,000 images, each in a fresh subprocess: the peak RSS
    of the run itself (VmHWM after resetting it once the model is loaded; ru_maxrss of the whole
    process is recorded too).

@@ -339,7 +339,7 @@ def end_to_end(fastest: dict[str, str], results: dict[str, Any], base: torch.nn.
                args: argparse.Namespace, batches: list[int], compiled: Any) -> dict[str, Any]:
     """`run_inference` over generated JPEGs with the fastest option set vs the same predictor model-only."""
     from fgdeploy.bench import bench_end_to_end, bench_model
-    from fgdeploy.fastpath import CudaGraphed, FastPathOptions, TorchFastPredictor, build_inference_fn
+    from fgdeploy.fastpath import CudaGraphed, FastPathOptions, TorchFastPredictor
     from fgdeploy.fastpath import with_cudnn_benchmark
 
     batch = max(batches)

@@ -49,9 +49,9 @@ class BenchResult:
         lat = np.asarray(latencies_ms, dtype=np.float64)
         p50, p90, p99 = np.percentile(lat, [50, 90, 99])
         mean = float(lat.mean())
+        rate = images_per_s if images_per_s is not None else batch * 1000.0 / mean
         return cls(backend, mode, batch, len(lat), timer, round(float(p50), 3), round(float(p90), 3),
-                   round(float(p99), 3), round(mean, 3),
-                   round(images_per_s if images_per_s is not None else batch * 1000.0 / mean, 2))
+                   round(float(p99), 3), round(mean, 3), float(f"{rate:.4g}"))  # 4 digits: 0.4123 img/s too
 
 
 def is_cuda(predictor: Any) -> bool:

@@ -234,7 +234,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
 def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: ExportOptions,
                  source: Path | None = None) -> ExportResult:
     """Export a loaded model with its ``CheckpointMeta``; see the module docstring for the steps."""
-    import onnx
     from onnx import helper
 
     from fgdeploy.checkpoint import atomic_write_bytes
