@@ -10,7 +10,8 @@
    that needs little more CPU per image than a JPEG decode cannot reach the target however well they overlap.
    The ceiling assumes the model's work divides over the cores; where the model-only run does not speed up
    with threads (compare ``model_only_process`` with ``model_one_thread``), it is loose.
-2. Peak RSS: `run_inference` over 500 and over 5,000 images, each in a fresh subprocess: the peak RSS
+2. ``--fast-decode`` on photo-sized JPEGs (default 2048x1536): end-to-end img/s with and without it.
+3. Peak RSS: `run_inference` over 500 and over 5,000 images, each in a fresh subprocess: the peak RSS
    of the run itself (VmHWM after resetting it once the model is loaded; ru_maxrss of the whole
    process is recorded too).
    The 5,000 are symlinks to the 500 JPEGs under distinct names (the pipeline sees 5,000 different
@@ -77,6 +78,39 @@ def _cpu_ms_per_image(run: Any, images: int) -> tuple[Any, float]:
     start = time.process_time()
     result = run()
     return result, 1e3 * (time.process_time() - start) / images
+
+
+def fast_decode_photos(model: Path, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """End-to-end img/s on photo-sized JPEGs with and without ``--fast-decode`` (same predictor, alternating)."""
+    from fgdeploy.bench import bench_end_to_end
+    from fgdeploy.infer import open_predictor
+
+    runs: dict[str, list[float]] = {"full_decode": [], "fast_decode": []}
+    with open_predictor(model, args.backend, device="cpu", batch=args.batch, threads=args.threads) as loaded:
+        for _ in range(args.repeats):
+            for key, fast in (("full_decode", False), ("fast_decode", True)):
+                runs[key].append(bench_end_to_end(loaded.predictor, loaded.name, folder, args.batch,
+                                                  workers=args.workers, fast_decode=fast).images_per_s)
+            print(f"photos {args.photo_size}: full decode {runs['full_decode'][-1]:.1f} img/s, fast decode "
+                  f"{runs['fast_decode'][-1]:.1f} img/s", file=sys.stderr)
+    full, fast = (statistics.median(runs[k]) for k in ("full_decode", "fast_decode"))
+    return {"photo_size": args.photo_size, "images": args.photos, "end_to_end_images_per_s_full_decode": full,
+            "end_to_end_images_per_s_fast_decode": fast, "speedup": round(fast / full, 2), "runs": runs}
+
+
+def make_photos(folder: Path, count: int, size: str) -> Path:
+    """``count`` smooth camera-like JPEGs of ``size`` = "WxH" (quality 90)."""
+    import cv2
+    import numpy as np
+
+    w, h = (int(v) for v in size.lower().split("x"))
+    for k in range(count):
+        rng = np.random.default_rng(100 + k)
+        small = rng.integers(0, 256, (max(2, h // 40), max(2, w // 40), 3), dtype=np.uint8)
+        image = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        image = np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"photo_{k:04d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return folder
 
 
 def stage_costs(images: Path, size: int, batch: int) -> dict[str, float]:
@@ -227,6 +261,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (torch: torch threads)")
     parser.add_argument("--workers", type=int, default=0, help="decode threads (0: auto)")
     parser.add_argument("--rss-counts", default="500,5000", help="image counts of the RSS runs ('' to skip)")
+    parser.add_argument("--photos", type=int, default=64, help="photo-sized JPEGs for the --fast-decode part (0: skip)")
+    parser.add_argument("--photo-size", default="2048x1536", help="their size, WxH")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -247,6 +283,10 @@ def main() -> int:
         make_jpegs(tmp_path / "images", args.images)
         model = model_for_backend(save_model(tmp_path / "model.pt", args.config, small=False), args.backend)
         payload["throughput"] = throughput(model, tmp_path / "images", args)
+        if args.photos:
+            (tmp_path / "photos").mkdir()
+            make_photos(tmp_path / "photos", args.photos, args.photo_size)
+            payload["fast_decode"] = fast_decode_photos(model, tmp_path / "photos", args)
         counts = [int(c) for c in args.rss_counts.split(",") if c.strip()]
         if counts:
             (tmp_path / "rss").mkdir()
@@ -265,6 +305,10 @@ def main() -> int:
           f"{costs['resize_ms']:.2f}, prepare {costs['prepare_ms']:.2f} => ceiling on {t['cores']} cores "
           f"{t['ceiling_images_per_s']:.1f} img/s ({100 * t['ceiling_ratio']:.1f} % of model-only); end-to-end "
           f"reaches {100 * t['end_to_end_over_ceiling']:.1f} % of it")
+    if "fast_decode" in payload:
+        f = payload["fast_decode"]
+        print(f"{f['photo_size']} photos end-to-end: full decode {f['end_to_end_images_per_s_full_decode']:.1f} img/s, "
+              f"--fast-decode {f['end_to_end_images_per_s_fast_decode']:.1f} img/s ({f['speedup']:.2f}x)")
     if r:
         print(f"peak RSS {max(counts)} vs {min(counts)} images: {r['ratio']:.3f}x")
     print(f"wrote {args.out}")

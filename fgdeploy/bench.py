@@ -95,8 +95,10 @@ def bench_model(predictor: Predictor, name: str, batch: int, iters: int = 20, wa
 
 
 def bench_end_to_end(predictor: Predictor, name: str, images: str | Path, batch: int, workers: int = 0,
-                     warmup: int = 1) -> BenchResult:
+                     warmup: int = 1, fast_decode: bool = False) -> BenchResult:
     """Decode-to-results throughput over ``images`` (a folder, glob or list); results go to a temp dir.
+
+    ``fast_decode``: as ``fgdeploy infer --fast-decode`` (the backend name gets a "+fast-decode" suffix).
 
     Latency percentiles are of the time between consecutive finished batches.
     """
@@ -105,11 +107,12 @@ def bench_end_to_end(predictor: Predictor, name: str, images: str | Path, batch:
     stamps: list[float] = []
     with tempfile.TemporaryDirectory(prefix="fgdeploy-bench-") as tmp:
         report = run_inference(paths, predictor, Path(tmp) / "results.jsonl",
-                               options=InferOptions(batch=batch, workers=workers, topk=1),
+                               options=InferOptions(batch=batch, workers=workers, topk=1, fast_decode=fast_decode),
                                on_start=lambda n: stamps.append(time.perf_counter()),
                                on_progress=lambda n: stamps.append(time.perf_counter()))
     gaps = list(np.diff(stamps) * 1000.0) if len(stamps) > 1 else [report.seconds * 1000.0]
-    return BenchResult.from_latencies(name, "end-to-end", batch, gaps, "wall", report.images_per_s)
+    label = f"{name}+fast-decode" if fast_decode else name
+    return BenchResult.from_latencies(label, "end-to-end", batch, gaps, "wall", report.images_per_s)
 
 
 def environment() -> dict[str, Any]:

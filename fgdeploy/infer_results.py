@@ -76,7 +76,7 @@ class Journal:
         A torn last line (the process died while writing it) is cut off, so its image is redone.
 
         Raises:
-            FgdeployError: the journal was written for another model or top-k.
+            FgdeployError: the journal was written for another model, top-k or decode mode.
         """
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
@@ -84,10 +84,11 @@ class Journal:
             logger.info("%s: dropping a torn last line (%d bytes)", self.path, len(data) - end)
         lines = data[:end].decode("utf-8").splitlines()
         old = json.loads(lines[0]) if lines else {}
-        for name in ("model", "topk"):
-            if old.get(name) != header.get(name):
-                raise FgdeployError(f"{self.path} was written with {name}={old.get(name)!r} but this run has "
-                                    f"{name}={header.get(name)!r}; resume with the same options or delete it")
+        for name, default in (("model", None), ("topk", None), ("fast_decode", False)):
+            if old.get(name, default) != header.get(name, default):
+                raise FgdeployError(f"{self.path} was written with {name}={old.get(name, default)!r} but this run "
+                                    f"has {name}={header.get(name, default)!r}; resume with the same options or "
+                                    "delete it")
         cwd = old.get("cwd", os.getcwd())
         scored: set[str] = set()
         failed: dict[str, str] = {}

@@ -609,3 +609,102 @@ def test_cli_infer_cuda_fast_path_scores_mixed_folder(tmp_path, tiny_ckpt):
                                       "--cuda-graphs", "--batch", "4"])
     assert result.exit_code == 0, result.output
     assert len(read_results(out)) == len(GOOD) and "torch-cuda-fp16-cl-default-graphs" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# --fast-decode: JPEGs several times the input size decoded at 1/2, 1/4 or 1/8 scale
+def _photo(h: int, w: int, square: tuple[int, int, int] | None = None, seed: int = 0) -> np.ndarray:
+    """A smooth 'photo' (gradients + blurred noise); ``square`` = (x, y, side) painted white."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:h, 0:w]
+    base = np.stack([u * 200 / w, v * 200 / h, (u + v) * 100 / (h + w)], -1)
+    noise = cv2.GaussianBlur(rng.normal(0, 25, (h, w, 3)), (0, 0), 3)
+    image = np.clip(base + noise + 20, 0, 235).astype(np.uint8)
+    if square:
+        x, y, side = square
+        image[y:y + side, x:x + side] = 255
+    return image
+
+
+def test_jpeg_scale_factor_picks_the_largest_reduction_that_still_covers_the_input():
+    from fgdeploy.data.images import ImageInfo, jpeg_scale_factor
+
+    rgb = ImageInfo("jpeg", "rgb", 8, 1280, 960)
+    assert jpeg_scale_factor(rgb, (160, 160)) == 4     # 1/8 would be 160x120
+    assert jpeg_scale_factor(rgb, (100, 100)) == 8
+    assert jpeg_scale_factor(rgb, (480, 500)) == 2
+    assert jpeg_scale_factor(rgb, (500, 500)) == 1     # 1/2 would be 640x480
+    assert jpeg_scale_factor(ImageInfo("jpeg", "rgb", 8, 1281, 961), (121, 161)) == 8  # ceil(1281/8) = 161
+    for other in (ImageInfo("jpeg", "grayscale", 8, 1280, 960), ImageInfo("jpeg", "cmyk", 8, 1280, 960),
+                  ImageInfo("jpeg", "rgb", 12, 1280, 960), ImageInfo("jpeg", "rgb", 8, 1280, 960, truncated=True),
+                  ImageInfo("png", "rgb", 8, 1280, 960)):
+        assert jpeg_scale_factor(other, (100, 100)) == 1, other
+
+
+def test_read_image_reduced_is_close_to_area_resizing_the_full_decode(tmp_path):
+    from fgdeploy.data.images import read_image_reduced, read_image_with_info
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_encode(_photo(960, 1280), ".jpg"))
+    small, info, factor = read_image_reduced(path, (160, 160))
+    full, _ = read_image_with_info(path)
+    assert factor == 4 and small.shape == (240, 320, 3) and (info.height, info.width) == (960, 1280)
+    diff = np.abs(small.astype(int) - cv2.resize(full, (320, 240), interpolation=cv2.INTER_AREA).astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99))
+    rotated = tmp_path / "rotated.jpg"   # EXIF orientation 6: pixels are still taken as stored
+    rotated.write_bytes(exif_rotated_jpeg(_photo(480, 1280)))
+    image, info, factor = read_image_reduced(rotated, (100, 100))
+    assert factor == 4 and image.shape == (120, 320, 3) and (info.height, info.width) == (480, 1280)
+
+
+def test_decode_one_fast_keeps_the_file_size_and_small_or_odd_files_unchanged(tmp_path):
+    from fgdeploy.infer import decode_one
+
+    big = tmp_path / "big.jpg"
+    big.write_bytes(_encode(_photo(600, 800), ".jpg"))
+    fast, slow = decode_one(str(big), 96, fast_decode=True), decode_one(str(big), 96)
+    assert fast.error is None and fast.size_hw == slow.size_hw == (600, 800)
+    diff = np.abs(fast.image.astype(int) - slow.image.astype(int))
+    assert 0 < diff.mean() < 2.0
+    for name, data in (("small.jpg", _encode(_photo(150, 180), ".jpg")),
+                       ("cmyk.jpg", cmyk_jpeg(np.random.default_rng(1).integers(0, 256, (400, 400, 4), np.uint8))),
+                       ("big.png", _encode(_photo(600, 800), ".png"))):
+        (tmp_path / name).write_bytes(data)
+        fast, slow = decode_one(str(tmp_path / name), 96, fast_decode=True), decode_one(str(tmp_path / name), 96)
+        assert fast.size_hw == slow.size_hw and np.array_equal(fast.image, slow.image), name
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(_encode(_photo(600, 800), ".jpg")[:5000])
+    assert "truncated" in decode_one(str(truncated), 96, fast_decode=True).error
+
+
+def test_infer_fast_decode_maps_keypoints_to_the_file_and_resume_keeps_the_mode(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k, (x, y) in enumerate([(100, 60), (900, 500), (500, 300)]):
+        (folder / f"p{k}.jpg").write_bytes(_encode(_photo(768, 1024, square=(x, y, 64), seed=k), ".jpg"))
+    paths = discover_images(folder)
+    fast = read_results(_run(paths, tmp_path / "fast.csv", fast_decode=True).out)
+    slow = read_results(_run(paths, tmp_path / "slow.csv").out)
+    for f, s, (x, y) in zip(fast, slow, [(100, 60), (900, 500), (500, 300)]):
+        assert (f["width"], f["height"]) == (1024, 768)
+        fx, fy = f["keypoints"][0]["x"], f["keypoints"][0]["y"]
+        assert x <= fx <= x + 64 and y <= fy <= y + 64, (fx, fy, x, y)   # inside the square, in file pixels
+        assert abs(fx - s["keypoints"][0]["x"]) <= 1024 / S and abs(fy - s["keypoints"][0]["y"]) <= 768 / S
+    Journal(tmp_path / "again.csv.partial.jsonl").start({"model": "fake", "topk": 5, "cwd": os.getcwd()})
+    with pytest.raises(FgdeployError, match="fast_decode=False but this run has fast_decode=True"):
+        _run(paths, tmp_path / "again.csv", resume=True, fast_decode=True)
+
+
+def test_cli_infer_fast_decode_flag_scores_the_mixed_folder(tmp_path, tiny_ckpt):
+    from fgdeploy.cli import cli
+
+    images = make_mixed_folder(tmp_path / "imgs")
+    (images / "large.jpg").write_bytes(_encode(_photo(400, 520), ".jpg"))   # decoded at 1/4 for a 48 px input
+    out = tmp_path / "res.jsonl"
+    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(tiny_ckpt), "--out", str(out),
+                                      "--batch", "4", "--fast-decode"])
+    assert result.exit_code == 0, result.output
+    records = {Path(r["path"]).name: r for r in read_results(out)}
+    assert len(records) == len(GOOD) + 1
+    assert (records["large.jpg"]["width"], records["large.jpg"]["height"]) == (520, 400)
+    assert all(0 <= k["x"] <= 520 and 0 <= k["y"] <= 400 for k in records["large.jpg"]["keypoints"])

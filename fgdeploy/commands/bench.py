@@ -41,9 +41,10 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int
               help="torch: torch.compile mode.")
 @click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: capture and replay CUDA graphs.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
+@click.option("--fast-decode", is_flag=True, help="End-to-end: as `fgdeploy infer --fast-decode`.")
 def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batches: list[int], iters: int,
             warmup: int, images: str | None, workers: int, json_out: Path | None, channels_last: bool,
-            compile_mode: str, cuda_graphs: bool, threads: int | None) -> None:
+            compile_mode: str, cuda_graphs: bool, threads: int | None, fast_decode: bool) -> None:
     """Time each --model at each batch size after warm-up: p50/p90/p99 latency per batch and images/s.
 
     Model-only numbers time the runner call on a batch in host memory (host<->device copies
@@ -63,7 +64,8 @@ def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batc
                 results.append(bench_model(loaded.predictor, loaded.name, batch, iters, warmup))
                 click.echo(render_table(results[-1:]).splitlines()[-1], err=True)
             if images:
-                results.append(bench_end_to_end(loaded.predictor, loaded.name, images, max(batches), workers))
+                results.append(bench_end_to_end(loaded.predictor, loaded.name, images, max(batches), workers,
+                                                fast_decode=fast_decode))
     click.echo(render_table(results))
     if json_out:
         click.echo(f"wrote {write_json(json_out, results, {'models': list(models)})}", err=True)

@@ -37,10 +37,15 @@ COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-au
               help="torch on CUDA: cuDNN conv with fused bias+ReLU (fastest measured path with --fp16 "
                    "--channels-last --compile default --cuda-graphs).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
+@click.option("--fast-decode", is_flag=True,
+              help="JPEGs at least twice the model input: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), "
+                   "several times faster for large photos. Pixels then differ slightly from the full decode that "
+                   "eval and parity use, so a near-tie may resolve differently. Not applied with --save-vis.")
 @click.pass_context
 def command(ctx: click.Context, images: str, model: str, backend: str, device: str, fp16: bool, batch: int,
             workers: int, topk: int, out: Path, save_vis: Path | None, resume: bool, channels_last: bool,
-            compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None) -> None:
+            compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
+            fast_decode: bool) -> None:
     """Classify IMAGES and locate the 15 parts in each, writing one result per image to OUT.
 
     IMAGES is a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case;
@@ -71,7 +76,8 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     paths = discover_images(images)
     fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
                            conv_relu=fuse_conv_relu)
-    options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis)
+    options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis,
+                           fast_decode=fast_decode)
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
         click.echo(f"{len(paths)} images, model {model} on {loaded.name}, batch {batch}", err=True)
         with _progress_bar(ctx, len(paths)) as bar:
