@@ -93,6 +93,29 @@ def test_bench_end_to_end_scores_every_image_of_the_folder(tmp_path):
     assert result.mode == "end-to-end" and result.images_per_s > 0 and result.iters == 3
 
 
+def test_bench_end_to_end_fast_decode_reaches_the_decoder_and_names_the_row(tmp_path, monkeypatch):
+    import cv2
+
+    import fgdeploy.infer as infer
+
+    real, asked = infer.read_rgb_sized, []
+
+    def recording(path, reduce_to=None):
+        asked.append(reduce_to)
+        return real(path, reduce_to)
+
+    monkeypatch.setattr(infer, "read_rgb_sized", recording)
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        cv2.imwrite(str(tmp_path / f"{k}.jpg"), rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    predictor = RecordingPredictor()
+    result = bench_end_to_end(predictor, "rec", tmp_path, batch=2, workers=1, fast_decode=True)
+    assert result.backend == "rec+fast-decode" and asked == [(8, 8)] * 4
+    assert all(batch.shape[1:] == (8, 8, 3) for batch in predictor.prepared)
+    asked.clear()
+    assert bench_end_to_end(predictor, "rec", tmp_path, batch=2, workers=1).backend == "rec" and asked == [None] * 4
+
+
 def test_render_table_one_aligned_row_per_result_and_json_round_trip(tmp_path):
     rows = [BenchResult.from_latencies("ort-cpu-fp32", "model", b, [5.0 * b, 6.0 * b], "wall") for b in (1, 16)]
     table = render_table(rows).splitlines()
