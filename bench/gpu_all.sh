@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU-side check and timing in one call (for a lent H100/H200; no TensorRT there).
 #   OUT=/some/dir bash bench/gpu_all.sh
-# Writes gpu_kernel_check.json, gpu_speed.json, gpu_train.json and gpu_pytest.log under $OUT.
+# Writes gpu_kernel_check.json, gpu_speed.json, gpu_conv_layers.json, gpu_train.json and gpu_pytest.log under $OUT.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -13,5 +13,6 @@ step() { local limit=$1; shift; echo "=== $* (limit ${limit}s)"; local t0=$SECON
          timeout "$limit" "$@"; echo "=== exit $? after $((SECONDS - t0))s"; }
 step 120 python3 bench/gpu_kernel_check.py --out "$OUT/gpu_kernel_check.json"
 step 240 python3 bench/gpu_speed.py --out "$OUT/gpu_speed.json" --budget-s 190 --images 2048
+step 60 python3 bench/gpu_conv_layers.py --out "$OUT/gpu_conv_layers.json"
 step 90 python3 bench/bench_train.py --device cuda --config cub_vgg16_fc7 --iters 10 --out "$OUT/gpu_train.json"
 step 60 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/ops tests/plugins tests/test_infer.py 2>&1 | tee "$OUT/gpu_pytest.log" | tail -15
