@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,23 +77,10 @@ def record_convs(model: nn.Module, images: torch.Tensor) -> list[tuple[ConvShape
 
 
 def time_call(call: Callable[[], Any], iters: int, cuda: bool) -> float:
-    """Median ms per call after two warm-up calls (CUDA events on a GPU)."""
-    for _ in range(2):
-        call()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median ms per call after two warm-up calls (``fgdeploy.bench.time_calls``: CUDA events on a GPU)."""
+    from fgdeploy.bench import time_calls
+
+    return statistics.median(time_calls(call, iters, warmup=2, cuda=cuda)[0])
 
 
 def conv_call(shape: ConvShape, conv: nn.Conv2d, dtype: torch.dtype, device: torch.device, channels_last: bool,
