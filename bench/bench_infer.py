@@ -98,25 +98,10 @@ def fast_decode_photos(model: Path, folder: Path, args: argparse.Namespace) -> d
             "end_to_end_images_per_s_fast_decode": fast, "speedup": round(fast / full, 2), "runs": runs}
 
 
-def make_photos(folder: Path, count: int, size: str) -> Path:
-    """``count`` smooth camera-like JPEGs of ``size`` = "WxH" (quality 90)."""
+def stage_costs(images: Path, predictor: Any, batch: int) -> dict[str, float]:
+    """CPU ms per image of each preprocessing stage of `fgdeploy infer`: decode, resize (one OpenCV thread),
+    and the predictor's own ``prepare`` of a batch."""
     import cv2
-    import numpy as np
-
-    w, h = (int(v) for v in size.lower().split("x"))
-    for k in range(count):
-        rng = np.random.default_rng(100 + k)
-        small = rng.integers(0, 256, (max(2, h // 40), max(2, w // 40), 3), dtype=np.uint8)
-        image = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-        image = np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"photo_{k:04d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return folder
-
-
-def stage_costs(images: Path, size: int, batch: int) -> dict[str, float]:
-    """Single-thread ms per image of each preprocessing stage of `fgdeploy infer` (decode, resize, prepare)."""
-    import cv2
-    import numpy as np
 
     from fgdeploy.infer import read_rgb, resize_input
 
@@ -127,11 +112,10 @@ def stage_costs(images: Path, size: int, batch: int) -> dict[str, float]:
         t0 = time.process_time()
         decoded = [read_rgb(p) for p in paths]
         t1 = time.process_time()
-        resized = [resize_input(image, size) for image in decoded]
+        resized = [resize_input(image, predictor.input_size) for image in decoded]
         t2 = time.process_time()
-        for k in range(0, len(resized), batch):   # what RunnerPredictor.prepare does
-            chunk = np.stack([r.transpose(2, 0, 1) for r in resized[k:k + batch]]).astype(np.float32)
-            chunk /= 255.0
+        for k in range(0, len(resized), batch):
+            predictor.prepare(resized[k:k + batch])
         t3 = time.process_time()
     finally:
         cv2.setNumThreads(previous)
@@ -176,7 +160,7 @@ def throughput(model: Path, images: Path, args: argparse.Namespace) -> dict[str,
             finally:
                 torch.set_num_threads(threads)
             runs["model_one_thread_ms"].append(1e3 / one)
-            stage_runs.append(stage_costs(images, size, args.batch))
+            stage_runs.append(stage_costs(images, loaded.predictor, args.batch))
             runs["ceiling"].append((os.cpu_count() or 1) * 1e3 / (1e3 / one + sum(stage_runs[-1].values())))
             print(f"model-only {runs['model_only'][-1]:.1f} img/s, end-to-end {runs['end_to_end'][-1]:.1f} img/s, "
                   f"ceiling {runs['ceiling'][-1]:.1f} img/s", file=sys.stderr)
@@ -297,7 +281,8 @@ def main() -> int:
         payload["throughput"] = throughput(model, tmp_path / "images", args)
         if args.photos:
             (tmp_path / "photos").mkdir()
-            make_photos(tmp_path / "photos", args.photos, args.photo_size)
+            width, height = (int(v) for v in args.photo_size.lower().split("x"))
+            make_jpegs(tmp_path / "photos", args.photos, seed=100, size=(width, height))
             payload["fast_decode"] = fast_decode_photos(model, tmp_path / "photos", args)
         counts = [int(c) for c in args.rss_counts.split(",") if c.strip()]
         if counts:

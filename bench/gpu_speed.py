@@ -126,13 +126,14 @@ class Budget:
         return self.seconds - (time.perf_counter() - self.start)
 
 
-def make_jpegs(folder: Path, count: int, seed: int = 0) -> Path:
-    """CUB-like JPEGs: smooth random colour fields at 500x375 (a quarter portrait), with fine noise."""
+def make_jpegs(folder: Path, count: int, seed: int = 0, size: tuple[int, int] | None = None) -> Path:
+    """CUB-like JPEGs: smooth random colour fields at 500x375 (a quarter portrait), with fine noise;
+    ``size`` = (W, H): all of that size instead (e.g. camera photos)."""
     import cv2
 
     def one(k: int) -> None:
         rng = np.random.default_rng(seed + k)
-        h, w = (500, 375) if k % 4 == 0 else (375, 500)
+        h, w = (size[1], size[0]) if size else (500, 375) if k % 4 == 0 else (375, 500)
         small = rng.integers(0, 256, (h // 25, w // 25, 3), dtype=np.uint8)
         image = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
         image = np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)

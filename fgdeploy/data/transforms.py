@@ -132,12 +132,16 @@ def warp_box(box: np.ndarray, affine: np.ndarray, out_hw: tuple[int, int]) -> np
                     dtype=np.float32)
 
 
-def warp_sample(sample: Sample, affine: np.ndarray, out_hw: tuple[int, int]) -> Sample:
-    """Apply ``affine`` to pixels, keypoints, visibility and box; record it in ``sample.affine``."""
+def warp_sample(sample: Sample, affine: np.ndarray, out_hw: tuple[int, int],
+                image: np.ndarray | None = None) -> Sample:
+    """Apply ``affine`` to pixels, keypoints, visibility and box; record it in ``sample.affine``.
+
+    ``image``: the already moved pixels, when a caller has a cheaper way to apply the same map.
+    """
     keypoints, visible = warp_keypoints(sample.keypoints, sample.visible, affine, out_hw)
-    return replace(sample, image=warp_image(sample.image, affine, out_hw), keypoints=keypoints,
-                   visible=visible, bbox=warp_box(sample.bbox, affine, out_hw),
-                   affine=compose(affine, sample.affine))
+    image = warp_image(sample.image, affine, out_hw) if image is None else image
+    return replace(sample, image=image, keypoints=keypoints, visible=visible,
+                   bbox=warp_box(sample.bbox, affine, out_hw), affine=compose(affine, sample.affine))
 
 
 def input_affine(sample: Sample, size: int, crop_to_bbox: bool = False) -> np.ndarray:
@@ -156,11 +160,8 @@ def resize_to_input(sample: Sample, size: int) -> Sample:
     Like `warp_sample` with ``input_affine(sample, size)`` (keypoints, box, ``affine`` identical), but the
     pixels come from ``cv2.resize``.
     """
-    affine = input_affine(sample, size)
-    keypoints, visible = warp_keypoints(sample.keypoints, sample.visible, affine, (size, size))
-    return replace(sample, image=resize_image(sample.image, (size, size)), keypoints=keypoints,
-                   visible=visible, bbox=warp_box(sample.bbox, affine, (size, size)),
-                   affine=compose(affine, sample.affine))
+    return warp_sample(sample, input_affine(sample, size), (size, size),
+                       image=resize_image(sample.image, (size, size)))
 
 
 @dataclass(frozen=True)
