@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -46,19 +45,13 @@ def save_model(path: Path, config: str, small: bool, classes: int = 20) -> Path:
     import torch
 
     from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
-    from fgdeploy.config import dataclass_to_dict
-    from fgdeploy.models import create_model, load_model_config
-    from fgdeploy.tensors import PART_NAMES
+    from fgdeploy.models import create_model, load_model_config, with_backbone_options
 
     cfg = load_model_config(config)
     if small:
-        opts = {"widths": [4, 8, 8, 16, 16], "depth": 1}
-        cfg = dataclasses.replace(cfg, localization=dataclasses.replace(cfg.localization, backbone_options=opts),
-                                  classification=dataclasses.replace(cfg.classification, backbone_options=opts))
+        cfg = with_backbone_options(cfg, {"widths": [4, 8, 8, 16, 16], "depth": 1})
     torch.manual_seed(0)
-    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=[f"c{i}" for i in range(classes)],
-                          part_names=list(PART_NAMES), input_size=cfg.input_size, mean=list(cfg.mean),
-                          std=list(cfg.std))
+    meta = CheckpointMeta.for_config(cfg, [f"c{i}" for i in range(classes)])
     save_checkpoint(path, create_model(cfg, classes), meta)
     return path
 

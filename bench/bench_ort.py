@@ -30,9 +30,7 @@ TARGET_SPEEDUP = 1.5
 def _model(checkpoint: str | None) -> tuple[Any, Any]:
     """(model, meta) of the checkpoint, or an untrained demo model with matching meta."""
     from fgdeploy.checkpoint import CheckpointMeta, load_checkpoint
-    from fgdeploy.config import dataclass_to_dict
     from fgdeploy.models import create_model, load_model_config
-    from fgdeploy.tensors import PART_NAMES
 
     if checkpoint:
         return load_checkpoint(checkpoint)
@@ -41,8 +39,7 @@ def _model(checkpoint: str | None) -> tuple[Any, Any]:
     torch.manual_seed(0)
     cfg = load_model_config("demo")
     classes = [f"class_{i:03d}" for i in range(20)]
-    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=classes, part_names=list(PART_NAMES),
-                          input_size=cfg.input_size, mean=list(cfg.mean), std=list(cfg.std))
+    meta = CheckpointMeta.for_config(cfg, classes)
     return create_model(cfg, len(classes)).eval(), meta
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,18 @@ class CheckpointMeta:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @classmethod
+    def for_config(cls, config: Any, class_names: Sequence[str], part_names: Sequence[str] | None = None,
+                   **fields: Any) -> CheckpointMeta:
+        """The metadata of a model built from ``config`` (a ModelConfig): the config itself, its input size
+        and normalisation; ``part_names`` default to CUB's 15; ``fields``: stage, epoch, metrics, ..."""
+        from fgdeploy.config import dataclass_to_dict
+        from fgdeploy.tensors import PART_NAMES
+
+        return cls(model_config=dataclass_to_dict(config), class_names=list(class_names),
+                   part_names=list(PART_NAMES if part_names is None else part_names),
+                   input_size=int(config.input_size), mean=list(config.mean), std=list(config.std), **fields)
 
 
 @dataclass

@@ -36,24 +36,14 @@ class RecordingPredictor:
 
 def _tiny_checkpoint(path):
     """A random-weight 32 px model with 3 classes, saved as an fgdeploy checkpoint."""
-    import dataclasses
-
     import torch
 
     from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
-    from fgdeploy.config import dataclass_to_dict
-    from fgdeploy.models import create_model, load_model_config
-    from fgdeploy.tensors import PART_NAMES
+    from fgdeploy.models import create_model, load_model_config, with_backbone_options
 
-    cfg = load_model_config("demo")
-    small = {"widths": [4, 8, 8, 16, 16], "depth": 1}
-    cfg = dataclasses.replace(cfg, input_size=32,
-                              localization=dataclasses.replace(cfg.localization, backbone_options=small),
-                              classification=dataclasses.replace(cfg.classification, backbone_options=small))
+    cfg = with_backbone_options(load_model_config("demo"), {"widths": [4, 8, 8, 16, 16], "depth": 1}, input_size=32)
     torch.manual_seed(0)
-    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=["a", "b", "c"],
-                          part_names=list(PART_NAMES), input_size=32, mean=list(cfg.mean), std=list(cfg.std))
-    save_checkpoint(path, create_model(cfg, 3), meta)
+    save_checkpoint(path, create_model(cfg, 3), CheckpointMeta.for_config(cfg, ["a", "b", "c"]))
     return path
 
 

@@ -96,22 +96,14 @@ def test_checkpoint_garbage_and_missing_files_raise_checkpoint_error(tmp_path):
 
 
 def test_load_checkpoint_rebuilds_the_model_with_equal_outputs(tmp_path):
-    import dataclasses
-
     from fgdeploy.checkpoint import load_checkpoint
-    from fgdeploy.config import dataclass_to_dict
-    from fgdeploy.models import create_model, load_model_config
+    from fgdeploy.models import create_model, load_model_config, with_backbone_options
 
-    base = load_model_config("demo")
-    tiny = {"widths": [4, 8, 8, 16, 16], "depth": 1}
-    cfg = dataclasses.replace(base, input_size=64,
-                              localization=dataclasses.replace(base.localization, backbone_options=tiny),
-                              classification=dataclasses.replace(base.classification, backbone_options=tiny))
+    cfg = with_backbone_options(load_model_config("demo"), {"widths": [4, 8, 8, 16, 16], "depth": 1}, input_size=64)
     torch.manual_seed(0)
     model = create_model(cfg, num_classes=3).eval()
-    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=["a", "b", "c"],
-                          part_names=[f"p{i}" for i in range(15)], input_size=cfg.input_size, mean=list(cfg.mean),
-                          std=list(cfg.std), stage=4, epoch=2)
+    meta = CheckpointMeta.for_config(cfg, ["a", "b", "c"], [f"p{i}" for i in range(15)], stage=4, epoch=2)
+    assert (meta.input_size, meta.mean, meta.part_names[1]) == (64, list(cfg.mean), "p1")
     save_checkpoint(tmp_path / "best.pt", model, meta)
     loaded, meta2 = load_checkpoint(tmp_path / "best.pt")
     images = torch.rand(2, 3, cfg.input_size, cfg.input_size)

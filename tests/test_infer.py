@@ -10,7 +10,6 @@ truncated JPEG, text renamed .jpg, random bytes renamed .png.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import signal
@@ -346,24 +345,22 @@ def test_infer_resume_finished_run_scores_only_new_images(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # CLI with a tiny real model
+def _tiny_config(size: int):
+    from fgdeploy.models import load_model_config, with_backbone_options
+
+    return with_backbone_options(load_model_config("demo"), {"widths": [4, 8, 8, 16, 16], "depth": 1}, input_size=size)
+
+
 def _tiny_checkpoint(path: Path, num_classes: int = 4, size: int = 48) -> Path:
     import torch
 
     from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
-    from fgdeploy.config import dataclass_to_dict
-    from fgdeploy.models import create_model, load_model_config
-    from fgdeploy.tensors import PART_NAMES
+    from fgdeploy.models import create_model
 
-    cfg = load_model_config("demo")
-    small = {"widths": [4, 8, 8, 16, 16], "depth": 1}
-    cfg = dataclasses.replace(cfg, input_size=size,
-                              localization=dataclasses.replace(cfg.localization, backbone_options=small),
-                              classification=dataclasses.replace(cfg.classification, backbone_options=small))
+    cfg = _tiny_config(size)
     torch.manual_seed(0)
-    model = create_model(cfg, num_classes)
-    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=[f"bird_{i}" for i in range(num_classes)],
-                          part_names=list(PART_NAMES), input_size=size, mean=list(cfg.mean), std=list(cfg.std))
-    save_checkpoint(path, model, meta)
+    meta = CheckpointMeta.for_config(cfg, [f"bird_{i}" for i in range(num_classes)])
+    save_checkpoint(path, create_model(cfg, num_classes), meta)
     return path
 
 
@@ -504,15 +501,10 @@ def cli_group():
 def _tiny_model(size: int = 32):
     import torch
 
-    from fgdeploy.models import create_model, load_model_config
+    from fgdeploy.models import create_model
 
-    cfg = load_model_config("demo")
-    small = {"widths": [4, 8, 8, 16, 16], "depth": 1}
-    cfg = dataclasses.replace(cfg, input_size=size,
-                              localization=dataclasses.replace(cfg.localization, backbone_options=small),
-                              classification=dataclasses.replace(cfg.classification, backbone_options=small))
     torch.manual_seed(0)
-    return create_model(cfg, 5).eval()
+    return create_model(_tiny_config(size), 5).eval()
 
 
 def test_fastpath_compile_fullgraph_traces_coordinate_transfer_and_pads_last_batch():

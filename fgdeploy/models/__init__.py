@@ -4,7 +4,9 @@
 registered by name (``list_backbones()``) and built with ``create_backbone``.
 """
 
-from fgdeploy.models.config import ClassificationConfig, LocalizationConfig, ModelConfig, load_model_config
+from fgdeploy.models.config import (
+    ClassificationConfig, LocalizationConfig, ModelConfig, load_model_config, with_backbone_options,
+)
 from fgdeploy.models.model import PARAMETER_GROUPS, PoseNormalizedNet, create_model
 from fgdeploy.models.registry import backbone_options, create_backbone, list_backbones, register_backbone
 
@@ -20,4 +22,5 @@ __all__ = [
     "list_backbones",
     "load_model_config",
     "register_backbone",
+    "with_backbone_options",
 ]

@@ -6,7 +6,7 @@ part of the config (they are machine-local paths): pass them to ``create_model(w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +132,11 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
         if str(path) in str(exc):
             raise
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def with_backbone_options(config: ModelConfig, options: dict[str, Any], input_size: int | None = None) -> ModelConfig:
+    """``config`` with both nets' ``backbone_options`` set to ``options`` (e.g. narrow widths for a small
+    model in tests and benchmarks), and optionally another input size."""
+    return replace(config, input_size=config.input_size if input_size is None else input_size,
+                   localization=replace(config.localization, backbone_options=dict(options)),
+                   classification=replace(config.classification, backbone_options=dict(options)))

@@ -65,10 +65,8 @@ def checkpoint_meta(model: nn.Module, class_names: list[str], part_names: list[s
                     state: TrainState, metrics: dict[str, float]) -> ckpt.CheckpointMeta:
     """CheckpointMeta of ``model`` (a PoseNormalizedNet, maybe DDP-wrapped) at ``state``."""
     cfg: Any = D.unwrap(model).config
-    return ckpt.CheckpointMeta(
-        model_config=dataclass_to_dict(cfg), class_names=list(class_names), part_names=list(part_names),
-        input_size=int(cfg.input_size), mean=list(cfg.mean), std=list(cfg.std), stage=state.stage,
-        epoch=state.epoch, train_config=dataclass_to_dict(tcfg), metrics=dict(metrics))
+    return ckpt.CheckpointMeta.for_config(cfg, class_names, part_names, stage=state.stage, epoch=state.epoch,
+                                          train_config=dataclass_to_dict(tcfg), metrics=dict(metrics))
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 
@@ -16,8 +15,7 @@ from fgdeploy.backends.ort_runner import OrtRunner
 from fgdeploy.backends.torch_runner import TorchRunner
 from fgdeploy.checkpoint import CheckpointMeta, file_sha256, save_checkpoint
 from fgdeploy.cli import cli
-from fgdeploy.config import dataclass_to_dict
-from fgdeploy.models import create_model, load_model_config
+from fgdeploy.models import create_model, load_model_config, with_backbone_options
 from fgdeploy.parity import (
     DatasetImages, ParityConfig, RandomImages, compare_output, default_thresholds, run_batches, run_parity,
 )
@@ -29,10 +27,7 @@ CLASSES = [f"{i + 1:03d}.Bird_{i}" for i in range(3)]
 
 
 def _tiny_config():  # type: ignore[no-untyped-def]
-    base = load_model_config("demo")
-    loc = dataclasses.replace(base.localization, backbone_options={"widths": TINY_WIDTHS})
-    cls = dataclasses.replace(base.classification, backbone_options={"widths": TINY_WIDTHS})
-    return dataclasses.replace(base, input_size=SIZE, localization=loc, classification=cls)
+    return with_backbone_options(load_model_config("demo"), {"widths": TINY_WIDTHS}, input_size=SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +37,7 @@ def ckpt(tmp_path_factory):
     model = create_model(cfg, len(CLASSES)).eval()
     with torch.no_grad():  # spread the logits so top-1 and keypoints are not decided by near-ties
         model.classifier.fc.weight.mul_(20.0)
-    meta = CheckpointMeta(model_config=dataclass_to_dict(cfg), class_names=CLASSES, part_names=list(PART_NAMES),
-                          input_size=SIZE, mean=list(cfg.mean), std=list(cfg.std), stage=4, epoch=1)
+    meta = CheckpointMeta.for_config(cfg, CLASSES, stage=4, epoch=1)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, model, meta)
     return path

@@ -87,3 +87,16 @@ def test_classifier_without_inputs_and_mismatched_shared_trunks_are_rejected():
 def test_unknown_config_name_lists_shipped_ones():
     with pytest.raises(ConfigError, match=r"config 'demoo' not found.*'demo'"):
         load_model_config("demoo")
+
+
+def test_with_backbone_options_narrows_both_nets_and_keeps_the_rest():
+    from fgdeploy.models import with_backbone_options
+
+    base = load_model_config("demo")
+    small = with_backbone_options(base, {"widths": [4, 8, 8, 16, 16], "depth": 1}, input_size=48)
+    assert small.localization.backbone_options == small.classification.backbone_options == {
+        "widths": [4, 8, 8, 16, 16], "depth": 1}
+    assert small.input_size == 48 and base.input_size == 160
+    assert small.localization.score_layers == base.localization.score_layers
+    assert small.classification.transfer_layer == base.classification.transfer_layer
+    assert with_backbone_options(base, {"depth": 1}).input_size == base.input_size

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fgdeploy.models import ModelConfig, load_model_config
+from fgdeploy.models import ModelConfig, load_model_config, with_backbone_options
 from fgdeploy.train.config import StageConfig, TrainConfig
 
 TINY_WIDTHS = [4, 8, 8, 16, 16]
@@ -16,11 +16,9 @@ TINY_WIDTHS = [4, 8, 8, 16, 16]
 
 def tiny_model_config(input_size: int = 64, use_parts: bool = True) -> ModelConfig:
     """The demo layout (fusion head s32..s4 -> 16x16 heatmaps at 64 px, parts from s8) with tiny widths."""
-    base = load_model_config("demo")
-    loc = dataclasses.replace(base.localization, backbone_options={"widths": TINY_WIDTHS, "depth": 1})
-    cls = dataclasses.replace(base.classification, backbone_options={"widths": TINY_WIDTHS, "depth": 1},
-                              use_parts=use_parts)
-    return dataclasses.replace(base, name="tiny", input_size=input_size, localization=loc, classification=cls)
+    cfg = with_backbone_options(load_model_config("demo"), {"widths": TINY_WIDTHS, "depth": 1}, input_size)
+    return dataclasses.replace(cfg, name="tiny",
+                               classification=dataclasses.replace(cfg.classification, use_parts=use_parts))
 
 
 def tiny_train_config(epochs: int = 1, **overrides) -> TrainConfig:
