@@ -12,9 +12,8 @@ One run, one GPU (H100/H200; torch >= 2.4 with CUDA, triton; no TensorRT, no net
   fp16-cl-compile+bench+graphs      compiled + cudnn.benchmark + CUDA graphs
   fp16-cl-max-autotune+bench+graphs compile mode max-autotune-no-cudagraphs (+ our graphs), if time allows
   fp16-cl-compile+convrelu+graphs   + cuDNN conv with fused bias+ReLU epilogue for every (conv, ReLU) pair
-  ...+im2col+graphs                 conv1_1 as a 1x1 conv over its 3x3x3 patches (cuDNN's 3-channel kernel is slow)
-  ...+convrelu+im2col+graphs        both
-  ...+streams+convrelu+im2col+graphs  both, the two trunks as separate graphs on two CUDA streams
+  ...+convrelu+stem+graphs          + conv1_1 + bias + ReLU as one Triton kernel (cuDNN's 3-channel kernel is slow)
+  ...+streams+convrelu+stem+graphs  the same, the two trunks as separate graphs on two CUDA streams
 
 Each variant runs under its own try/except (an error is recorded, the run goes on). Correctness: each
 variant's outputs on one fixed uint8 batch are compared with fp32 eager's (top-1 agreement, keypoints equal,
@@ -65,17 +64,16 @@ import torch
 REFERENCE_H200 = {"fp32-eager": 121.0, "fp16-cl-eager": 820.0, "fp16-cl-compile": 1305.0}
 FASTPATH_VARIANTS = ("fp16-cl-eager+bench", "fp16-cl-eager+bench+graphs", "fp16-cl-compile+bench",
                      "fp16-cl-compile+bench+graphs", "fp16-cl-max-autotune+bench+graphs",
-                     "fp16-cl-compile+convrelu+graphs", "fp16-cl-compile+im2col+graphs",
-                     "fp16-cl-compile+convrelu+im2col+graphs", "fp16-cl-compile+streams+convrelu+im2col+graphs")
+                     "fp16-cl-compile+convrelu+graphs", "fp16-cl-compile+convrelu+stem+graphs",
+                     "fp16-cl-compile+streams+convrelu+stem+graphs")
 NEW_VARIANTS = {  # name -> build_inference_fn keyword arguments (all compiled, fp16, channels_last, + graphs)
     # streams / pad8 alone were measured on the H200 on 2026-11-26 (1252 / 1247 img/s at b64 vs 1218 for
     # compile+graphs; bench/results/h200-2026-11-26) and are not rerun.
     "fp16-cl-compile+convrelu+graphs": {"conv_relu": True},
-    "fp16-cl-compile+im2col+graphs": {"im2col": True},
-    "fp16-cl-compile+convrelu+im2col+graphs": {"conv_relu": True, "im2col": True},
-    "fp16-cl-compile+streams+convrelu+im2col+graphs": {"split_streams": True, "conv_relu": True, "im2col": True},
+    "fp16-cl-compile+convrelu+stem+graphs": {"conv_relu": True, "triton_stem": True},
+    "fp16-cl-compile+streams+convrelu+stem+graphs": {"split_streams": True, "conv_relu": True, "triton_stem": True},
 }
-CLI_FLAGS = {"conv_relu": "--fuse-conv-relu", "im2col": "--im2col-first-conv"}
+CLI_FLAGS = {"conv_relu": "--fuse-conv-relu", "triton_stem": "--triton-first-conv"}
 FLAGS = {  # how to get each fast-path variant from the CLI (cudnn.benchmark is fgdeploy's default on GPU)
     "fp16-cl-eager+bench": "--fp16 --channels-last",
     "fp16-cl-eager+bench+graphs": "--fp16 --channels-last --cuda-graphs",

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from fgdeploy.errors import ConfigError
+from fgdeploy.stem_conv import fuse_stem
 from fgdeploy.tensors import MODEL_OUTPUTS, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_LOGITS
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class FastPathOptions:
     split_streams: bool = False         # the two trunks as separate graphs on two CUDA streams
     pad_input: bool = False             # conv1_1 on 8 zero-padded input channels (needs split_streams)
     conv_relu: bool = False             # cuDNN conv with fused bias+ReLU for (Conv2d, ReLU) pairs
-    im2col: bool = False                # conv1_1 as a 1x1 conv over its 3x3x3 patches (27 -> 32 channels)
+    triton_stem: bool = False           # conv1_1 + bias + ReLU as one Triton kernel (fgdeploy.stem_conv)
 
     @property
     def label(self) -> str:
@@ -56,7 +57,7 @@ class FastPathOptions:
         parts = ["fp16" if self.fp16 else "fp32"] + (["cl"] if self.channels_last else [])
         parts += [self.compile_mode] if self.compile_mode != "none" else ["eager"]
         parts += [n for n, on in (("streams", self.split_streams), ("pad8", self.pad_input),
-                                  ("convrelu", self.conv_relu), ("im2col", self.im2col)) if on]
+                                  ("convrelu", self.conv_relu), ("stem", self.triton_stem)) if on]
         return "-".join(parts + (["graphs"] if self.cuda_graphs else []))
 
 
@@ -83,7 +84,7 @@ def optimize_for_inference(
     model: nn.Module, device: str | torch.device, fp16: bool = False, channels_last: bool = False,
     compile_mode: str | None = None, cuda_graphs: bool = False, *, cudnn_benchmark: bool = True,
     compile_backend: str = "inductor", outputs: Sequence[str] = MODEL_OUTPUTS,
-    split_streams: bool = False, pad_input: bool = False, conv_relu: bool = False, im2col: bool = False,
+    split_streams: bool = False, pad_input: bool = False, conv_relu: bool = False, triton_stem: bool = False,
 ) -> InferFn:
     """Prepare ``model`` for fast inference and return ``fn(images) -> {name: tensor}``.
 
@@ -105,8 +106,8 @@ def optimize_for_inference(
             ``split_streams``), so cuDNN runs the first conv with aligned NHWC tensor-core kernels.
         conv_relu: replace (Conv2d, ReLU) pairs by one cuDNN conv with a bias+ReLU epilogue, removing a
             full read+write of each such activation.
-        im2col: run each trunk's first conv (3 input channels) as a 1x1 conv over its 3x3 patches
-            (``Im2ColConv``; exact up to summation order), with its ReLU fused when ``conv_relu``.
+        triton_stem: run each trunk's first conv (3 input channels) and its ReLU as one Triton kernel
+            (``fgdeploy.stem_conv``; cuDNN's kernel for 3 channels is slow); reference path on CPU.
 
     Returns:
         ``fn(images)``: ``images`` is (N, 3, S, S) float in [0, 1] or (N, S, S, 3) uint8 RGB, on any
@@ -117,7 +118,7 @@ def optimize_for_inference(
     """
     fn = build_inference_fn(model, device, fp16, channels_last, compile_mode, compile_backend, outputs, cuda_graphs,
                             split_streams=split_streams, pad_input=pad_input, conv_relu=conv_relu,
-                            im2col=im2col)
+                            triton_stem=triton_stem)
     if cuda_graphs:
         fn = CudaGraphed(fn)
     return with_cudnn_benchmark(fn, cudnn_benchmark and torch.device(device).type == "cuda")
@@ -127,7 +128,7 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
                        channels_last: bool = False, compile_mode: str | None = None,
                        compile_backend: str = "inductor", outputs: Sequence[str] = MODEL_OUTPUTS,
                        cuda_graphs: bool = False, *, split_streams: bool = False, pad_input: bool = False,
-                       conv_relu: bool = False, im2col: bool = False) -> InferFn:
+                       conv_relu: bool = False, triton_stem: bool = False) -> InferFn:
     """The converted (and compiled) module, without CUDA graphs or cuDNN flags; see ``optimize_for_inference``.
 
     ``cuda_graphs`` only selects the no-graph variant of inductor modes that capture graphs
@@ -151,10 +152,10 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
     padded = all(pad_first_conv(t) for t in trunks) if pad_input else False
     if pad_input and not padded:
         raise ConfigError("pad_input: the trunks' first layer is not a 3-channel features[0] conv")
-    if im2col and pad_input:
-        raise ConfigError("im2col and pad_input both change the first conv; choose one")
-    if im2col and not all(im2col_first_conv(t, channels_last, conv_relu) for t in trunks):
-        raise ConfigError("im2col: the trunks' first layer is not a 3x3 stride-1 pad-1 conv on 3 channels")
+    if triton_stem and pad_input:
+        raise ConfigError("triton_stem and pad_input both change the first conv; choose one")
+    if triton_stem and not all(fuse_stem(t, channels_last) for t in trunks):
+        raise ConfigError("triton_stem: the trunks do not start with a 3x3 stride-1 pad-1 conv on 3 channels + ReLU")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if conv_relu:
@@ -245,67 +246,6 @@ def pad_first_conv(trunk: nn.Module, channels: int = _PAD_CHANNELS) -> bool:
         if first.bias is not None:
             conv.bias.copy_(first.bias)  # type: ignore[union-attr]
     features[0] = conv  # type: ignore[index]
-    return True
-
-
-_IM2COL_CHANNELS = 32  # 3x3x3 = 27 patch values, zero-padded to 32 (64-byte fp16 rows)
-
-
-class Im2ColConv(nn.Module):
-    """A 3x3 stride-1 pad-1 conv on 3 channels as a 1x1 conv over its 27 input patches (exact).
-
-    cuDNN has no fast NHWC tensor-core kernel for 3 input channels (the H200 profile shows a 2.2 ms
-    ``..._aligna2`` fallback for conv1_1 at batch 64): the patches (27 channels, zero-padded to 32) make
-    that conv a plain GEMM with K = 32. Under ``torch.compile`` normalisation, padding and patch gather
-    are one generated kernel. ``relu``: apply ReLU in the conv's epilogue (``fgdeploy::conv2d_relu``).
-    """
-
-    def __init__(self, conv: nn.Conv2d, channels_last: bool, relu: bool) -> None:
-        super().__init__()
-        if conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] > _IM2COL_CHANNELS \
-                or conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) \
-                or conv.dilation != (1, 1) or conv.groups != 1 or conv.bias is None:
-            raise ConfigError(f"Im2ColConv: unsupported conv {conv}")
-        out_ch, in_ch = conv.out_channels, conv.in_channels
-        # patch channel (dy * 3 + dx) * in_ch + c holds x[c, y + dy - 1, x + dx - 1]
-        weight = conv.weight.detach().permute(0, 2, 3, 1).reshape(out_ch, 9 * in_ch)
-        padded = weight.new_zeros(out_ch, _IM2COL_CHANNELS)
-        padded[:, : 9 * in_ch] = weight
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.weight = nn.Parameter(padded.reshape(out_ch, _IM2COL_CHANNELS, 1, 1).contiguous(memory_format=fmt),
-                                   requires_grad=False)
-        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        self.channels_last, self.relu = channels_last, relu
-
-    def patches(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, 32, H, W): the 3x3 neighbourhoods (zero outside), then zero channels."""
-        n, _, h, w = x.shape
-        xp = torch.nn.functional.pad(x, (1, 1, 1, 1))
-        cols = [xp[:, :, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
-        extra = _IM2COL_CHANNELS - 9 * x.shape[1]
-        cols += [x.new_zeros(n, extra, h, w)] if extra else []
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return torch.cat(cols, dim=1).contiguous(memory_format=fmt)
-
-    def forward(self, x: Tensor) -> Tensor:
-        cols = self.patches(x)
-        if self.relu:
-            return torch.ops.fgdeploy.conv2d_relu(cols, self.weight, self.bias, 0, self.channels_last)
-        return torch.nn.functional.conv2d(cols, self.weight, self.bias)
-
-
-def im2col_first_conv(trunk: nn.Module, channels_last: bool, relu: bool) -> bool:
-    """Replace the trunk's first conv (``features[0]``, 3x3 on 3 channels) by ``Im2ColConv``; with ``relu``
-    the following ReLU moves into it (an identity keeps module indices). False if the layout differs."""
-    features = getattr(trunk, "features", None)
-    first = features[0] if isinstance(features, nn.Sequential) and len(features) else None
-    if not isinstance(first, nn.Conv2d) or first.in_channels != 3 or first.kernel_size != (3, 3) \
-            or first.stride != (1, 1) or first.padding != (1, 1) or first.groups != 1 or first.bias is None:
-        return False
-    fuse = relu and len(features) > 1 and isinstance(features[1], nn.ReLU)  # type: ignore[index, arg-type]
-    features[0] = Im2ColConv(first, channels_last, fuse)  # type: ignore[index]
-    if fuse:
-        features[1] = nn.Identity()  # type: ignore[index]
     return True
 
 
@@ -504,7 +444,7 @@ class TorchFastPredictor:
                 model, self.device, options.fp16, options.channels_last, options.compile_mode,
                 options.cuda_graphs, cudnn_benchmark=options.cudnn_benchmark,
                 compile_backend=options.compile_backend, split_streams=options.split_streams,
-                pad_input=options.pad_input, conv_relu=options.conv_relu, im2col=options.im2col)
+                pad_input=options.pad_input, conv_relu=options.conv_relu, triton_stem=options.triton_stem)
         self.fn = fn
         self.pad_to = batch if (options.compile_mode != "none" or options.cuda_graphs) else None
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None

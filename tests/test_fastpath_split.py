@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fgdeploy.errors import ConfigError
-from fgdeploy.fastpath import ConvReLU, Im2ColConv, optimize_for_inference
+from fgdeploy.fastpath import ConvReLU, optimize_for_inference
+from fgdeploy.stem_conv import StemConvReLU
 from fgdeploy.models import create_model, load_model_config
 
 
@@ -33,9 +34,9 @@ def _tiny_vgg(size: int = 224):
     {"split_streams": True},
     {"split_streams": True, "pad_input": True, "conv_relu": True, "channels_last": True},
     {"conv_relu": True},
-    {"im2col": True},
-    {"im2col": True, "conv_relu": True, "channels_last": True},
-    {"split_streams": True, "im2col": True, "conv_relu": True},
+    {"triton_stem": True},
+    {"triton_stem": True, "conv_relu": True, "channels_last": True},
+    {"split_streams": True, "triton_stem": True, "conv_relu": True},
 ])
 def test_split_padded_fused_paths_equal_the_model(kwargs):
     torch.set_num_threads(2)
@@ -48,11 +49,10 @@ def test_split_padded_fused_paths_equal_the_model(kwargs):
     if kwargs.get("pad_input"):
         first = fast.cls_net.features[0]
         assert first.weight.shape[1] == 8 and first.weight[:, 3:].abs().sum() == 0
-    if kwargs.get("im2col"):
-        firsts = [net.features[0] for net in (fast.loc_net, fast.cls_net)]
-        assert all(isinstance(f, Im2ColConv) and f.relu == bool(kwargs.get("conv_relu")) for f in firsts)
-    if kwargs.get("conv_relu"):   # every VGG-16 conv: ConvReLU, or the first one fused into Im2ColConv
-        assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == 2 * (12 if kwargs.get("im2col") else 13)
+    if kwargs.get("triton_stem"):
+        assert all(isinstance(net.features[0], StemConvReLU) for net in (fast.loc_net, fast.cls_net))
+    if kwargs.get("conv_relu"):   # every VGG-16 conv: ConvReLU, or the first one in StemConvReLU
+        assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == 2 * (12 if kwargs.get("triton_stem") else 13)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -62,51 +62,24 @@ def test_pad_input_without_split_is_refused():
         optimize_for_inference(_tiny_vgg(), "cpu", pad_input=True)
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_im2col_conv_equals_the_3x3_conv_at_every_pixel(relu):
-    """Random weights, bias and input (non-square, so a swapped axis fails); border pixels included."""
-    torch.manual_seed(3)
-    conv = torch.nn.Conv2d(3, 5, 3, padding=1)
-    with torch.no_grad():
-        conv.bias.normal_(0.0, 0.5)
-    x = torch.randn(2, 3, 7, 11) * 2.0
-    want = conv(x)
-    want = torch.relu(want) if relu else want
-    got = Im2ColConv(conv, channels_last=False, relu=relu)(x)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert (want[..., 0, :] != 0).any() and (want[..., :, -1] != 0).any()   # borders carry signal
-
-
-def test_im2col_patches_hold_each_neighbour_and_zeros_outside():
-    conv = torch.nn.Conv2d(3, 2, 3, padding=1)
-    x = torch.arange(3 * 4 * 5, dtype=torch.float32).reshape(1, 3, 4, 5) + 1.0
-    cols = Im2ColConv(conv, channels_last=False, relu=False).patches(x)
-    assert cols.shape == (1, 32, 4, 5)
-    assert cols[:, 27:].abs().sum() == 0
-    for dy in range(3):
-        for dx in range(3):
-            for c in range(3):
-                got = cols[0, (dy * 3 + dx) * 3 + c]
-                want = torch.nn.functional.pad(x[0, c], (1, 1, 1, 1))[dy:dy + 4, dx:dx + 5]
-                assert torch.equal(got, want), (dy, dx, c)
-
-
-def test_im2col_with_pad_input_is_refused():
+def test_triton_stem_with_pad_input_is_refused():
     with pytest.raises(ConfigError, match="choose one"):
-        optimize_for_inference(_tiny_vgg(), "cpu", split_streams=True, pad_input=True, im2col=True)
+        optimize_for_inference(_tiny_vgg(), "cpu", split_streams=True, pad_input=True, triton_stem=True)
 
 
-def test_im2col_rejects_a_conv_it_cannot_rewrite():
-    with pytest.raises(ConfigError, match="unsupported conv"):
-        Im2ColConv(torch.nn.Conv2d(3, 4, 5, padding=2), channels_last=False, relu=False)
+def test_triton_stem_rejects_a_model_it_cannot_rewrite():
+    from fgdeploy.models import load_model_config
+
+    model = create_model(load_model_config("demo"), 3).eval()   # stride-2 stem
+    with pytest.raises(ConfigError, match="3x3 stride-1 pad-1 conv on 3 channels"):
+        optimize_for_inference(model, "cpu", triton_stem=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-@pytest.mark.parametrize("kwargs", [{"im2col": True}, {"im2col": True, "conv_relu": True},
-                                    {"im2col": True, "conv_relu": True, "split_streams": True}])
-def test_im2col_on_cuda_fp16_compiled_graphed_matches_the_fp32_model(kwargs):
+@pytest.mark.parametrize("kwargs", [{"triton_stem": True}, {"triton_stem": True, "conv_relu": True},
+                                    {"triton_stem": True, "conv_relu": True, "split_streams": True}])
+def test_triton_stem_on_cuda_fp16_compiled_graphed_matches_the_fp32_model(kwargs):
     model = _tiny_vgg()
     u8 = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8))
     want = optimize_for_inference(copy.deepcopy(model), "cpu")(u8)
