@@ -16,8 +16,8 @@ step() { local name=$1 limit=$2; shift 2
          echo "=== $name: $* (limit ${limit}s)"; local t0=$SECONDS
          timeout "$limit" "$@"; echo "=== exit $? after $((SECONDS - t0))s"; }
 step kernel_check 120 python3 bench/gpu_kernel_check.py --out "$OUT/gpu_kernel_check.json"
-step speed 300 python3 bench/gpu_speed.py --out "$OUT/gpu_speed.json" --budget-s 230 --images 3072
+step speed 240 python3 bench/gpu_speed.py --out "$OUT/gpu_speed.json" --budget-s 200 --images 3072
 step conv_layers 60 python3 bench/gpu_conv_layers.py --out "$OUT/gpu_conv_layers.json"
 step train 90 python3 bench/bench_train.py --device cuda --config cub_vgg16_fc7 --iters 10 --out "$OUT/gpu_train.json"
 step pytest 90 bash -c "python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/ops tests/plugins tests/test_infer.py \
-     tests/test_fastpath_split.py tests/test_stem_conv.py 2>&1 | tee '$OUT/gpu_pytest.log' | tail -15"
+     tests/test_fastpath_split.py 2>&1 | tee '$OUT/gpu_pytest.log' | tail -15"

@@ -8,8 +8,7 @@ its time in one cuDNN fallback kernel (``..._indexed_wo_smem_..._aligna2``) that
 cannot tie to a layer. This script runs every ``nn.Conv2d`` of the model alone, on its real input shape, in
 the fast path's precision and layout (fp16 + channels_last on CUDA, cuDNN autotune on), and reports time,
 TFLOP/s and share per layer, plus the first (3-channel) convolution with its input channels zero-padded
-to 4, 8 and 16 (same output), so the next device session can see whether padding fixes it, and that conv +
-ReLU as cuDNN vs fgdeploy's Triton stem kernel (``fgdeploy.stem_conv``).
+to 4, 8 and 16 (same output), so the next device session can see whether padding fixes it.
 
 Timing: CUDA events on a GPU (median of ``--iters`` calls after warm-up), wall clock on CPU. Writes JSON
 atomically to --out.
@@ -105,27 +104,6 @@ def conv_call(shape: ConvShape, conv: nn.Conv2d, dtype: torch.dtype, device: tor
     return call, x, w
 
 
-def first_conv_stem(shape: ConvShape, conv: nn.Conv2d, dtype: torch.dtype, device: torch.device,
-                    channels_last: bool, iters: int) -> dict[str, float] | None:
-    """The first conv + ReLU as cuDNN (conv2d then ReLU) and as ``fgdeploy::stem_conv_relu`` (the Triton
-    kernel): ms of each and their largest output difference. None when the kernel does not apply here
-    (no CUDA, no Triton, or not a 3x3 stride-1 conv on 3 channels, e.g. the demo config's stem)."""
-    from fgdeploy.stem_conv import triton_available
-
-    if device.type != "cuda" or not triton_available() or shape.input_shape[1] != 3 or shape.kernel != (3, 3) \
-            or shape.stride != (1, 1) or shape.padding != (1, 1) or conv.bias is None:
-        return None
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(shape.input_shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
-    w = conv.weight.detach().to(device=device, dtype=dtype).contiguous(memory_format=fmt)
-    b = conv.bias.detach().to(device=device, dtype=dtype)
-    cudnn = lambda: torch.relu(F.conv2d(x, w, b, padding=1))  # noqa: E731
-    stem = lambda: torch.ops.fgdeploy.stem_conv_relu(x, w, b, channels_last)  # noqa: E731
-    diff = (cudnn().float() - stem().float()).abs().max().item()
-    return {"cudnn_conv_relu_ms": round(time_call(cudnn, iters, True), 4),
-            "triton_stem_ms": round(time_call(stem, iters, True), 4), "max_abs_diff": diff}
-
-
 def profile(config: str, batch: int, device: torch.device, iters: int, classes: int = 200) -> dict[str, Any]:
     """Per-layer times of ``config`` at ``batch``; see the module docstring."""
     from fgdeploy.models import create_model, load_model_config
@@ -150,7 +128,6 @@ def profile(config: str, batch: int, device: torch.device, iters: int, classes: 
         for pad_to in (first_shape.input_shape[1], 4, 8, 16):
             call, _, _ = conv_call(first_shape, first_conv, dtype, device, channels_last=cuda, pad_to=pad_to)
             padded[str(pad_to)] = round(time_call(call, iters, cuda), 4)
-        stem = first_conv_stem(first_shape, first_conv, dtype, device, cuda, iters)
     total = sum(layer["ms"] for layer in layers)
     for layer in layers:
         layer["share"] = round(layer["ms"] / total, 4) if total else 0.0
@@ -158,7 +135,7 @@ def profile(config: str, batch: int, device: torch.device, iters: int, classes: 
             "gpu": torch.cuda.get_device_name(device) if cuda else None, "torch": torch.__version__,
             "dtype": str(dtype).replace("torch.", ""), "channels_last": cuda, "iters": iters,
             "total_conv_ms": round(total, 3), "total_gflop": round(sum(s.flops for s, _ in convs) / 1e9, 1),
-            "first_conv_padded_ms": padded, "first_conv_stem": stem,
+            "first_conv_padded_ms": padded,
             "layers": sorted(layers, key=lambda layer: -layer["ms"])}
 
 
@@ -185,7 +162,6 @@ def main() -> int:
         print(f"  {layer['name']:<40} {str(layer['input_shape']):<22} {layer['ms']:8.3f} ms "
               f"{layer['tflops']:7.1f} TFLOP/s {100 * layer['share']:5.1f} %")
     print(f"  first conv with input channels padded: {result['first_conv_padded_ms']} (ms)")
-    print(f"  first conv + ReLU, cuDNN vs Triton stem kernel: {result['first_conv_stem']}")
     print(f"wrote {args.out}")
     return 0
 

@@ -12,8 +12,10 @@ One run, one GPU (H100/H200; torch >= 2.4 with CUDA, triton; no TensorRT, no net
   fp16-cl-compile+bench+graphs      compiled + cudnn.benchmark + CUDA graphs
   fp16-cl-max-autotune+bench+graphs compile mode max-autotune-no-cudagraphs (+ our graphs), if time allows
   fp16-cl-compile+convrelu+graphs   + cuDNN conv with fused bias+ReLU epilogue for every (conv, ReLU) pair
-  ...+convrelu+stem+graphs          + conv1_1 + bias + ReLU as one Triton kernel (cuDNN's 3-channel kernel is slow)
-  ...+streams+convrelu+stem+graphs  the same, the two trunks as separate graphs on two CUDA streams
+  with --all-variants also:
+  fp16-cl-compile+streams+graphs    the two trunks compiled as separate graphs on two CUDA streams, one graph
+  ...+streams+pad8+graphs           + conv1_1 on 8 zero-padded input channels (exact; aligned NHWC kernels)
+  ...+streams+pad8+convrelu+graphs  + the fused conv+ReLU
 
 Each variant runs under its own try/except (an error is recorded, the run goes on). Correctness: each
 variant's outputs on one fixed uint8 batch are compared with fp32 eager's (top-1 agreement, keypoints equal,
@@ -64,16 +66,20 @@ import torch
 REFERENCE_H200 = {"fp32-eager": 121.0, "fp16-cl-eager": 820.0, "fp16-cl-compile": 1305.0}
 FASTPATH_VARIANTS = ("fp16-cl-eager+bench", "fp16-cl-eager+bench+graphs", "fp16-cl-compile+bench",
                      "fp16-cl-compile+bench+graphs", "fp16-cl-max-autotune+bench+graphs",
-                     "fp16-cl-compile+convrelu+graphs", "fp16-cl-compile+convrelu+stem+graphs",
-                     "fp16-cl-compile+streams+convrelu+stem+graphs")
+                     "fp16-cl-compile+streams+graphs", "fp16-cl-compile+streams+pad8+graphs",
+                     "fp16-cl-compile+streams+pad8+convrelu+graphs", "fp16-cl-compile+convrelu+graphs")
 NEW_VARIANTS = {  # name -> build_inference_fn keyword arguments (all compiled, fp16, channels_last, + graphs)
-    # streams / pad8 alone were measured on the H200 on 2026-11-26 (1252 / 1247 img/s at b64 vs 1218 for
-    # compile+graphs; bench/results/h200-2026-11-26) and are not rerun.
     "fp16-cl-compile+convrelu+graphs": {"conv_relu": True},
-    "fp16-cl-compile+convrelu+stem+graphs": {"conv_relu": True, "triton_stem": True},
-    "fp16-cl-compile+streams+convrelu+stem+graphs": {"split_streams": True, "conv_relu": True, "triton_stem": True},
 }
-CLI_FLAGS = {"conv_relu": "--fuse-conv-relu", "triton_stem": "--triton-first-conv"}
+# Measured on the H200 and dropped from the default run (bench/results/h200-2026-11-26*/): streams, pad8 and
+# streams+pad8+convrelu (2026-11-26 afternoon: 1252 / 1247 / 1432 img/s at b64, vs 1437 for convrelu);
+# conv1_1 as im2col + 1x1 conv (1443 vs 1472) and as a Triton kernel (1375 vs 1453; code in commit 9b4f1e4).
+OPTIONAL_VARIANTS = {
+    "fp16-cl-compile+streams+graphs": {"split_streams": True},
+    "fp16-cl-compile+streams+pad8+graphs": {"split_streams": True, "pad_input": True},
+    "fp16-cl-compile+streams+pad8+convrelu+graphs": {"split_streams": True, "pad_input": True, "conv_relu": True},
+}
+CLI_FLAGS = {"conv_relu": "--fuse-conv-relu"}
 FLAGS = {  # how to get each fast-path variant from the CLI (cudnn.benchmark is fgdeploy's default on GPU)
     "fp16-cl-eager+bench": "--fp16 --channels-last",
     "fp16-cl-eager+bench+graphs": "--fp16 --channels-last --cuda-graphs",
@@ -83,7 +89,7 @@ FLAGS = {  # how to get each fast-path variant from the CLI (cudnn.benchmark is 
     **{name: "--fp16 --channels-last --compile default --cuda-graphs " + " ".join(CLI_FLAGS[k] for k in kw)
        if all(k in CLI_FLAGS for k in kw) else
        "python: FastPathOptions(fp16=True, channels_last=True, compile_mode='default', cuda_graphs=True, "
-       + ", ".join(f"{k}=True" for k in kw) + ")" for name, kw in NEW_VARIANTS.items()},
+       + ", ".join(f"{k}=True" for k in kw) + ")" for name, kw in {**NEW_VARIANTS, **OPTIONAL_VARIANTS}.items()},
 }
 
 
@@ -159,6 +165,8 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip optional steps past this")
     parser.add_argument("--images", type=int, default=4096, help="JPEGs for the end-to-end run (0: skip)")
     parser.add_argument("--workers", type=int, default=0, help="decode threads (0: CPU count)")
+    parser.add_argument("--all-variants", action="store_true", help="also the split-stream and padded-input "
+                        "variants (measured slower than convrelu+graphs on the H200)")
     parser.add_argument("--max-autotune", action="store_true", help="also time compile mode max-autotune "
                         "(86 s of compiling on the H200 for 1237 img/s at b64, below compile+graphs' 1218+)")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a smoke test of the "
@@ -239,7 +247,7 @@ def main() -> int:
     free()
 
     best: dict[str, Any] = {}   # the fastest new variant so far: name, its compiled callable, graphed callable
-    for name, kw in NEW_VARIANTS.items():
+    for name, kw in {**NEW_VARIANTS, **(OPTIONAL_VARIANTS if args.all_variants else {})}.items():
         if budget.left < 1.5 * compile_s["default"] + 20:
             skipped.append(f"{name} (no time left)")
             continue

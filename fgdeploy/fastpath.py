@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from fgdeploy.errors import ConfigError
-from fgdeploy.stem_conv import fuse_stem
 from fgdeploy.tensors import MODEL_OUTPUTS, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_LOGITS
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,6 @@ class FastPathOptions:
     split_streams: bool = False         # the two trunks as separate graphs on two CUDA streams
     pad_input: bool = False             # conv1_1 on 8 zero-padded input channels (needs split_streams)
     conv_relu: bool = False             # cuDNN conv with fused bias+ReLU for (Conv2d, ReLU) pairs
-    triton_stem: bool = False           # conv1_1 + bias + ReLU as one Triton kernel (fgdeploy.stem_conv)
 
     @property
     def label(self) -> str:
@@ -57,7 +55,7 @@ class FastPathOptions:
         parts = ["fp16" if self.fp16 else "fp32"] + (["cl"] if self.channels_last else [])
         parts += [self.compile_mode] if self.compile_mode != "none" else ["eager"]
         parts += [n for n, on in (("streams", self.split_streams), ("pad8", self.pad_input),
-                                  ("convrelu", self.conv_relu), ("stem", self.triton_stem)) if on]
+                                  ("convrelu", self.conv_relu)) if on]
         return "-".join(parts + (["graphs"] if self.cuda_graphs else []))
 
 
@@ -84,7 +82,7 @@ def optimize_for_inference(
     model: nn.Module, device: str | torch.device, fp16: bool = False, channels_last: bool = False,
     compile_mode: str | None = None, cuda_graphs: bool = False, *, cudnn_benchmark: bool = True,
     compile_backend: str = "inductor", outputs: Sequence[str] = MODEL_OUTPUTS,
-    split_streams: bool = False, pad_input: bool = False, conv_relu: bool = False, triton_stem: bool = False,
+    split_streams: bool = False, pad_input: bool = False, conv_relu: bool = False,
 ) -> InferFn:
     """Prepare ``model`` for fast inference and return ``fn(images) -> {name: tensor}``.
 
@@ -106,8 +104,6 @@ def optimize_for_inference(
             ``split_streams``), so cuDNN runs the first conv with aligned NHWC tensor-core kernels.
         conv_relu: replace (Conv2d, ReLU) pairs by one cuDNN conv with a bias+ReLU epilogue, removing a
             full read+write of each such activation.
-        triton_stem: run each trunk's first conv (3 input channels) and its ReLU as one Triton kernel
-            (``fgdeploy.stem_conv``; cuDNN's kernel for 3 channels is slow); reference path on CPU.
 
     Returns:
         ``fn(images)``: ``images`` is (N, 3, S, S) float in [0, 1] or (N, S, S, 3) uint8 RGB, on any
@@ -117,8 +113,7 @@ def optimize_for_inference(
         ConfigError: unknown compile mode, or CUDA graphs / CUDA device asked for without CUDA.
     """
     fn = build_inference_fn(model, device, fp16, channels_last, compile_mode, compile_backend, outputs, cuda_graphs,
-                            split_streams=split_streams, pad_input=pad_input, conv_relu=conv_relu,
-                            triton_stem=triton_stem)
+                            split_streams=split_streams, pad_input=pad_input, conv_relu=conv_relu)
     if cuda_graphs:
         fn = CudaGraphed(fn)
     return with_cudnn_benchmark(fn, cudnn_benchmark and torch.device(device).type == "cuda")
@@ -128,7 +123,7 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
                        channels_last: bool = False, compile_mode: str | None = None,
                        compile_backend: str = "inductor", outputs: Sequence[str] = MODEL_OUTPUTS,
                        cuda_graphs: bool = False, *, split_streams: bool = False, pad_input: bool = False,
-                       conv_relu: bool = False, triton_stem: bool = False) -> InferFn:
+                       conv_relu: bool = False) -> InferFn:
     """The converted (and compiled) module, without CUDA graphs or cuDNN flags; see ``optimize_for_inference``.
 
     ``cuda_graphs`` only selects the no-graph variant of inductor modes that capture graphs
@@ -152,10 +147,6 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
     padded = all(pad_first_conv(t) for t in trunks) if pad_input else False
     if pad_input and not padded:
         raise ConfigError("pad_input: the trunks' first layer is not a 3-channel features[0] conv")
-    if triton_stem and pad_input:
-        raise ConfigError("triton_stem and pad_input both change the first conv; choose one")
-    if triton_stem and not all(fuse_stem(t, channels_last) for t in trunks):
-        raise ConfigError("triton_stem: the trunks do not start with a 3x3 stride-1 pad-1 conv on 3 channels + ReLU")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if conv_relu:
@@ -444,7 +435,7 @@ class TorchFastPredictor:
                 model, self.device, options.fp16, options.channels_last, options.compile_mode,
                 options.cuda_graphs, cudnn_benchmark=options.cudnn_benchmark,
                 compile_backend=options.compile_backend, split_streams=options.split_streams,
-                pad_input=options.pad_input, conv_relu=options.conv_relu, triton_stem=options.triton_stem)
+                pad_input=options.pad_input, conv_relu=options.conv_relu)
         self.fn = fn
         self.pad_to = batch if (options.compile_mode != "none" or options.cuda_graphs) else None
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None

@@ -138,3 +138,12 @@ def test_cli_bench_tiny_checkpoint_model_and_end_to_end_rows(tmp_path):
     assert [(r["mode"], r["batch"]) for r in rows] == [("model", 1), ("model", 2), ("end-to-end", 2)]
     assert all(r["backend"] == "torch-cpu-fp32-eager" and r["images_per_s"] > 0 for r in rows)
     assert "torch-cpu-fp32-eager" in result.output and "end-to-end" in result.output
+
+
+def test_cli_bench_fuse_conv_relu_reaches_the_fast_path(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    result = CliRunner().invoke(cli, ["bench", "--model", str(ckpt), "--batch", "1", "--iters", "1", "--warmup", "0",
+                                      "--fuse-conv-relu", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["backend"] for r in rows] == ["torch-cpu-fp32-eager-convrelu"]

@@ -12,7 +12,6 @@ import torch
 
 from fgdeploy.errors import ConfigError
 from fgdeploy.fastpath import ConvReLU, optimize_for_inference
-from fgdeploy.stem_conv import StemConvReLU
 from fgdeploy.models import create_model, load_model_config
 
 
@@ -34,9 +33,6 @@ def _tiny_vgg(size: int = 224):
     {"split_streams": True},
     {"split_streams": True, "pad_input": True, "conv_relu": True, "channels_last": True},
     {"conv_relu": True},
-    {"triton_stem": True},
-    {"triton_stem": True, "conv_relu": True, "channels_last": True},
-    {"split_streams": True, "triton_stem": True, "conv_relu": True},
 ])
 def test_split_padded_fused_paths_equal_the_model(kwargs):
     torch.set_num_threads(2)
@@ -49,10 +45,8 @@ def test_split_padded_fused_paths_equal_the_model(kwargs):
     if kwargs.get("pad_input"):
         first = fast.cls_net.features[0]
         assert first.weight.shape[1] == 8 and first.weight[:, 3:].abs().sum() == 0
-    if kwargs.get("triton_stem"):
-        assert all(isinstance(net.features[0], StemConvReLU) for net in (fast.loc_net, fast.cls_net))
-    if kwargs.get("conv_relu"):   # every VGG-16 conv: ConvReLU, or the first one in StemConvReLU
-        assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == 2 * (12 if kwargs.get("triton_stem") else 13)
+    if kwargs.get("conv_relu"):
+        assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == 2 * 13   # every VGG-16 conv
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -60,32 +54,3 @@ def test_split_padded_fused_paths_equal_the_model(kwargs):
 def test_pad_input_without_split_is_refused():
     with pytest.raises(ConfigError, match="pad_input needs split_streams"):
         optimize_for_inference(_tiny_vgg(), "cpu", pad_input=True)
-
-
-def test_triton_stem_with_pad_input_is_refused():
-    with pytest.raises(ConfigError, match="choose one"):
-        optimize_for_inference(_tiny_vgg(), "cpu", split_streams=True, pad_input=True, triton_stem=True)
-
-
-def test_triton_stem_rejects_a_model_it_cannot_rewrite():
-    from fgdeploy.models import load_model_config
-
-    model = create_model(load_model_config("demo"), 3).eval()   # stride-2 stem
-    with pytest.raises(ConfigError, match="3x3 stride-1 pad-1 conv on 3 channels"):
-        optimize_for_inference(model, "cpu", triton_stem=True)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-@pytest.mark.parametrize("kwargs", [{"triton_stem": True}, {"triton_stem": True, "conv_relu": True},
-                                    {"triton_stem": True, "conv_relu": True, "split_streams": True}])
-def test_triton_stem_on_cuda_fp16_compiled_graphed_matches_the_fp32_model(kwargs):
-    model = _tiny_vgg()
-    u8 = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8))
-    want = optimize_for_inference(copy.deepcopy(model), "cpu")(u8)
-    fast = optimize_for_inference(copy.deepcopy(model), "cuda", fp16=True, channels_last=True,
-                                  compile_mode="default", cuda_graphs=True, **kwargs)
-    for _ in range(2):   # capture, then replay
-        got = {k: v.float().cpu() for k, v in fast(u8.cuda()).items()}
-    torch.testing.assert_close(got["logits"], want["logits"], rtol=5e-2, atol=5e-2)
-    torch.testing.assert_close(got["keypoint_scores"], want["keypoint_scores"], rtol=0, atol=2e-2)

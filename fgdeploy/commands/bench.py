@@ -41,13 +41,12 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int
               help="torch: torch.compile mode.")
 @click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: capture and replay CUDA graphs.")
 @click.option("--fuse-conv-relu", is_flag=True, help="torch: as `fgdeploy infer --fuse-conv-relu`.")
-@click.option("--triton-first-conv", is_flag=True, help="torch: as `fgdeploy infer --triton-first-conv`.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
 @click.option("--fast-decode", is_flag=True, help="End-to-end: as `fgdeploy infer --fast-decode`.")
 def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batches: list[int], iters: int,
             warmup: int, images: str | None, workers: int, json_out: Path | None, channels_last: bool,
-            compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, triton_first_conv: bool,
-            threads: int | None, fast_decode: bool) -> None:
+            compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
+            fast_decode: bool) -> None:
     """Time each --model at each batch size after warm-up: p50/p90/p99 latency per batch and images/s.
 
     Model-only numbers time the runner call on a batch in host memory (host<->device copies
@@ -59,7 +58,7 @@ def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batc
     from fgdeploy.infer import open_predictor
 
     fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
-                           conv_relu=fuse_conv_relu, triton_stem=triton_first_conv)
+                           conv_relu=fuse_conv_relu)
     results = []
     for model in models:
         with open_predictor(model, backend, device=device, fp16=fp16, batch=None, fast=fast,

@@ -36,9 +36,6 @@ COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-au
 @click.option("--fuse-conv-relu", is_flag=True,
               help="torch on CUDA: cuDNN conv with fused bias+ReLU (fastest measured path with --fp16 "
                    "--channels-last --compile default --cuda-graphs).")
-@click.option("--triton-first-conv", is_flag=True,
-              help="torch on CUDA: each trunk's first conv (3 input channels) + ReLU as one Triton kernel "
-                   "instead of cuDNN's slow 3-channel kernel (same result up to summation order).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
 @click.option("--fast-decode", is_flag=True,
               help="JPEGs at least twice the model input: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), "
@@ -47,8 +44,8 @@ COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-au
 @click.pass_context
 def command(ctx: click.Context, images: str, model: str, backend: str, device: str, fp16: bool, batch: int,
             workers: int, topk: int, out: Path, save_vis: Path | None, resume: bool, channels_last: bool,
-            compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, triton_first_conv: bool,
-            threads: int | None, fast_decode: bool) -> None:
+            compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
+            fast_decode: bool) -> None:
     """Classify IMAGES and locate the 15 parts in each, writing one result per image to OUT.
 
     IMAGES is a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case;
@@ -73,13 +70,12 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     from fgdeploy.infer import InferOptions, discover_images, open_predictor, resolve_backend, run_inference
 
     kind = resolve_backend(model, backend)
-    if kind != "torch" and (channels_last or compile_mode != "none" or cuda_graphs or fuse_conv_relu
-                            or triton_first_conv):
-        raise click.UsageError(f"--channels-last/--compile/--cuda-graphs/--fuse-conv-relu/--triton-first-conv "
-                               f"apply to the torch backend, not {kind}")
+    if kind != "torch" and (channels_last or compile_mode != "none" or cuda_graphs or fuse_conv_relu):
+        raise click.UsageError(
+            f"--channels-last/--compile/--cuda-graphs/--fuse-conv-relu apply to the torch backend, not {kind}")
     paths = discover_images(images)
     fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
-                           conv_relu=fuse_conv_relu, triton_stem=triton_first_conv)
+                           conv_relu=fuse_conv_relu)
     options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis,
                            fast_decode=fast_decode)
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
