@@ -700,3 +700,27 @@ def test_cli_infer_fast_decode_flag_scores_the_mixed_folder(tmp_path, tiny_ckpt)
     assert len(records) == len(GOOD) + 1
     assert (records["large.jpg"]["width"], records["large.jpg"]["height"]) == (520, 400)
     assert all(0 <= k["x"] <= 520 and 0 <= k["y"] <= 400 for k in records["large.jpg"]["keypoints"])
+
+
+def test_default_workers_use_every_core_only_for_a_gpu_model(monkeypatch):
+    from types import SimpleNamespace
+
+    from fgdeploy.infer import RunnerPredictor, default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers(SimpleNamespace(on_gpu=True)) == 16
+    assert default_workers(SimpleNamespace(on_gpu=False)) == 8
+    assert default_workers(SimpleNamespace()) == 8            # a predictor that says nothing: CPU
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_workers(SimpleNamespace(on_gpu=True)) == 2
+
+    class FakeRunner:
+        name = "trt-fp16"
+        device = "cuda:0"
+
+        def input_specs(self):
+            return {"images": SimpleNamespace(dtype="float16", shape=(8, 3, 32, 32))}
+
+    assert RunnerPredictor(FakeRunner()).on_gpu
+    FakeRunner.device = "cpu"
+    assert not RunnerPredictor(FakeRunner()).on_gpu

@@ -21,7 +21,7 @@ COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-au
 @click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Images per model call.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Decode threads; 0 = min(8, CPU count).")
+              help="Decode threads; 0 = every CPU core when the model runs on a GPU, else min(8, CPU count).")
 @click.option("--topk", type=click.IntRange(1), default=5, show_default=True, help="Classes written per image.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.csv"),
               show_default=True, help="Results file: .csv (one row per image) or .jsonl (one object per line).")
