@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-side check and timing in one call (for a lent H100/H200; no TensorRT there).
 #   OUT=/some/dir bash bench/gpu_all.sh
-# Writes gpu_kernel_check.json, gpu_speed.json, gpu_conv_layers.json, gpu_train.json and gpu_pytest.log under $OUT.
+# Writes gpu_kernel_check.json, gpu_speed.json, gpu_conv_layers.json, gpu_train.json, gpu_pytest.log and
+# gpu_clocks.csv (nvidia-smi samples, 1 s) under $OUT.
 # SKIP="kernel_check train" leaves steps out (names: kernel_check speed conv_layers train pytest).
 set -u
 cd "$(dirname "$0")/.."
@@ -10,6 +11,11 @@ OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+# SM clock, power and temperature once a second through the run: is a slow step the chip slowing down?
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu \
+    --format=csv -lms 1000 > "$OUT/gpu_clocks.csv" 2>/dev/null &
+CLOCKS=$!
+trap 'kill $CLOCKS 2>/dev/null' EXIT
 SKIP=" ${SKIP:-} "
 step() { local name=$1 limit=$2; shift 2
          if [[ "$SKIP" == *" $name "* ]]; then echo "=== $name skipped (SKIP)"; return; fi
