@@ -164,11 +164,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compile, autotune, capture)")
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip optional steps past this")
     parser.add_argument("--images", type=int, default=4096, help="JPEGs for the end-to-end run (0: skip)")
-    parser.add_argument("--workers", type=int, default=0, help="decode threads (0: CPU count)")
+    parser.add_argument("--workers", type=int, default=0, help="decode threads (0: fgdeploy infer's default)")
     parser.add_argument("--all-variants", action="store_true", help="also the split-stream and padded-input "
                         "variants (measured slower than convrelu+graphs on the H200)")
     parser.add_argument("--max-autotune", action="store_true", help="also time compile mode max-autotune "
-                        "(86 s of compiling on the H200 for 1237 img/s at b64, below compile+graphs' 1218+)")
+                        "(on the H200: 86 s of compiling for 1237 img/s at b64, vs 1218 for compile+graphs and 1437 for convrelu)")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a smoke test of the "
                         "script with a small --config; CUDA-graph variants are skipped)")
     args = parser.parse_args()
@@ -372,11 +372,11 @@ def end_to_end(name: str, fn: Callable[[torch.Tensor], Any], cfg: Any, args: arg
     model-only, plus the input pipeline alone (no model): the CPU side's ceiling."""
     from fgdeploy.bench import bench_end_to_end, bench_model
     from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
-    from fgdeploy.infer import InferOptions, discover_images, iterate_batches
+    from fgdeploy.infer import InferOptions, default_workers, discover_images, iterate_batches
 
     batch = max(batches)
-    workers = args.workers or (os.cpu_count() or 8)
     predictor = TorchFastPredictor(None, args.device, FastPathOptions(cuda_graphs=True), cfg.input_size, batch, fn=fn)
+    workers = args.workers or default_workers(predictor)   # what `fgdeploy infer` uses by default
     with tempfile.TemporaryDirectory(prefix="fgdeploy-gpu-e2e-") as tmp:
         t0 = time.perf_counter()
         folder = make_jpegs(Path(tmp), args.images)
