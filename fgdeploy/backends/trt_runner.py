@@ -20,6 +20,7 @@ from fgdeploy.backends.trt_support import (
     compare_sidecar, dims_tuple, import_tensorrt, load_plugin_library, machine_info, read_sidecar, sidecar_path,
 )
 from fgdeploy.errors import BackendUnavailable
+from fgdeploy.fileio import file_sha256
 
 if TYPE_CHECKING:  # annotations only; the real import is lazy, in activate()
     import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
@@ -151,10 +152,8 @@ class TrtRunner(Runner):
             logger.warning("%s has no sidecar %s: cannot check TensorRT/GPU compatibility; metadata is empty",
                            self.engine_path, sidecar_path(self.engine_path))
             return {}
-        from fgdeploy.plugins import sha256_file
-
         plugin = self._plugin_library_path(sidecar)
-        check = compare_sidecar(sidecar, machine_info(device_index), sha256_file(plugin) if plugin else None)
+        check = compare_sidecar(sidecar, machine_info(device_index), file_sha256(plugin) if plugin else None)
         for warning in check.warnings:
             logger.warning("%s: %s", self.engine_path, warning)
         if check.errors:
