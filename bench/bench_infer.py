@@ -94,14 +94,10 @@ def fast_decode_photos(model: Path, folder: Path, args: argparse.Namespace) -> d
 def stage_costs(images: Path, predictor: Any, batch: int) -> dict[str, float]:
     """CPU ms per image of each preprocessing stage of `fgdeploy infer`: decode, resize (one OpenCV thread),
     and the predictor's own ``prepare`` of a batch."""
-    import cv2
-
-    from fgdeploy.infer import read_rgb, resize_input
+    from fgdeploy.infer import read_rgb, resize_input, single_threaded_cv2
 
     paths = sorted(str(p) for p in images.glob("*.jpg"))[:64]
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
+    with single_threaded_cv2():
         t0 = time.process_time()
         decoded = [read_rgb(p) for p in paths]
         t1 = time.process_time()
@@ -110,8 +106,6 @@ def stage_costs(images: Path, predictor: Any, batch: int) -> dict[str, float]:
         for k in range(0, len(resized), batch):
             predictor.prepare(resized[k:k + batch])
         t3 = time.process_time()
-    finally:
-        cv2.setNumThreads(previous)
     n = len(paths)
     return {"decode_ms": 1e3 * (t1 - t0) / n, "resize_ms": 1e3 * (t2 - t1) / n, "prepare_ms": 1e3 * (t3 - t2) / n}
 
@@ -283,10 +277,9 @@ def main() -> int:
             make_jpegs(tmp_path / "rss", min(counts), seed=1)
             small = model_for_backend(save_model(tmp_path / "small.pt", args.config, small=True), args.backend)
             payload["rss"] = peak_rss(small, tmp_path / "rss", counts, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    from fgdeploy.fileio import atomic_write_json
+
+    atomic_write_json(args.out, payload)
     t, r = payload["throughput"], payload.get("rss")
     print(f"end-to-end / model-only: {100 * t['ratio']:.1f} % ({t['end_to_end_images_per_s']:.1f} / "
           f"{t['model_only_images_per_s']:.1f} img/s, {t['backend']}, batch {t['batch']})")

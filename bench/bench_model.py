@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from fgdeploy.fileio import atomic_write_json
 from fgdeploy.models import PoseNormalizedNet, create_model, load_model_config
 from fgdeploy.models.losses import keypoint_bce_loss
 from fgdeploy.ops import coordinate_transfer
@@ -139,16 +139,6 @@ def run(config: str, batch: int, repeats: int, warmup: int, seed: int) -> dict[s
     }
 
 
-def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` as JSON via a temporary file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="demo", help="model config name or YAML path (default: demo)")
@@ -169,7 +159,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
     })
-    write_json_atomic(args.out, record)
+    atomic_write_json(args.out, record)
     print(json.dumps(record, indent=2))  # a script, not library code: stdout is its interface
 
 

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = bench(args.checkpoint, [int(t) for t in args.threads.split(",")], args.iters, args.warmup,
                    [int(b) for b in args.batches.split(",")])
-    from fgdeploy.checkpoint import atomic_write_bytes
+    from fgdeploy.fileio import atomic_write_bytes
 
     text = json.dumps(result, indent=2)
     atomic_write_bytes(args.out, (text + "\n").encode())

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fgdeploy.checkpoint import atomic_write_bytes
+from fgdeploy.fileio import atomic_write_bytes
 from fgdeploy.models import create_model, load_model_config
 from fgdeploy.train.config import StageConfig, TrainConfig
 from fgdeploy.train.stages import STAGES, build_optimizer, build_scheduler

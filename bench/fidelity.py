@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from fgdeploy.checkpoint import atomic_write_bytes
+from fgdeploy.fileio import atomic_write_bytes
 from fgdeploy.config import dataclass_to_dict
 from fgdeploy.data.synthetic import generate_synth_birds
 from fgdeploy.evaluate import evaluate_checkpoint

@@ -17,8 +17,6 @@ atomically to --out.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -33,6 +31,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+
+from fgdeploy.fileio import atomic_write_json  # noqa: E402
 
 
 @dataclass
@@ -152,10 +152,7 @@ def main() -> int:
         print("no CUDA GPU: pass --device cpu for a (slow) CPU run", file=sys.stderr)
         return 2
     result = profile(args.config, args.batch, device, args.iters)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)
     print(f"{result['config']} batch {result['batch']} on {result['gpu'] or result['device']}: "
           f"{result['total_conv_ms']:.2f} ms in {len(result['layers'])} convolutions ({result['total_gflop']} GFLOP)")
     for layer in result["layers"][:8]:

@@ -17,12 +17,9 @@ Writes JSON (atomically) to --out, prints a summary. Exit 0: all checks passed; 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
+
+from fgdeploy.fileio import atomic_write_json  # noqa: E402
 
 # (name, batch, parts, channels, heatmap HxW, feature HxW, windows, feature_ties)
 CONFIGS: list[tuple[str, int, int, int, tuple[int, int], tuple[int, int], tuple[int, ...], bool]] = [
@@ -169,14 +168,6 @@ def _environment(lib_path: str) -> dict[str, Any]:
             "python": platform.python_version(), "kernel_library": lib_path}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _summary(result: dict[str, Any]) -> str:
     lines = [f"GPU {result['environment'].get('gpu')} (sm_{result['environment'].get('compute_capability', '?')})"]
     checks = result["checks"]
@@ -218,14 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"passed": False, "checks": [], "misc": [], "timing": []}
     if not torch.cuda.is_available():
         result["error"] = f"no CUDA GPU visible to torch {torch.__version__}"
-        _write_json(args.out, result)
+        atomic_write_json(args.out, result)
         print(result["error"], file=sys.stderr)
         return 2
     try:
         lib = load_kernel_library()  # nvcc build for this GPU's architecture (cached by source hash)
     except PluginBuildError as exc:
         result["error"] = str(exc)
-        _write_json(args.out, result)
+        atomic_write_json(args.out, result)
         print(exc, file=sys.stderr)
         return 2
     result["environment"] = _environment(str(lib.path))
@@ -238,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                                f"median/p10/p90 per call in microseconds")
     result["passed"] = all(r["passed"] for r in result["checks"] + result["misc"])
     result["seconds"] = time.perf_counter() - start
-    _write_json(args.out, result)
+    atomic_write_json(args.out, result)
     print(_summary(result))
     print(f"wrote {args.out}")
     return 0 if result["passed"] else 1

@@ -12,7 +12,6 @@ otherwise with ``time.perf_counter``.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fgdeploy.fileio import atomic_write_text
+from fgdeploy.fileio import atomic_write_json
 from fgdeploy.infer import InferOptions, Predictor, discover_images, run_inference
 
 
@@ -153,5 +152,5 @@ def write_json(path: str | Path, results: Sequence[BenchResult], extra: dict[str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"environment": environment(), **(extra or {}), "results": [asdict(r) for r in results]}
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(path, payload)
     return path

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fgdeploy import __version__
 from fgdeploy.errors import CheckpointError
-from fgdeploy.fileio import atomic_write_bytes, file_sha256  # noqa: F401  (re-exported: callers import them from here)
+from fgdeploy.fileio import atomic_write_bytes, file_sha256
 
 if TYPE_CHECKING:  # torch is imported inside functions so `import fgdeploy.checkpoint` stays light
     import torch

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgdeploy.fileio import atomic_write_text
+from fgdeploy.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _outputs_exist(step: Any) -> bool:
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
+    atomic_write_json(path, state)
 
 
 # --- steps -------------------------------------------------------------------------------------

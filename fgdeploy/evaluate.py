@@ -192,7 +192,7 @@ def _pct(value: float | None) -> str:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write JSON atomically (NaN written as null)."""
-    from fgdeploy.checkpoint import atomic_write_bytes
+    from fgdeploy.fileio import atomic_write_bytes
 
     def clean(v: Any) -> Any:
         if isinstance(v, dict):

@@ -70,12 +70,16 @@ class _InferenceModule(nn.Module):
         self.outputs = tuple(outputs)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        if images.dtype == torch.uint8:           # (N, S, S, 3) as decoded -> (N, 3, S, S) in [0, 1]
-            images = images.permute(0, 3, 1, 2).float() / 255.0
-        images = images.to(self.dtype)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        out = self.model(images.contiguous(memory_format=fmt))
+        out = self.model(_unit_images(images, self.dtype).contiguous(memory_format=fmt))
         return {k: out[k] for k in self.outputs}
+
+
+def _unit_images(images: Tensor, dtype: torch.dtype) -> Tensor:
+    """uint8 (N, S, S, 3) as decoded, or float (N, 3, S, S) -> (N, 3, S, S) in [0, 1] in ``dtype``."""
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2).float() / 255.0
+    return images.to(dtype)
 
 
 def optimize_for_inference(
@@ -242,9 +246,7 @@ def pad_first_conv(trunk: nn.Module, channels: int = _PAD_CHANNELS) -> bool:
 
 def _model_input(images: Tensor, model: Any, dtype: torch.dtype, channels_last: bool, pad_to: int) -> Tensor:
     """uint8 NHWC (or float NCHW in [0, 1]) -> normalised model input, zero-padded to ``pad_to`` channels."""
-    if images.dtype == torch.uint8:
-        images = images.permute(0, 3, 1, 2).float() / 255.0
-    x = (images.to(dtype) - model.mean) / model.std   # as PoseNormalizedNet._normalise
+    x = (_unit_images(images, dtype) - model.mean) / model.std   # as PoseNormalizedNet._normalise
     if pad_to > x.shape[1]:
         x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad_to - x.shape[1]))
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -143,7 +143,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def save_image(path: str | Path, image: np.ndarray) -> Path:
     """Write an RGB image as PNG atomically (temp file + rename)."""
-    from fgdeploy.checkpoint import atomic_write_bytes
+    from fgdeploy.fileio import atomic_write_bytes
 
     path = Path(path)
     atomic_write_bytes(path, encode_png(image))

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fgdeploy.fileio import atomic_write_text
 from fgdeploy.errors import DatasetError
+from fgdeploy.fileio import atomic_write_text
 from fgdeploy.tensors import PART_NAMES
 
 IMAGES = "images.txt"

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 
 from fgdeploy.data.cub import CubDataset
-from fgdeploy.fileio import atomic_write_bytes
 from fgdeploy.data.images import encode_image
 from fgdeploy.data.sample import Sample
+from fgdeploy.fileio import atomic_write_bytes
 
 # Two-letter labels in PART_NAMES order.
 PART_LABELS: tuple[str, ...] = ("Bk", "Bq", "By", "Br", "Cr", "Fh", "LE", "LL", "LW", "Na", "RE", "RL", "RW",

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fgdeploy.data.cub_format import CubAnnotations, write_annotations
-from fgdeploy.fileio import atomic_write_bytes, atomic_write_text
 from fgdeploy.data.images import encode_image
 from fgdeploy.data.synth_classes import MAX_CLASSES, SLOTS, SynthClass, design_classes
 from fgdeploy.data.synth_scene import make_scene
 from fgdeploy.errors import ConfigError, DatasetError
+from fgdeploy.fileio import atomic_write_bytes, atomic_write_text
 from fgdeploy.tensors import PART_NAMES
 
 logger = logging.getLogger(__name__)

@@ -236,7 +236,7 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
     """Export a loaded model with its ``CheckpointMeta``; see the module docstring for the steps."""
     from onnx import helper
 
-    from fgdeploy.checkpoint import atomic_write_bytes
+    from fgdeploy.fileio import atomic_write_bytes
 
     model = model.eval()
     size = int(meta.input_size)

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, cast
 from fgdeploy import __version__
 from fgdeploy.backends.trt_support import (
     SIDECAR_FORMAT, SIDECAR_VERSION, dims_tuple, import_tensorrt, load_plugin_library, machine_info, sidecar_path,
-    tensorrt_major, tensorrt_version, write_json_atomic,
+    tensorrt_major, tensorrt_version,
 )
 from fgdeploy.errors import ExportError, FgdeployError
-from fgdeploy.fileio import atomic_write_bytes, file_sha256
+from fgdeploy.fileio import atomic_write_bytes, atomic_write_json, file_sha256
 from fgdeploy.tensors import OP_DOMAIN, OP_NAME, PLUGIN_NAMESPACE
 
 if TYPE_CHECKING:  # annotations only; the real import is lazy, inside the functions
@@ -299,7 +299,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, config: EngineB
     report = EngineBuildReport(engine_path, sidecar_path(engine_path), op_nodes, plugged, op_path, precision,
                                parser_flags, seconds)
     report.sidecar = make_sidecar(onnx_path, engine_path, cfg, report, shapes, metadata, plugin_lib)
-    write_json_atomic(report.sidecar_path, report.sidecar)
+    atomic_write_json(report.sidecar_path, report.sidecar, sort_keys=True)
     logger.info("engine %s (%s, %s) built in %.1f s", engine_path, precision, op_path, seconds)
     return report
 

@@ -200,7 +200,7 @@ class ParityReport:
 
     def dump(self, path: str | Path) -> None:
         """Write the JSON report atomically."""
-        from fgdeploy.checkpoint import atomic_write_bytes
+        from fgdeploy.fileio import atomic_write_bytes
 
         atomic_write_bytes(path, (self.to_json() + "\n").encode("utf-8"))
 

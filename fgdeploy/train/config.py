@@ -46,7 +46,7 @@ class TrainConfig:
     augment: bool = True             # flip + scale-crop jitter (method.md section 9) on the train split
     optimizer: str = "sgd"           # "sgd" (method.md section 8) or "adamw"
     momentum: float = 0.9            # SGD momentum (AdamW: beta1)
-    weight_decay: float = 5e-4       # SGD, on all trained parameters
+    weight_decay: float = 5e-4       # on all trained parameters (SGD L2; AdamW decoupled)
     nesterov: bool = False
     kp_loss_weight: float = 1.0      # lambda of L = L_cls + lambda * L_kp in stage 4
     grad_clip: float = 0.0           # max global grad norm; 0 = off
@@ -80,7 +80,7 @@ class TrainConfig:
 # Tuned for the `demo` config on synth-birds (20 classes x 30 images), bench/fidelity.py: a small backbone trained
 # from scratch, so the "frozen features" of stage 1 are random and stage 2 does the localization work (test
 # PCK@0.1: 81 % after 20 epochs, 88 % after 35, 89 % after 60; about 2 s per epoch on 2 idle cores). Stage 3 trains
-# the classification trunk; the classifier's inputs are unit-norm blocks scaled by feature_scale (8-12 in demo), so
+# the classification trunk; the classifier's inputs are unit-norm blocks scaled by feature_scale (8 in demo), so
 # its LR is 10x lower than the trunk's (0.05 on the FC diverged for the holistic model: loss 3.2 -> 5.7).
 SMALL_PRESET = TrainConfig(
     batch_size=16,

@@ -199,7 +199,7 @@ def _load_weights(model: Any, state_dict: dict[str, Any], source: Path) -> None:
 
 def _write_run_config(path: Path, model_cfg: Any, tcfg: Any, stages: list[int], data_root: Path,
                       opts: TrainOptions) -> None:
-    from fgdeploy.checkpoint import atomic_write_bytes
+    from fgdeploy.fileio import atomic_write_bytes
     from fgdeploy.config import dataclass_to_dict
 
     doc = {"model": dataclass_to_dict(model_cfg), "train": dataclass_to_dict(tcfg), "stages": list(stages),

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from fgdeploy.backends.ort_runner import OrtRunner
 from fgdeploy.backends.torch_runner import TorchRunner
-from fgdeploy.checkpoint import CheckpointMeta, file_sha256, save_checkpoint
+from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
 from fgdeploy.cli import cli
+from fgdeploy.fileio import file_sha256
 from fgdeploy.models import create_model, load_model_config, with_backbone_options
 from fgdeploy.parity import (
     DatasetImages, ParityConfig, RandomImages, compare_output, default_thresholds, run_batches, run_parity,
