@@ -19,18 +19,20 @@ WORKER = textwrap.dedent('''
     import torch
     torch.set_num_threads(1)
     import fgdeploy.checkpoint as ck
+    import fgdeploy.fileio as fileio
     from fgdeploy.train.run import TrainOptions, run_training
 
     spy_dir, cfg, data, out = (Path(a) for a in sys.argv[1:5])
     rank = os.environ["RANK"]
-    original = ck.atomic_write_bytes
+    original = fileio.atomic_write_bytes
 
     def spy(path, payload):  # record every run-file write with the writing rank
         with open(spy_dir / f"writes_rank{rank}.txt", "a") as fh:
             fh.write(f"{Path(path).name}\\n")
         return original(path, payload)
 
-    ck.atomic_write_bytes = spy
+    # every atomic write goes through fgdeploy.fileio; checkpoint.py holds its own reference to it
+    fileio.atomic_write_bytes = ck.atomic_write_bytes = spy
     result = run_training(TrainOptions(config=str(cfg), data=data, out=out, stage="all", epochs=1, batch=4,
                                        device="cpu", show_progress=False))
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in result.model.state_dict().values()))
