@@ -164,14 +164,14 @@ def _test_image_list(out: Path) -> Path:
 
 
 def _step_infer(out: Path, batch: int) -> dict[str, Any]:
-    from fgdeploy.infer import InferOptions, discover_images, open_predictor, run_inference
+    from fgdeploy.infer import InferOptions, discover_images, model_identity, open_predictor, run_inference
 
     paths = discover_images(_test_image_list(out))
     results = out / "infer" / "results.csv"
     with open_predictor(out / "model.onnx", "ort", device="cpu", batch=batch) as loaded:
         report = run_inference(paths, loaded.predictor, results, class_names=loaded.class_names,
-                               part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3),
-                               model_id=str((out / "model.onnx").resolve()))
+                               part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3, resume=True),
+                               model_id=model_identity(out / "model.onnx"))  # resume: a killed demo goes on
     return {"backend": loaded.name, "scored": report.scored, "failed": report.failed,
             "images_per_s": round(report.images_per_s, 2), "results": str(results), "files": [str(results)]}
 

@@ -14,7 +14,7 @@ journal is rendered to ``OUT`` (CSV or JSONL) and the errors file by temp file +
 
 Keypoints are written in the original image's continuous pixel coordinates (pixel k covers
 [k, k+1); method.md section 2): the model input is an anisotropic warp to S x S, so
-x = u' * W / S and y = v' * H / S, where W x H is the image as decoded (EXIF orientation applied).
+x = u' * W / S and y = v' * H / S, where W x H is the image as stored (EXIF orientation not applied).
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from fgdeploy.errors import FgdeployError, ImageError
-from fgdeploy.infer_results import Journal, ResultWriter, errors_path_for, key_of, read_results, render_outputs
+from fgdeploy.infer_results import (
+    Journal, ResultWriter, check_same_run, errors_path_for, key_of, read_results, read_run_record, render_outputs,
+    run_record_path,
+)
 from fgdeploy.tensors import (
     INPUT_IMAGES, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES,
 )
@@ -45,10 +48,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 JOURNAL_SUFFIX = ".partial.jsonl"
-JOURNAL_VERSION = 1
+# exit codes of `fgdeploy infer` (1 = fgdeploy error, 2 = bad option, as for every command)
 EXIT_OK = 0            # finished; some images may have failed (see the errors file)
-EXIT_ERROR = 1         # fgdeploy error: bad model, no images found, unfinished journal without --resume
-EXIT_USAGE = 2         # bad command-line option (click)
 EXIT_ALL_FAILED = 3    # every image this run tried failed to decode
 
 
@@ -468,13 +469,19 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
         on_progress: called with the number of images finished after every batch.
 
     Raises:
-        FgdeployError: a journal exists but ``resume`` is off, or it was written with another model.
+        FgdeployError: a journal exists but ``resume`` is off; ``resume`` of a run with another model,
+            options or working directory; a batch larger than a static-batch model takes.
     """
+    fixed_batch = getattr(predictor, "fixed_batch", None)
+    if fixed_batch and options.batch > fixed_batch:
+        raise FgdeployError(f"the model takes batches of exactly {fixed_batch} images (a static-shape export); "
+                            f"pass --batch {fixed_batch} or less (smaller batches are padded)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(out.with_name(out.name + JOURNAL_SUFFIX))
     cwd = os.getcwd()
-    header = {"model": model_id, "topk": options.topk, "cwd": cwd, "fast_decode": options.fast_decode}
+    header = {"model": model_id, "topk": options.topk, "cwd": cwd, "fast_decode": options.fast_decode,
+              "relative_paths": any(not os.path.isabs(p) for p in paths)}
     scored = _open_journal(journal, header, out, options.resume)
     todo = [p for p in paths if key_of(p, cwd) not in scored]
     report = InferReport(total=len(paths), scored=0, failed=0, skipped=len(paths) - len(todo), attempted=0,
@@ -512,16 +519,29 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
 
 
 def _open_journal(journal: Journal, header: dict[str, Any], out: Path, resume: bool) -> set[str]:
-    """Start or reopen the run's journal; returns the keys of images already scored."""
+    """Start or reopen the run's journal; returns the keys of images already scored.
+
+    With ``resume`` and a finished ``out`` (no journal), its results are carried over after checking
+    its run record: same model and options, same working directory.
+    """
     if journal.path.exists():
         if not resume:
             raise FgdeployError(f"{journal.path} holds an unfinished run: pass --resume to continue it, "
                                 f"or delete it to start over")
         scored, _ = journal.reopen(header)
         return scored
-    journal.start(header)
+    previous: list[dict[str, Any]] = []
     if resume and out.exists():   # a finished run: keep its results, score only new images
+        check_same_run(run_record_path(out), read_run_record(out), header)
         previous = read_results(out)
-        journal.append(previous)
-        return {key_of(r["path"], header["cwd"]) for r in previous}
-    return set()
+    journal.start(header)
+    journal.append(previous)
+    return {key_of(r["path"], header["cwd"]) for r in previous}
+
+
+def model_identity(model: str | Path) -> str:
+    """What a journal records as "the model": resolved path, size and modification time (no hashing of
+    multi-GB files), so resuming after the file was replaced by a retrained one is refused."""
+    path = Path(model).resolve()
+    stat = path.stat()
+    return f"{path} ({stat.st_size} bytes, mtime_ns {stat.st_mtime_ns})"

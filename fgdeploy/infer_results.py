@@ -4,7 +4,9 @@ A record is a dict: ``path``, ``width``, ``height`` (the image as stored), ``top
 ``class``, ``prob``), ``keypoints`` (P dicts: ``part``, ``x``, ``y``, ``score``; x, y in the original
 image's continuous pixels). The journal (``OUT.partial.jsonl``) is a header line then one JSON record
 (or ``{"path", "error"}``) per line, appended and fsync'd per batch; ``render_outputs`` turns it into
-``OUT`` (.csv: one row per image; .jsonl: one record per line) and ``<stem>.errors.csv``, atomically.
+``OUT`` (.csv: one row per image; .jsonl: one record per line), ``<stem>.errors.csv`` and the run record
+``<stem>.run.json`` (model, options, counts; ``--resume`` checks it before extending a finished ``OUT``),
+each atomically.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.errors import FgdeployError
+from fgdeploy.fileio import atomic_open, atomic_write_json
 from fgdeploy.tensors import OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
 
 logger = logging.getLogger(__name__)
@@ -84,12 +88,8 @@ class Journal:
             logger.info("%s: dropping a torn last line (%d bytes)", self.path, len(data) - end)
         lines = data[:end].decode("utf-8").splitlines()
         old = json.loads(lines[0]) if lines else {}
-        for name, default in (("model", None), ("topk", None), ("fast_decode", False)):
-            if old.get(name, default) != header.get(name, default):
-                raise FgdeployError(f"{self.path} was written with {name}={old.get(name, default)!r} but this run "
-                                    f"has {name}={header.get(name, default)!r}; resume with the same options or "
-                                    "delete it")
-        cwd = old.get("cwd", os.getcwd())
+        check_same_run(self.path, old, header)
+        cwd = header["cwd"]
         scored: set[str] = set()
         failed: dict[str, str] = {}
         for line in lines[1:]:
@@ -125,9 +125,57 @@ class Journal:
                     yield json.loads(line)
 
 
+def check_same_run(source: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to add this run's results to ``source`` (a journal or run record) written by a different run.
+
+    Compared: the model (path, size, modification time), top-k, decode mode, and the working
+    directory when either run named images by relative paths (resolved from it, so the same image
+    must get the same key).
+
+    Raises:
+        FgdeployError: naming the first difference and what to do.
+    """
+    for name, default in (("model", None), ("topk", None), ("fast_decode", False), ("cwd", None)):
+        was, now = old.get(name, default), new.get(name, default)
+        if was == now:
+            continue
+        if name == "cwd":
+            if not (old.get("relative_paths", True) or new.get("relative_paths", True)):
+                continue   # every image path is absolute: the same image has the same key from anywhere
+            raise FgdeployError(f"{source} was written by a run started in {was}, but this run is in {now}; "
+                                f"run the command from {was} (relative image paths are resolved from it)")
+        raise FgdeployError(f"{source} was written with {name}={was!r} but this run has {name}={now!r}; resume "
+                            "with the same model and options, or write to a new --out")
+
+
 def errors_path_for(out: Path) -> Path:
     """Where the errors of a run writing ``out`` go: ``<stem>.errors.csv`` beside it."""
     return out.with_name(out.stem + ".errors.csv")
+
+
+def run_record_path(out: Path) -> Path:
+    """The record of the run that wrote ``out`` (model, options, counts): ``<stem>.run.json`` beside it."""
+    return out.with_name(out.stem + ".run.json")
+
+
+def read_run_record(out: Path) -> dict[str, Any]:
+    """The run record of a finished ``out``, needed to extend it with ``--resume``.
+
+    Raises:
+        FgdeployError: the record is missing, unreadable or describes another output file.
+    """
+    path = run_record_path(out)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FgdeployError(f"{out} has no run record ({path.name}), so it cannot be checked that it holds this "
+                            "model's results; write to a new --out, or delete it to start over") from None
+    except (OSError, ValueError) as exc:
+        raise FgdeployError(f"{path}: unreadable run record ({exc}); delete {out} and it to start over") from None
+    if not isinstance(record, dict) or record.get("out") != out.name:
+        raise FgdeployError(f"{path} describes {record.get('out') if isinstance(record, dict) else '?'}, not "
+                            f"{out.name}; write to a new --out")
+    return record
 
 
 def _csv_header(topk: int, part_names: Sequence[str]) -> list[str]:
@@ -145,57 +193,85 @@ def _csv_row(rec: dict[str, Any], topk: int) -> list[Any]:
 
 
 def render_outputs(journal: Journal, out: Path, topk: int, part_names: Sequence[str]) -> tuple[int, int]:
-    """Write ``out`` (CSV or JSONL by suffix) and its errors file from the journal, atomically.
+    """Write ``out`` (CSV or JSONL by suffix), its errors file and its run record from the journal, atomically.
 
     Each path appears once: its first result, else its latest error. Returns (scored, failed).
     """
-    cwd = json.loads(journal.path.open(encoding="utf-8").readline()).get("cwd", os.getcwd())
+    with open(journal.path, encoding="utf-8") as f:
+        header = json.loads(f.readline())
     seen: set[str] = set()
     errors: dict[str, tuple[str, str]] = {}
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f) if out.suffix.lower() == ".csv" else None
+    with atomic_open(out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f) if is_csv(out) else None
         if writer:
             writer.writerow(_csv_header(topk, part_names))
         for rec in journal.read():
-            key = key_of(rec["path"], cwd)
+            key = key_of(rec["path"], header["cwd"])
             if "error" in rec:
                 errors[key] = (rec["path"], rec["error"])
             elif key not in seen:
                 seen.add(key)
                 writer.writerow(_csv_row(rec, topk)) if writer else f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    failed = [v for k, v in errors.items() if k not in seen]
-    err_tmp = out.with_name(f".{out.name}.errors.tmp")
-    with open(err_tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows(failed)
-    os.replace(tmp, out)
-    os.replace(err_tmp, errors_path_for(out))
+        failed = [v for k, v in errors.items() if k not in seen]
+        with atomic_open(errors_path_for(out), "w", encoding="utf-8", newline="") as g:
+            csv.writer(g).writerows([("path", "reason"), *failed])
+    run = {k: v for k, v in header.items() if k != "journal"}
+    atomic_write_json(run_record_path(out), {"out": out.name, **run, "scored": len(seen), "failed": len(failed),
+                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return len(seen), len(failed)
 
 
+def is_csv(out: Path) -> bool:
+    """Results go to CSV for a .csv name, else JSONL (the CLI accepts only .csv and .jsonl)."""
+    return out.suffix.lower() == ".csv"
+
+
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a results file written by ``run_inference`` (CSV or JSONL) back into record dicts."""
+    """Read a results file written by ``run_inference`` (CSV or JSONL) back into record dicts.
+
+    Raises:
+        FgdeployError: the file is empty or not in the format ``run_inference`` writes (file and line).
+    """
     path = Path(path)
-    if path.suffix.lower() != ".csv":
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    header, records = rows[0], []
-    topk = sum(1 for c in header if c.endswith("_label"))
-    parts = [c[:-2] for c in header[3 + 3 * topk:] if c.endswith("_x")]
-    for row in rows[1:]:
-        top = [{"label": int(row[3 + 3 * i]), "class": row[4 + 3 * i], "prob": float(row[5 + 3 * i])}
-               for i in range(topk) if row[3 + 3 * i] != ""]
-        base = 3 + 3 * topk
-        kps = [{"part": p, "x": float(row[base + 3 * j]), "y": float(row[base + 3 * j + 1]),
-                "score": float(row[base + 3 * j + 2])} for j, p in enumerate(parts)]
-        records.append({"path": row[0], "width": int(row[1]), "height": int(row[2]), "top": top, "keypoints": kps})
-    return records
+    line = 0
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if not is_csv(path):
+                records = []
+                for line, text in enumerate(f, 1):
+                    if text.strip():
+                        records.append(_json_record(text))
+                return records
+            rows = csv.reader(f)
+            header = next(rows, None)
+            line = 1
+            if not header or header[:3] != ["path", "width", "height"]:
+                raise ValueError("expected a header starting path,width,height")
+            topk = sum(1 for c in header if c.endswith("_label"))
+            parts = [c[:-2] for c in header[3 + 3 * topk:] if c.endswith("_x")]
+            records = []
+            for line, row in enumerate(rows, 2):
+                records.append(_csv_record(row, topk, parts))
+            return records
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise FgdeployError(f"{path}:{line}: not a results file written by fgdeploy infer ({exc}); write to a new "
+                            "--out, or delete it to start over") from None
+
+
+def _json_record(text: str) -> dict[str, Any]:
+    rec = json.loads(text)
+    if not isinstance(rec, dict) or not {"path", "top", "keypoints"} <= rec.keys():
+        raise ValueError("expected an object with path, top and keypoints")
+    return rec
+
+
+def _csv_record(row: list[str], topk: int, parts: Sequence[str]) -> dict[str, Any]:
+    top = [{"label": int(row[3 + 3 * i]), "class": row[4 + 3 * i], "prob": float(row[5 + 3 * i])}
+           for i in range(topk) if row[3 + 3 * i] != ""]
+    base = 3 + 3 * topk
+    kps = [{"part": p, "x": float(row[base + 3 * j]), "y": float(row[base + 3 * j + 1]),
+            "score": float(row[base + 3 * j + 2])} for j, p in enumerate(parts)]
+    return {"path": row[0], "width": int(row[1]), "height": int(row[2]), "top": top, "keypoints": kps}
 
 
 class ResultWriter:

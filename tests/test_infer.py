@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -171,11 +172,11 @@ class BrightSpotRunner(Runner):
                 "keypoint_scores": np.repeat(flat.max(axis=1, keepdims=True) / 3, 15, axis=1)}
 
 
-def _run(paths, out, runner=None, **options):
+def _run(paths, out, runner=None, model_id="fake", **options):
     runner = runner or BrightSpotRunner()
     with runner:
         return run_inference(paths, RunnerPredictor(runner), out, class_names=["red", "green", "blue"],
-                             options=InferOptions(**{"batch": 4, "workers": 2, **options}), model_id="fake")
+                             options=InferOptions(**{"batch": 4, "workers": 2, **options}), model_id=model_id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,6 +265,9 @@ def test_infer_last_partial_batch_and_fixed_batch_runner(tmp_path):
     assert dynamic.batches == [3, 3, 1] and fixed.batches == [4, 4]   # the last fixed batch is padded
     a, b = read_results(tmp_path / "a.jsonl"), read_results(tmp_path / "b.jsonl")
     assert [r["path"] for r in a] == paths and a == b
+    with pytest.raises(FgdeployError, match="pass --batch 4 or less"):   # before any image is decoded
+        _run(paths, tmp_path / "c.jsonl", runner=BrightSpotRunner(fixed_batch=4), batch=8)
+    assert not (tmp_path / "c.jsonl.partial.jsonl").exists()
 
 
 def test_infer_csv_and_jsonl_hold_the_same_results(tmp_path):
@@ -341,6 +345,67 @@ def test_infer_resume_finished_run_scores_only_new_images(tmp_path):
     paths = [r["path"] for r in read_results(tmp_path / "out.csv")]
     assert runner.batches == [1] and report.skipped == len(GOOD)
     assert len(paths) == len(set(paths)) == len(GOOD) + 1
+
+
+def test_infer_writes_a_run_record_naming_model_options_and_counts(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    report = _run(discover_images(tmp_path / "imgs"), tmp_path / "out.csv", topk=2)
+    record = json.loads((tmp_path / "out.run.json").read_text(encoding="utf-8"))
+    assert record["out"] == "out.csv" and record["model"] == "fake" and record["topk"] == 2
+    assert (record["scored"], record["failed"]) == (report.scored, report.failed) == (len(GOOD), len(BAD))
+
+
+@pytest.mark.parametrize("change, message", [({"model_id": "retrained"}, "model='fake'"),
+                                             ({"topk": 3}, "topk=5")])
+def test_infer_resume_refuses_to_extend_a_finished_run_of_another_model_or_topk(tmp_path, change, message):
+    make_mixed_folder(tmp_path / "imgs")
+    paths = discover_images(tmp_path / "imgs")
+    _run(paths, tmp_path / "out.csv")
+    before = (tmp_path / "out.csv").read_bytes()
+    with pytest.raises(FgdeployError, match=message):
+        _run(paths, tmp_path / "out.csv", resume=True, **change)
+    assert (tmp_path / "out.csv").read_bytes() == before and not (tmp_path / "out.csv.partial.jsonl").exists()
+
+
+def test_infer_resume_from_another_directory_needs_the_same_one_for_relative_paths(tmp_path, monkeypatch):
+    make_mixed_folder(tmp_path / "a" / "imgs")
+    (tmp_path / "b").mkdir()
+    out = tmp_path / "out.csv"
+    monkeypatch.chdir(tmp_path / "a")
+    _run(discover_images("imgs"), out)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(FgdeployError, match=f"run the command from {re.escape(str(tmp_path / 'a'))}"):
+        _run(discover_images("../a/imgs"), out, resume=True)
+    monkeypatch.chdir(tmp_path / "a")   # from the original directory it works: nothing is scored twice
+    runner = BrightSpotRunner()
+    report = _run(discover_images("imgs"), out, runner=runner, resume=True)
+    assert report.skipped == len(GOOD) and report.scored == len(GOOD) and sum(runner.batches) == 0
+
+
+def test_infer_resume_from_another_directory_with_absolute_paths_is_fine(tmp_path, monkeypatch):
+    make_mixed_folder(tmp_path / "imgs")
+    paths = discover_images(tmp_path / "imgs")
+    _run(paths, tmp_path / "out.csv")
+    monkeypatch.chdir(tmp_path / "imgs")
+    report = _run(paths, tmp_path / "out.csv", resume=True)
+    assert report.skipped == len(GOOD) and report.scored == len(GOOD)
+
+
+@pytest.mark.parametrize("content, record, message", [
+    ("", None, "no run record"),
+    ("", "valid", r"out.csv:1: not a results file"),
+    ("path,width,height,top1_label,top1_class,top1_prob\nx.png,10,oops,1,a,0.5\n", "valid", r"out.csv:2: not a"),
+])
+def test_infer_resume_refuses_an_out_it_cannot_read_and_leaves_no_journal(tmp_path, content, record, message):
+    make_mixed_folder(tmp_path / "imgs")
+    paths = discover_images(tmp_path / "imgs")
+    out = tmp_path / "out.csv"
+    if record:
+        _run(paths, out)   # a valid run record, then the results file is damaged
+    out.write_text(content, encoding="utf-8")
+    with pytest.raises(FgdeployError, match=message):
+        _run(paths, out, resume=True)
+    assert not (tmp_path / "out.csv.partial.jsonl").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,15 +536,15 @@ def test_cli_infer_sigkill_then_resume_scores_each_image_exactly_once(tmp_path, 
               "m.Journal.append = append\n"
               "from fgdeploy.cli import cli\n"
               f"cli({args!r})\n")
-    proc = subprocess.Popen([sys.executable, "-c", slowed], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", slowed], cwd=tmp_path, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if journal.exists() and journal.read_text(encoding="utf-8").count("\n") >= 1 + 4:
             break
         time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1].decode()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     done_before = journal.read_text(encoding="utf-8").count("\n") - 1
     assert 4 <= done_before < 24 and not out.exists()
     result = CliRunner().invoke(cli_group(), args + ["--resume"])

@@ -57,7 +57,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     reason in OUT's errors file (<stem>.errors.csv) and the run goes on.
 
     Results are journaled to OUT.partial.jsonl after every batch; if the run is killed, rerun with
-    --resume to finish it (every image ends up in OUT exactly once).
+    --resume to finish it (every image ends up in OUT exactly once). A finished run also writes
+    <stem>.run.json (model, options, counts); --resume extends a finished OUT only when the model
+    file, --topk and --fast-decode are the same (and the directory, if image paths are relative).
 
     \b
     Exit codes:
@@ -67,7 +69,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
       3  every image this run tried failed
     """
     from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import InferOptions, discover_images, open_predictor, resolve_backend, run_inference
+    from fgdeploy.infer import (
+        InferOptions, discover_images, model_identity, open_predictor, resolve_backend, run_inference,
+    )
 
     kind = resolve_backend(model, backend)
     if kind != "torch" and (channels_last or compile_mode != "none" or cuda_graphs or fuse_conv_relu):
@@ -83,7 +87,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
         with _progress_bar(ctx, len(paths)) as bar:
             report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
                                    part_names=loaded.part_names, options=options,
-                                   model_id=str(Path(model).resolve()), on_start=bar.reset,
+                                   model_id=model_identity(model), on_start=bar.reset,
                                    on_progress=bar.update)
     click.echo("\n".join(report.summary_lines()))
     ctx.exit(report.exit_code)
