@@ -156,15 +156,6 @@ def read_checkpoint(path: str | Path) -> CheckpointData:
                           extra_state=payload.get("extra_state", {}))
 
 
-def is_fgdeploy_checkpoint(path: str | Path) -> bool:
-    """True if ``path`` loads safely and carries the fgdeploy checkpoint format marker."""
-    try:
-        read_checkpoint(path)
-    except CheckpointError:
-        return False
-    return True
-
-
 def model_config_from_meta(meta: CheckpointMeta) -> Any:
     """Rebuild the ``ModelConfig`` dataclass stored in ``meta``."""
     from fgdeploy.config import dataclass_from_dict

@@ -2,7 +2,9 @@
 
 Each command module ``fgdeploy/commands/<name>.py`` defines ``command`` (a click command or
 group). Modules import heavy libraries (torch, onnxruntime, tensorrt) inside the command body,
-so ``fgdeploy --help`` stays fast. Only this module configures logging.
+so ``fgdeploy --help`` stays fast. This module sets up logging (level from -v/-q); training
+adds a train.log handler for its run folder and the demo quiets some chatty loggers. A ``FgdeployError`` or a file-system
+error becomes a one-line message and exit code 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import click
 
 from fgdeploy import __version__
 from fgdeploy.errors import FgdeployError
+
+logger = logging.getLogger(__name__)
 
 # Listed in the order a user meets them; a name whose module does not exist yet is not shown.
 COMMAND_NAMES: tuple[str, ...] = (
@@ -41,6 +45,19 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except FgdeployError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:   # a path that is not what the command needs: say which, not a traceback
+            logger.debug("OSError in %s", ctx.invoked_subcommand, exc_info=True)
+            raise click.ClickException(_describe_os_error(exc)) from exc
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, and what to check."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    what = exc.strerror or str(exc)
+    if not paths:
+        return f"{what} (run with -vv for the traceback)"
+    return f"{paths}: {what}; check that the path and its parent folders exist, are the right kind " \
+           f"(file or folder) and are writable"
 
 
 def _command_module_exists(name: str) -> bool:

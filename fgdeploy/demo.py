@@ -171,6 +171,7 @@ def _step_infer(out: Path, batch: int) -> dict[str, Any]:
     with open_predictor(out / "model.onnx", "ort", device="cpu", batch=batch) as loaded:
         report = run_inference(paths, loaded.predictor, results, class_names=loaded.class_names,
                                part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3, resume=True),
+                               visibility_threshold=loaded.visibility_threshold,
                                model_id=model_identity(out / "model.onnx"))  # resume: a killed demo goes on
     return {"backend": loaded.name, "scored": report.scored, "failed": report.failed,
             "images_per_s": round(report.images_per_s, 2), "results": str(results), "files": [str(results)]}

@@ -7,7 +7,6 @@ The PCK formula itself is the NumPy reference's (``fgdeploy.reference.metrics.pc
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,7 +118,7 @@ class EvalResult:
     per_class_acc: dict[str, float]
     pck: dict[str, dict[str, float]]          # pck_key(alpha) -> {part name: PCK, "mean": macro mean}
     pck_counts: dict[str, int]                # visible GT keypoints per part
-    visibility_acc: float                     # predicted visible (score >= 0.5) == GT visible
+    visibility_acc: float                     # predicted visible (score >= threshold) == GT visible
     normaliser: str = "max(w, h) of the ground-truth box, original image pixels"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -191,8 +190,8 @@ def _pct(value: float | None) -> str:
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write JSON atomically (NaN written as null)."""
-    from fgdeploy.fileio import atomic_write_bytes
+    """Write JSON atomically (NaN written as null, NumPy scalars as numbers, keys sorted)."""
+    from fgdeploy.fileio import atomic_write_json
 
     def clean(v: Any) -> Any:
         if isinstance(v, dict):
@@ -205,19 +204,19 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
             return clean(v.item())
         return v
 
-    path = Path(path)
-    atomic_write_bytes(path, (json.dumps(clean(payload), indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return path
+    atomic_write_json(path, clean(payload), sort_keys=True)
+    return Path(path)
 
 
 def render_grid(
     preds: Predictions, raw_dataset: Any, class_names: Sequence[str], part_names: Sequence[str],
-    max_items: int = 12, cols: int = 3, tile: int = 240,
+    max_items: int = 12, cols: int = 3, tile: int = 240, visibility_threshold: float = 0.5,
 ) -> np.ndarray:
     """Ground truth vs prediction side by side (paper Fig. 3) for up to ``max_items`` images.
 
     Left: the image with GT keypoints and the true class; right: predicted keypoints (rings where
-    predicted invisible) and the predicted class, green when correct, red when wrong.
+    predicted invisible: score below ``visibility_threshold``) and the predicted class, green when
+    correct, red when wrong.
     """
     from fgdeploy.visualize import draw_caption, draw_keypoints, make_grid, resize_for_display, side_by_side
 
@@ -232,7 +231,7 @@ def render_grid(
         ok = preds.predicted[k] == preds.labels[k]
         left = draw_caption(draw_keypoints(image, gt, preds.gt_visible[k]),
                             f"GT: {_short(class_names[preds.labels[k]])}")
-        right = draw_caption(draw_keypoints(image, pred, hollow=preds.scores[k] < 0.5),
+        right = draw_caption(draw_keypoints(image, pred, hollow=preds.scores[k] < visibility_threshold),
                              f"pred: {_short(class_names[preds.predicted[k]])}",
                              (120, 230, 120) if ok else (255, 110, 110))
         tiles.append(side_by_side(left, right))
@@ -291,7 +290,8 @@ def evaluate_checkpoint(
         raise DatasetError(f"{data}: the {split!r} split is empty; choose another --split")
     items = EvalItems(dataset, EvalTransform(meta.input_size))
     preds = predict(model, items, list(range(len(dataset))), dev, batch_size=batch_size, progress=progress)
-    result = compute_metrics(preds, meta.class_names, meta.part_names)
+    threshold = model.config.visibility_threshold   # calibrated in training (trainer.calibrate_visibility)
+    result = compute_metrics(preds, meta.class_names, meta.part_names, visibility_threshold=threshold)
     result.extra = {"checkpoint": str(checkpoint), "checkpoint_sha256": meta.sha256, "data": str(data),
                     "split": split, "model": meta.model_config.get("name"), "stage": meta.stage}
     table = format_table(result, meta.part_names)
@@ -299,7 +299,8 @@ def evaluate_checkpoint(
     if out_dir is not None:
         out = Path(out_dir)
         json_path = write_json(out / "eval.json", result.to_json())
-        grid = render_grid(preds, dataset, meta.class_names, meta.part_names, max_items=grid_items)
+        grid = render_grid(preds, dataset, meta.class_names, meta.part_names, max_items=grid_items,
+                           visibility_threshold=threshold)
         grid_path = save_image(out / "eval_grid.png", grid)
         log.info("wrote %s and %s", json_path, grid_path)
     return EvalOutput(result, json_path, grid_path, table)

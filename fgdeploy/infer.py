@@ -254,6 +254,7 @@ class LoadedModel:
     name: str                       # e.g. "ort-cpu-fp32", "torch-cuda-fp16-cl-max-autotune"
     class_names: list[str]
     part_names: list[str]
+    visibility_threshold: float = 0.5   # keypoint score below which a part counts as not visible
 
 
 def resolve_backend(model: str | Path, backend: str = "auto") -> str:
@@ -302,15 +303,16 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         if batch and predictor.pad_to:   # compile / capture now, before the decode threads start
             predictor.warm_up(batch, iterations=1)
         yield LoadedModel(predictor, f"torch-{device.split(':')[0]}-{options.label}", list(meta.class_names),
-                          list(meta.part_names))
+                          list(meta.part_names), float(net.config.visibility_threshold))
         return
     from fgdeploy.backends import open_runner
 
     extra: dict[str, Any] = {"threads": threads} if threads and kind == "ort" else {}
     with open_runner(kind, str(model), device=device, fp16=fp16 or None, **extra) as runner:
         recorded = runner.metadata()
+        threshold = (recorded.get("model_config") or {}).get("visibility_threshold", 0.5)
         yield LoadedModel(RunnerPredictor(runner), runner.name, list(recorded.get("class_names") or []),
-                          list(recorded.get("part_names") or []))
+                          list(recorded.get("part_names") or []), float(threshold))
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,7 +455,7 @@ def single_threaded_cv2() -> Iterator[None]:
 
 def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *,
                   class_names: Sequence[str] | None = None, part_names: Sequence[str] | None = None,
-                  options: InferOptions = InferOptions(), model_id: str = "",
+                  options: InferOptions = InferOptions(), model_id: str = "", visibility_threshold: float = 0.5,
                   on_start: Callable[[int], None] | None = None,
                   on_progress: Callable[[int], None] | None = None) -> InferReport:
     """Score ``paths`` with ``predictor`` and write ``out`` (.csv or .jsonl) plus its errors file.
@@ -465,6 +467,7 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
         class_names, part_names: labels for the outputs (defaults: "class_<i>", CUB part names).
         options: batch, workers, top-k, resume, save_vis.
         model_id: identifies the model in the journal; resuming with another model is refused.
+        visibility_threshold: ``--save-vis`` draws parts scoring below it hollow (the model's calibrated value).
         on_start: called once with the number of images this run will process (after --resume skips).
         on_progress: called with the number of images finished after every batch.
 
@@ -489,7 +492,7 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
     if on_start:
         on_start(len(todo))
     writer = ResultWriter(journal, predictor.input_size, options.topk, class_names, part_names,
-                          options.save_vis, on_progress)
+                          options.save_vis, on_progress, visibility_threshold)
     start = time.perf_counter()
     launch = getattr(predictor, "launch", None)   # asynchronous predictors: keep one batch in flight
     collect: Any = getattr(predictor, "collect", None)

@@ -284,13 +284,14 @@ class ResultWriter:
 
     def __init__(self, journal: Journal, input_size: int, topk: int, class_names: Sequence[str] | None,
                  part_names: Sequence[str] | None, vis_dir: Path | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None, visibility_threshold: float = 0.5) -> None:
         self.journal = journal
         self.input_size = input_size
         self.topk = topk
         self.class_names = list(class_names or [])
         self.part_names = list(part_names or [])
         self.vis_dir = vis_dir
+        self.visibility_threshold = visibility_threshold
         self.on_progress = on_progress
         self.errors: list[tuple[str, str]] = []   # (path, reason) of this run's failures
         self.attempted = 0                         # images handled (scored or failed)
@@ -345,18 +346,20 @@ class ResultWriter:
         self.errors += [(f["path"], f["error"]) for f in failures]
         self.attempted += len(items)
         if self.vis_dir is not None and good:
-            save_visualisations(good, records, self.vis_dir)
+            save_visualisations(good, records, self.vis_dir, self.visibility_threshold)
         if self.on_progress:
             self.on_progress(len(items))
 
 
-def save_visualisations(items: Sequence[Any], records: Sequence[dict[str, Any]], folder: Path) -> None:
-    """Draw keypoints (hollow when score < 0.5), part names and the top-1 class; write ``folder/<name>.png``."""
+def save_visualisations(items: Sequence[Any], records: Sequence[dict[str, Any]], folder: Path,
+                        visibility_threshold: float = 0.5) -> None:
+    """Draw keypoints (hollow when the score is below the model's visibility threshold), part names and the
+    top-1 class; write ``folder/<name>.png``."""
     from fgdeploy.visualize import draw_caption, draw_keypoints, save_image
 
     for item, rec in zip(items, records):
         kps = np.array([[k["x"], k["y"]] for k in rec["keypoints"]], dtype=np.float64)
-        hollow = np.array([k["score"] < 0.5 for k in rec["keypoints"]])
+        hollow = np.array([k["score"] < visibility_threshold for k in rec["keypoints"]])
         canvas = draw_keypoints(item.original, kps, part_names=[k["part"] for k in rec["keypoints"]],
                                 labels=True, hollow=hollow)
         canvas = draw_caption(canvas, f"{rec['top'][0]['class']}  p={rec['top'][0]['prob']:.2f}")

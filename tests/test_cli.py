@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from fgdeploy import __version__
@@ -27,3 +28,72 @@ def test_cli_help_does_not_import_tensorrt_or_onnxruntime():
             "print(','.join(m for m in ('tensorrt', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------------------------------
+# user errors: a one-line message and an exit code, never a traceback
+@pytest.mark.parametrize("command", [["infer", "imgs", "--model", "m.pt"], ["eval", "m.pt"],
+                                     ["bench", "--model", "m.pt"], ["train"], ["demo"],
+                                     ["parity", "--ref", "torch:m.pt", "--test", "onnx:m.onnx"]])
+def test_cli_bad_device_is_a_usage_error_naming_the_choices(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.pt").write_bytes(b"x")
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    result = CliRunner().invoke(cli, [*command, "--device", "gpu"])
+    assert result.exit_code == 2, result.output
+    assert "'gpu' is not a device; use" in result.output and "cuda:N" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_cli_parity_device_has_no_auto(tmp_path):
+    result = CliRunner().invoke(cli, ["parity", "--ref", "torch:a", "--test", "onnx:b", "--device", "auto"])
+    assert result.exit_code == 2 and "use cpu, cuda or cuda:N" in result.output
+
+
+def test_cli_output_under_a_file_is_one_line_error_with_the_path(tmp_path):
+    (tmp_path / "notdir").write_text("a file, not a folder")
+    result = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "notdir" / "set"), "--classes", "2",
+                                      "--images-per-class", "1", "--size", "64"])
+    assert result.exit_code == 1, result.output
+    assert str(tmp_path / "notdir") in result.output and "Traceback" not in result.output
+    assert "check that the path" in result.output
+    assert not isinstance(result.exception, OSError)   # turned into a ClickException, not raised
+
+
+def test_cli_describe_os_error_names_both_paths_and_what_failed():
+    from fgdeploy.cli import _describe_os_error
+
+    message = _describe_os_error(FileExistsError(17, "File exists", "/runs/notdir"))
+    assert message.startswith("/runs/notdir: File exists; check that the path")
+    assert "traceback" in _describe_os_error(OSError("disk on fire"))
+
+
+def test_cli_infer_results_file_must_be_csv_or_jsonl(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["infer", str(tmp_path), "--model", str(tmp_path / "m.pt"),
+                                      "--out", str(tmp_path / "r.txt")])
+    assert result.exit_code == 2 and "name the results file .csv or .jsonl" in result.output
+
+
+@pytest.mark.parametrize("command", [["infer", "imgs", "--model", "m.onnx", "--compile", "default"],
+                                     ["bench", "--model", "m.onnx", "--channels-last"]])
+def test_cli_torch_only_flags_with_only_onnx_models_are_usage_errors(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 2, result.output
+    assert "for the torch backend" in result.output or "for torch models" in result.output
+
+
+def test_cli_export_opset_out_of_range_is_a_usage_error(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "m.pt"), "-o", str(tmp_path / "m.onnx"),
+                                      "--opset", "12"])
+    assert result.exit_code == 2 and "18<=x<=21" in result.output.replace(" ", "")
+
+
+def test_compile_choices_of_the_cli_are_the_fast_path_modes():
+    from fgdeploy.commands.options import COMPILE_CHOICES
+    from fgdeploy.fastpath import COMPILE_MODES
+
+    assert COMPILE_CHOICES == COMPILE_MODES

@@ -789,3 +789,21 @@ def test_default_workers_use_every_core_only_for_a_gpu_model(monkeypatch):
     assert RunnerPredictor(FakeRunner()).on_gpu
     FakeRunner.device = "cpu"
     assert not RunnerPredictor(FakeRunner()).on_gpu
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_open_predictor_carries_the_models_visibility_threshold(tmp_path, backend):
+    """--save-vis draws parts below the model's calibrated threshold hollow: it comes from the checkpoint
+    config, or from the ONNX metadata's model_config."""
+    import dataclasses
+
+    from fgdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from fgdeploy.infer import open_predictor
+
+    model, meta = load_checkpoint(_tiny_checkpoint(tmp_path / "t.pt"))
+    model.config = dataclasses.replace(model.config, visibility_threshold=0.37)
+    meta = dataclasses.replace(meta, model_config={**meta.model_config, "visibility_threshold": 0.37})
+    save_checkpoint(tmp_path / "cal.pt", model, meta)
+    model_file, _ = _direct_model(backend, tmp_path / "cal.pt", tmp_path)
+    with open_predictor(model_file, device="cpu") as loaded:
+        assert loaded.visibility_threshold == pytest.approx(0.37)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.infer import BACKEND_CHOICES, COMPILE_CHOICES
+from fgdeploy.commands.options import BACKEND_CHOICES, device_option, fast_path_options, torch_only_flags
 
 
 def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -25,7 +25,7 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int
               help="Checkpoint, .onnx or .engine; repeat to compare backends (e.g. --model m.pt --model m.onnx).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Runtime for every --model; auto picks it from each file's suffix.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+@device_option("auto")
 @click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
 @click.option("--batch", "batches", default="1,8,32,64", show_default=True, callback=_batches,
               help="Batch sizes, comma-separated.")
@@ -36,11 +36,7 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Decode threads (end-to-end).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results and the environment as JSON here.")
-@click.option("--channels-last", is_flag=True, help="torch: NHWC memory format.")
-@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default="none", show_default=True,
-              help="torch: torch.compile mode.")
-@click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: capture and replay CUDA graphs.")
-@click.option("--fuse-conv-relu", is_flag=True, help="torch: as `fgdeploy infer --fuse-conv-relu`.")
+@fast_path_options
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
 @click.option("--fast-decode", is_flag=True, help="End-to-end: as `fgdeploy infer --fast-decode`.")
 def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batches: list[int], iters: int,
@@ -52,10 +48,15 @@ def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batc
     Model-only numbers time the runner call on a batch in host memory (host<->device copies
     included, decoding not); on a GPU, CUDA events time each call. With --images, the whole
     `fgdeploy infer` pipeline is timed too, at the largest batch size. Prints a table; --json saves it.
+    The torch flags (--channels-last, --compile, ...) apply to the checkpoints among the models.
     """
     from fgdeploy.bench import bench_end_to_end, bench_model, render_table, write_json
     from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import open_predictor
+    from fgdeploy.infer import open_predictor, resolve_backend
+
+    flags = torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)
+    if flags and all(resolve_backend(m, backend) != "torch" for m in models):
+        raise click.UsageError(f"{', '.join(flags)}: for torch models (checkpoints); no --model here runs on torch")
 
     fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
                            conv_relu=fuse_conv_relu)

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
+from fgdeploy.commands.options import device_option
+
 
 @click.command("demo", short_help="synth data -> train -> export -> infer -> parity -> bench, one table.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
               show_default=True, help="Run folder; rerunning with the same folder skips finished steps.")
 @click.option("--quick", is_flag=True, help="Tiny data and 1 epoch per stage: a smoke run of about a minute.")
 @click.option("--config", default="demo", show_default=True, help="Model config name (models/) or YAML path.")
-@click.option("--device", default="auto", show_default=True, help="Training/eval device: auto, cpu, cuda.")
+@device_option("auto", what="Training/eval device: ")
 @click.option("--epochs", type=click.IntRange(0), default=None, help="Epochs of every training stage.")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Infer/parity/bench batch.")
 @click.pass_context

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from fgdeploy.commands.options import device_option
+
 
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -14,7 +16,7 @@ import click
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for eval.json and eval_grid.png. Default: <checkpoint folder>/eval-<split>.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@device_option("auto")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.pass_context
 def command(ctx: click.Context, checkpoint: Path, data: Path | None, split: str, out: Path | None, device: str,

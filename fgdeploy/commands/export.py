@@ -28,7 +28,8 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
               help="Fixed batch size N, or 'dynamic' (1..--max-batch).")
 @click.option("--max-batch", type=click.IntRange(min=2), default=64, show_default=True,
               help="Upper bound of the dynamic batch dimension.")
-@click.option("--opset", type=int, default=18, show_default=True, help="Default-domain ONNX opset (18..21).")
+@click.option("--opset", type=click.IntRange(18, 21), default=18, show_default=True,
+              help="Default-domain ONNX opset (18..21).")
 @click.option("--heatmaps", is_flag=True, help="Also output the (N, P, Hh, Wh) heatmap logits.")
 @click.option("--engine", is_flag=True,
               help="Also build a TensorRT engine (OUT with .engine, plus a .json sidecar) with the fgdeploy plugin; "

@@ -7,8 +7,13 @@ from typing import Any
 
 import click
 
-BACKEND_CHOICES = ("auto", "torch", "ort", "trt")
-COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from fgdeploy.commands.options import BACKEND_CHOICES, device_option, fast_path_options, torch_only_flags
+
+
+def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    if value.suffix.lower() not in (".csv", ".jsonl"):
+        raise click.BadParameter(f"{value}: name the results file .csv or .jsonl", ctx, param)
+    return value
 
 
 @click.command("infer", short_help="Classify images and locate their parts (CSV/JSONL out).")
@@ -17,25 +22,20 @@ COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-au
               help="Checkpoint (.pt, torch backend), ONNX (.onnx, ort) or TensorRT engine (.engine, trt).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Runtime; auto picks it from the model file's suffix.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+@device_option("auto")
 @click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Images per model call.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
               help="Decode threads; 0 = every CPU core when the model runs on a GPU, else min(8, CPU count).")
 @click.option("--topk", type=click.IntRange(1), default=5, show_default=True, help="Classes written per image.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.csv"),
-              show_default=True, help="Results file: .csv (one row per image) or .jsonl (one object per line).")
+              show_default=True, callback=_results_suffix,
+              help="Results file: .csv (one row per image) or .jsonl (one object per line).")
 @click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for copies of the images with keypoints, part names and top-1 class drawn.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial.jsonl) or extend a "
               "finished OUT; images already scored are skipped.")
-@click.option("--channels-last", is_flag=True, help="torch: NHWC memory format.")
-@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default="none", show_default=True,
-              help="torch: torch.compile mode.")
-@click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: capture and replay CUDA graphs.")
-@click.option("--fuse-conv-relu", is_flag=True,
-              help="torch on CUDA: cuDNN conv with fused bias+ReLU (fastest measured path with --fp16 "
-                   "--channels-last --compile default --cuda-graphs).")
+@fast_path_options
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
 @click.option("--fast-decode", is_flag=True,
               help="JPEGs at least twice the model input: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), "
@@ -74,9 +74,8 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     )
 
     kind = resolve_backend(model, backend)
-    if kind != "torch" and (channels_last or compile_mode != "none" or cuda_graphs or fuse_conv_relu):
-        raise click.UsageError(
-            f"--channels-last/--compile/--cuda-graphs/--fuse-conv-relu apply to the torch backend, not {kind}")
+    if kind != "torch" and (flags := torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)):
+        raise click.UsageError(f"{', '.join(flags)}: for the torch backend (a checkpoint), not {kind}")
     paths = discover_images(images)
     fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
                            conv_relu=fuse_conv_relu)
@@ -87,6 +86,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
         with _progress_bar(ctx, len(paths)) as bar:
             report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
                                    part_names=loaded.part_names, options=options,
+                                   visibility_threshold=loaded.visibility_threshold,
                                    model_id=model_identity(model), on_start=bar.reset,
                                    on_progress=bar.update)
     click.echo("\n".join(report.summary_lines()))

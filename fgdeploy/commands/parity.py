@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from fgdeploy.commands.options import device_option
+
 
 def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str]:
     """'kind:path' -> (kind, path); kinds are the backend names (torch, onnx/ort, trt)."""
@@ -30,7 +32,7 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write JSON here.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance (default by precision).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance (default by precision).")
-@click.option("--device", default="cpu", show_default=True, help="Device of torch/trt runners: cpu, cuda, cuda:N.")
+@device_option("cpu", allow_auto=False, what="Device of torch/trt runners: ")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma separated (cpu, cuda, tensorrt).")
 @click.option("--ref-fp16", is_flag=True, help="Run a torch reference in fp16.")
 @click.option("--test-fp16", is_flag=True, help="Run a torch runner under test in fp16 (ONNX carries its own).")

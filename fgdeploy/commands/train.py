@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from fgdeploy.commands.options import device_option
+
 
 @click.command("train")
 @click.option("--config", "config", default="demo", show_default=True,
@@ -18,7 +20,7 @@ import click
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Epochs of every stage.")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0), default=None, help="Base learning rate of every stage.")
-@click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N.")
+@device_option(None, what="Default auto; ")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where last.pt left it.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Backbone weights file, or an fgdeploy checkpoint to start from (e.g. a stage-2 run).")

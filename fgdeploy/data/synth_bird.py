@@ -107,10 +107,6 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def _darker(colour: Colour, factor: float = 0.55) -> Colour:
-    return (int(colour[0] * factor), int(colour[1] * factor), int(colour[2] * factor))
-
-
 class _Builder:
     """Builds the components of one bird; world coordinates are y up, projected to screen y down."""
 

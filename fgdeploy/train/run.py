@@ -112,7 +112,7 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
                              weights=str(pretrained) if pretrained is not None and start is None else None)
         initial = weights if weights is not None else start
         if initial is not None:
-            _load_weights(model, initial, opts.pretrained or out / "last.pt")
+            _load_weights(model, initial, out / "last.pt" if weights is not None else opts.pretrained)
         model.to(device)
         if tcfg.channels_last and device.type == "cuda":
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -182,11 +182,14 @@ def _synth_data(opts: TrainOptions, out: Path, info: Any, seed: int) -> Path:
 
 def _initial_weights(path: Path) -> dict[str, Any] | None:
     """State dict of an fgdeploy checkpoint given as --pretrained, or None for plain backbone weights."""
-    from fgdeploy.checkpoint import is_fgdeploy_checkpoint, read_checkpoint
+    from fgdeploy.checkpoint import read_checkpoint
 
     if not Path(path).is_file():
         raise ConfigError(f"--pretrained {path}: file not found")
-    return read_checkpoint(path).state_dict if is_fgdeploy_checkpoint(path) else None
+    try:
+        return read_checkpoint(path).state_dict   # read (and hashed) once
+    except CheckpointError:   # not an fgdeploy checkpoint: torchvision-format backbone weights
+        return None
 
 
 def _load_weights(model: Any, state_dict: dict[str, Any], source: Path) -> None:

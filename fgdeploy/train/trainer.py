@@ -164,7 +164,8 @@ def validate(model: nn.Module, data: TrainData, device: torch.device, info: D.Di
     shard = D.shard_indices(data.val_indices, info, pad=False)
     preds = predict(D.unwrap(model), data.eval_dataset, shard, device, batch_size=data.eval_batch_size, amp=amp)
     preds = preds.merge(D.all_gather_objects(preds))
-    return compute_metrics(preds, data.class_names, data.part_names).summary()
+    threshold = D.unwrap(model).config.visibility_threshold
+    return compute_metrics(preds, data.class_names, data.part_names, visibility_threshold=threshold).summary()
 
 
 def calibrate_visibility(net: Any, data: TrainData, device: torch.device, info: D.DistInfo, amp: bool) -> float | None:

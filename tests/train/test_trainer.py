@@ -127,6 +127,20 @@ def test_train_cli_writes_run_folder_and_eval_cli_reports(tiny_data, tmp_path):
     assert report["num_images"] > 0 and set(report["pck"]) == {"pck@0.02", "pck@0.05", "pck@0.08", "pck@0.1"}
     assert (tmp_path / "ev" / "eval_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # eval judges visibility with the checkpoint's (calibrated) threshold: at 0.001 every part is called
+    # visible, at 0.999 none, so the two visibility accuracies are the visible and hidden shares (sum 1)
+    from fgdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from fgdeploy.evaluate import evaluate_checkpoint
+
+    accuracy = []
+    for threshold in (0.001, 0.999):
+        model, meta = load_checkpoint(out / "best.pt")
+        model.config = dataclasses.replace(model.config, visibility_threshold=threshold)
+        meta = dataclasses.replace(meta, model_config={**meta.model_config, "visibility_threshold": threshold})
+        save_checkpoint(tmp_path / f"t{threshold}.pt", model, meta)
+        accuracy.append(evaluate_checkpoint(tmp_path / f"t{threshold}.pt", tiny_data).result.visibility_acc)
+    assert 0 < accuracy[0] < 1 and accuracy[0] + accuracy[1] == pytest.approx(1.0)
+
 
 def test_train_cli_resume_needs_a_last_checkpoint(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--config", "demo", "--out", str(tmp_path / "none"), "--resume"])
