@@ -142,7 +142,7 @@ def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None) -> tuple
     except OSError as exc:
         raise ImageError(f"{path}: cannot read image file ({exc.strerror or type(exc).__name__})") from exc
     if size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
+        raise ImageError(f"{path}: empty file (0 bytes); replace or remove it")
     truncated = ImageError(f"{path}: truncated JPEG ({size} bytes, no end-of-image marker)")
     try:
         if reduce_to is None:

@@ -48,8 +48,10 @@ def load_annotations(root: str | Path, check_files: bool = True, problems: Probl
     ann = parse_annotations(root, problems)
     if ann is not None and check_files:
         for line, rel in zip(ann.image_lines, ann.paths):
-            if not (root / "images" / rel).is_file():
-                problems.at(IMAGES, line, f"image file {root / 'images' / rel} does not exist")
+            image = root / "images" / rel
+            if not image.is_file():
+                what = "is a folder, not an image file" if image.is_dir() else "does not exist"
+                problems.at(IMAGES, line, f"image file {image} {what}")
     problems.raise_if_any()
     assert ann is not None  # no problems means parse_annotations returned annotations
     return ann

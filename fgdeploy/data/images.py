@@ -95,7 +95,7 @@ def read_image_reduced(path: str | Path, min_hw: tuple[int, int]) -> tuple[np.nd
     decoded = cv2.imdecode(data, _REDUCED_COLOR[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None or decoded.size == 0:
         raise ImageError(f"{path}: not a decodable image (jpeg, {data.size} bytes); the file is corrupt: "
-                         "replace it or remove it")
+                         "replace or remove it")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), info, factor
 
 
@@ -103,7 +103,7 @@ def _decode_full(data: np.ndarray, info: ImageInfo, path: str | Path) -> tuple[n
     decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.size == 0:
         raise ImageError(f"{path}: not a decodable image ({info.format}, {data.size} bytes); the file is "
-                         "corrupt or in an unsupported format: replace it or remove its line from images.txt")
+                         "corrupt or in an unsupported format: replace or remove it")
     rgb = _to_rgb_uint8(decoded, path)
     if info.width == 0:  # format without a header we parse: describe from the array
         info = ImageInfo(info.format, _mode_from_array(decoded), 8 * decoded.dtype.itemsize,
@@ -121,10 +121,13 @@ _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 
 
 def _read_bytes(path: str | Path) -> np.ndarray:
     try:
-        return np.fromfile(str(path), dtype=np.uint8)
+        data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ImageError(f"{path}: cannot read image file ({reason}); check the path and permissions") from exc
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes); replace or remove it")
+    return data
 
 
 def _to_rgb_uint8(image: np.ndarray, path: str | Path) -> np.ndarray:

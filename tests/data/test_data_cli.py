@@ -82,6 +82,25 @@ def test_check_fails_on_an_undecodable_image_naming_its_line(cub_root: Path) -> 
     assert f"{cub_root}/images.txt:2: {target}: not a decodable image" in result.output
 
 
+@pytest.mark.parametrize("decode", [True, False])
+def test_check_fails_on_an_empty_image_file_naming_its_line(cub_root: Path, decode: bool) -> None:
+    target = cub_root / "images" / "001.Black_footed_Albatross" / "Black_Footed_Albatross_0002_2.jpg"
+    target.write_bytes(b"")
+    result = CliRunner().invoke(cli, ["data", "check", str(cub_root), *([] if decode else ["--no-decode"])])
+    assert result.exit_code == 1, result.output
+    assert f"{cub_root}/images.txt:2: {target}: empty file (0 bytes)" in result.output
+    assert isinstance(result.exception, SystemExit)   # a reported problem, not a crash
+
+
+def test_check_names_a_folder_where_an_image_should_be(cub_root: Path) -> None:
+    target = cub_root / "images" / "001.Black_footed_Albatross" / "Black_Footed_Albatross_0002_2.jpg"
+    target.unlink()
+    target.mkdir()
+    result = CliRunner().invoke(cli, ["data", "check", str(cub_root)])
+    assert result.exit_code == 1 and f"images.txt:2: image file {target} is a folder, not an image file" in \
+        result.output
+
+
 def test_check_of_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
