@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fgdeploy.backends.base import image_input_spec
 from fgdeploy.errors import FgdeployError, ImageError
 from fgdeploy.infer_results import (
     Journal, ResultWriter, check_same_run, errors_path_for, key_of, read_results, read_run_record, render_outputs,
@@ -217,7 +218,7 @@ class RunnerPredictor:
     """A ``Runner`` behind the predictor interface: float input in [0, 1], NCHW, padded to a fixed batch."""
 
     def __init__(self, runner: Any, input_size: int | None = None) -> None:
-        spec = runner.input_specs()[INPUT_IMAGES]
+        spec = image_input_spec(runner)
         self.runner = runner
         self.dtype = np.dtype(spec.dtype)
         self.fixed_batch = spec.shape[0] if spec.shape[0] not in (-1, None) else None
@@ -240,7 +241,11 @@ class RunnerPredictor:
 
     def predict(self, prepared: np.ndarray, count: int) -> dict[str, np.ndarray]:
         outputs = self.runner.infer({INPUT_IMAGES: prepared})
-        return {k: np.asarray(outputs[k])[:count] for k in (OUTPUT_LOGITS, OUTPUT_KEYPOINTS, OUTPUT_KEYPOINT_SCORES)}
+        needed = (OUTPUT_LOGITS, OUTPUT_KEYPOINTS, OUTPUT_KEYPOINT_SCORES)
+        if missing := [k for k in needed if k not in outputs]:
+            raise FgdeployError(f"{self.runner.name}: the model has no output(s) {missing} (it has {sorted(outputs)}), "
+                                "so it is not an fgdeploy model; export one with `fgdeploy export`")
+        return {k: np.asarray(outputs[k])[:count] for k in needed}
 
 
 BACKEND_BY_SUFFIX = {".onnx": "ort", ".engine": "trt", ".plan": "trt", ".trt": "trt"}  # anything else: torch

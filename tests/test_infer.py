@@ -807,3 +807,28 @@ def test_open_predictor_carries_the_models_visibility_threshold(tmp_path, backen
     model_file, _ = _direct_model(backend, tmp_path / "cal.pt", tmp_path)
     with open_predictor(model_file, device="cpu") as loaded:
         assert loaded.visibility_threshold == pytest.approx(0.37)
+
+
+def test_cli_infer_with_an_onnx_model_that_is_not_an_fgdeploy_export_says_so(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10),
+              tmp_path / "relu.onnx")
+    images = make_mixed_folder(tmp_path / "imgs")
+    result = CliRunner().invoke(cli_group(), ["infer", str(images), "--model", str(tmp_path / "relu.onnx"),
+                                              "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 1 and "has no 'images' input (its inputs: ['x'])" in result.output, result.output
+    assert "fgdeploy export" in result.output and not (tmp_path / "r.csv.partial.jsonl").exists()
+
+
+def test_runner_predictor_names_missing_outputs():
+    with BrightSpotRunner() as runner:
+        predictor = RunnerPredictor(runner)
+        runner._infer = lambda feeds: {"logits": np.zeros((1, 3), np.float32)}
+        with pytest.raises(FgdeployError, match=r"no output\(s\) \['keypoints', 'keypoint_scores'\]"):
+            size = predictor.input_size
+            predictor.predict(predictor.prepare([np.zeros((size, size, 3), np.uint8)]), 1)

@@ -254,3 +254,53 @@ def test_batch_invariance_skipped_for_static_batch():
     report = run_parity(factory(pipeline, "ref"), factory(pipeline, "test", batch=4), source,
                         ParityConfig(batch_size=4))
     assert report and report.batch.passed is None and "static batch 4" in report.batch.note
+
+
+# --------------------------------------------------------------------------------------------
+# the CLI refuses to compare different models, or a model with another dataset's classes
+def _checkpoint(path, num_classes: int, size: int = 32):
+    import torch
+
+    from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
+    from fgdeploy.models import create_model, load_model_config, with_backbone_options
+
+    cfg = with_backbone_options(load_model_config("demo"), {"widths": [4, 8, 8, 16, 16], "depth": 1}, input_size=size)
+    torch.manual_seed(0)
+    save_checkpoint(path, create_model(cfg, num_classes), CheckpointMeta.for_config(cfg, [f"b{i}" for i in range(num_classes)]))
+    return path
+
+
+@pytest.mark.parametrize("test_classes, test_size, message", [
+    (3, 32, "--ref has 4 classes and --test 3: they are not the same model"),
+    (4, 48, "--ref takes 32 px images but --test 48 px"),
+])
+def test_cli_parity_of_two_different_models_is_a_clear_error(tmp_path, test_classes, test_size, message):
+    from click.testing import CliRunner
+
+    from fgdeploy.cli import cli
+
+    ref = _checkpoint(tmp_path / "a.pt", 4)
+    test = _checkpoint(tmp_path / "b.pt", test_classes, test_size)
+    result = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ref}", "--test", f"torch:{test}", "--n", "2"])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_cli_parity_refuses_a_dataset_with_other_classes(tmp_path):
+    from click.testing import CliRunner
+
+    from fgdeploy.cli import cli
+    from fgdeploy.data.synthetic import generate_synth_birds
+
+    data = generate_synth_birds(tmp_path / "birds", classes=3, images_per_class=2, size=64, seed=0)
+    ckpt = _checkpoint(tmp_path / "a.pt", 4)
+    result = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"torch:{ckpt}",
+                                      "--data", str(data)])
+    assert result.exit_code == 1 and "its 3 classes differ from the 4 the models were trained on" in result.output
+
+
+def test_compare_output_of_different_shapes_says_the_models_differ():
+    from fgdeploy.errors import FgdeployError
+
+    with pytest.raises(FgdeployError, match="not the same model"):
+        compare_output("logits", np.zeros((2, 4)), np.zeros((2, 3)), Tolerance(1e-5, 1e-5))

@@ -137,3 +137,18 @@ class Runner(abc.ABC):
 
     def _metadata(self) -> dict[str, Any]:
         return {}
+
+
+def image_input_spec(runner: Runner) -> TensorSpec:
+    """The ``images`` input of an fgdeploy model (active ``runner``).
+
+    Raises:
+        RunnerError: the artifact has no such input: it is not an fgdeploy export (names its inputs).
+    """
+    from fgdeploy.tensors import INPUT_IMAGES
+
+    specs = runner.input_specs()
+    if INPUT_IMAGES not in specs:
+        raise RunnerError(f"{runner.name}: the model has no {INPUT_IMAGES!r} input (its inputs: {sorted(specs)}), so "
+                          "it is not an fgdeploy model; export one with `fgdeploy export CKPT -o model.onnx`")
+    return specs[INPUT_IMAGES]

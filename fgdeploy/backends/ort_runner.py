@@ -103,7 +103,8 @@ class OrtRunner(Runner):
         if missing:
             raise BackendUnavailable(
                 f"ONNX Runtime execution provider(s) {missing} are not installed; available providers are: "
-                f"{installed}. Install onnxruntime-gpu for CUDA/TensorRT, or use --providers cpu."
+                f"{installed}. Install onnxruntime-gpu for CUDA/TensorRT, or run on the CPU (--device cpu; "
+                f"`fgdeploy parity`: --providers cpu)."
             )
         model_bytes = self._load_bytes()
         options = ort.SessionOptions()

@@ -30,8 +30,8 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
               help="Images to compare (spread over the split). Default: 500 with --data, 32 random.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch size.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write JSON here.")
-@click.option("--atol", type=float, default=None, help="Absolute tolerance (default by precision).")
-@click.option("--rtol", type=float, default=None, help="Relative tolerance (default by precision).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, help="Absolute tolerance (default by precision).")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Relative tolerance (default by precision).")
 @device_option("cpu", allow_auto=False, what="Device of torch/trt runners: ")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma separated (cpu, cuda, tensorrt).")
 @click.option("--ref-fp16", is_flag=True, help="Run a torch reference in fp16.")
@@ -47,10 +47,12 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
 
     ref = _factory(ref_spec, device, providers, ref_fp16)
     test = _factory(test_spec, device, providers, test_fp16)
-    with test(False) as runner:  # the input size of the artifact under test
-        size = int(runner.metadata().get("input_size") or runner.input_specs()["images"].shape[-1])
+    size, classes = _same_model(_signature(ref), _signature(test))
     source = (DatasetImages(data, split, size, count or 500) if data is not None
               else RandomImages(count or 32, size, seed))
+    if data is not None and classes and list(source.class_names) != classes:
+        raise click.ClickException(f"{data}: its {len(source.class_names)} classes differ from the {len(classes)} "
+                                   "the models were trained on; check parity on the same dataset")
     quiet = bool((ctx.obj or {}).get("quiet"))
     result = run_parity(ref, test, source, ParityConfig(batch_size=batch, atol=atol, rtol=rtol),
                         progress=_progress(2 * len(source), quiet))
@@ -59,6 +61,28 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
         result.dump(report)
         click.echo(f"wrote {report}")
     ctx.exit(0 if result else 1)
+
+
+def _signature(make: Any) -> tuple[int, list[str]]:
+    """(input size, class names) a runner's artifact records (names may be empty)."""
+    from fgdeploy.backends.base import image_input_spec
+
+    with make(False) as runner:
+        spec = image_input_spec(runner)
+        meta = runner.metadata()
+        return int(meta.get("input_size") or spec.shape[-1]), list(meta.get("class_names") or [])
+
+
+def _same_model(ref: tuple[int, list[str]], test: tuple[int, list[str]]) -> tuple[int, list[str]]:
+    """The common (input size, class names); a clear error when --ref and --test are different models."""
+    if ref[0] != test[0]:
+        raise click.ClickException(f"--ref takes {ref[0]} px images but --test {test[0]} px: they are not the same "
+                                   "model; compare a checkpoint with its own export")
+    if ref[1] and test[1] and ref[1] != test[1]:
+        raise click.ClickException(f"--ref has {len(ref[1])} classes and --test {len(test[1])}"
+                                   f"{'' if len(ref[1]) != len(test[1]) else ' (other names)'}: they are not the "
+                                   "same model; compare a checkpoint with its own export")
+    return test[0], test[1] or ref[1]
 
 
 def _factory(spec: tuple[str, str], device: str, providers: str | None, fp16: bool) -> Any:

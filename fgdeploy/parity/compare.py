@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fgdeploy.errors import FgdeployError
 from fgdeploy.geometry import point_to_cell
 from fgdeploy.parity.report import (
     PCK_ALPHA, BatchInvariance, Check, ClassFlip, GroundTruth, KeypointFlip, OutputComparison, TaskComparison,
@@ -26,7 +27,8 @@ def compare_output(name: str, ref: np.ndarray, test: np.ndarray, tol: Tolerance,
     r = np.asarray(ref, dtype=np.float64)
     t = np.asarray(test, dtype=np.float64)
     if r.shape != t.shape:
-        raise ValueError(f"output {name}: shapes differ, ref {r.shape} vs test {t.shape}")
+        raise FgdeployError(f"output {name}: shapes differ, ref {r.shape} vs test {t.shape}: the two are not the "
+                            "same model (parity compares artifacts of one checkpoint, e.g. the .pt and its export)")
     n = r.shape[0] if r.ndim else 1
     d = np.abs(t - r).reshape(n, -1)
     mag = np.abs(r).reshape(n, -1)
