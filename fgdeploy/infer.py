@@ -38,8 +38,8 @@ import numpy as np
 from fgdeploy.backends.base import image_input_spec
 from fgdeploy.errors import FgdeployError, ImageError
 from fgdeploy.infer_results import (
-    Journal, ResultWriter, check_same_run, errors_path_for, key_of, read_results, read_run_record, render_outputs,
-    run_record_path,
+    Journal, ResultWriter, check_same_run, errors_path_for, key_of, read_errors, read_results, read_run_record,
+    render_outputs, run_record_path,
 )
 from fgdeploy.tensors import (
     INPUT_IMAGES, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES,
@@ -360,10 +360,11 @@ class InferReport:
         return EXIT_ALL_FAILED if self.attempted and len(self.errors) == self.attempted else EXIT_OK
 
     def summary_lines(self, max_errors: int = 10) -> list[str]:
-        lines = [f"scored {self.scored}/{self.total} images ({self.skipped} from a previous run), "
-                 f"failed {self.failed}; {self.attempted} this run in {self.seconds:.1f} s "
+        scored_here = self.skipped + self.attempted - len(self.errors)   # of the images given to this run
+        lines = [f"scored {scored_here}/{self.total} images ({self.skipped} from a previous run), "
+                 f"failed {len(self.errors)}; {self.attempted} this run in {self.seconds:.1f} s "
                  f"= {self.images_per_s:.1f} img/s",
-                 f"results: {self.out}", f"errors:  {self.errors_file}"]
+                 f"results: {self.out} ({self.scored} images)", f"errors:  {self.errors_file} ({self.failed} images)"]
         lines += [f"images with keypoints: {self.vis_dir}"] if self.vis_dir else []
         lines += [f"  {p}: {r}" for p, r in self.errors[:max_errors]]
         lines += [f"  ... and {len(self.errors) - max_errors} more"] if len(self.errors) > max_errors else []
@@ -539,11 +540,12 @@ def _open_journal(journal: Journal, header: dict[str, Any], out: Path, resume: b
         scored, _ = journal.reopen(header)
         return scored
     previous: list[dict[str, Any]] = []
-    if resume and out.exists():   # a finished run: keep its results, score only new images
+    failures: list[dict[str, str]] = []
+    if resume and out.exists():   # a finished run: keep its results (and errors), score only new images
         check_same_run(run_record_path(out), read_run_record(out), header)
-        previous = read_results(out)
+        previous, failures = read_results(out), read_errors(errors_path_for(out))
     journal.start(header)
-    journal.append(previous)
+    journal.append(previous + failures)   # a failed image is tried again if it is given again
     return {key_of(r["path"], header["cwd"]) for r in previous}
 
 

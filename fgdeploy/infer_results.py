@@ -86,14 +86,14 @@ class Journal:
         end = data.rfind(b"\n") + 1
         if end < len(data):
             logger.info("%s: dropping a torn last line (%d bytes)", self.path, len(data) - end)
-        lines = data[:end].decode("utf-8").splitlines()
-        old = json.loads(lines[0]) if lines else {}
+        lines = data[:end].decode("utf-8", errors="replace").splitlines()
+        old = self._parse(lines[0], 1) if lines else {}
         check_same_run(self.path, old, header)
         cwd = header["cwd"]
         scored: set[str] = set()
         failed: dict[str, str] = {}
-        for line in lines[1:]:
-            rec = json.loads(line)
+        for number, line in enumerate(lines[1:], 2):
+            rec = self._parse(line, number)
             key = key_of(rec["path"], cwd)
             if "error" in rec:
                 failed[key] = rec["error"]
@@ -103,6 +103,16 @@ class Journal:
         self._file.truncate(end)
         self._file.seek(end)
         return scored, failed
+
+    def _parse(self, line: str, number: int) -> dict[str, Any]:
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            rec = exc
+        if not isinstance(rec, dict) or (number > 1 and "path" not in rec):
+            raise FgdeployError(f"{self.path}:{number}: damaged journal line ({str(rec)[:80]}); delete the journal "
+                                "to start over (or fix that line)")
+        return rec
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Write records as one block, then flush and fsync so they survive a kill."""
@@ -256,6 +266,15 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         raise FgdeployError(f"{path}:{line}: not a results file written by fgdeploy infer ({exc}); write to a new "
                             "--out, or delete it to start over") from None
+
+
+def read_errors(path: Path) -> list[dict[str, str]]:
+    """The ``{"path", "error"}`` records of an errors file (none if it is missing)."""
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    return [{"path": row[0], "error": row[1]} for row in rows[1:] if len(row) >= 2]
 
 
 def _json_record(text: str) -> dict[str, Any]:

@@ -832,3 +832,23 @@ def test_runner_predictor_names_missing_outputs():
         with pytest.raises(FgdeployError, match=r"no output\(s\) \['keypoints', 'keypoint_scores'\]"):
             size = predictor.input_size
             predictor.predict(predictor.prepare([np.zeros((size, size, 3), np.uint8)]), 1)
+
+
+@pytest.mark.parametrize("line", ['{"bad json', '[1, 2]'])
+def test_infer_resume_with_a_damaged_journal_names_its_line(tmp_path, line):
+    make_mixed_folder(tmp_path / "imgs")
+    (tmp_path / "out.csv.partial.jsonl").write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(FgdeployError, match=r"out.csv.partial.jsonl:1: damaged journal line"):
+        _run(discover_images(tmp_path / "imgs"), tmp_path / "out.csv", resume=True)
+
+
+def test_infer_extending_a_finished_run_keeps_earlier_errors_and_counts_this_runs_images(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    paths = discover_images(tmp_path / "imgs")
+    _run(paths, tmp_path / "out.csv")
+    good_only = [p for p in paths if Path(p).name in GOOD][:2]
+    report = _run(good_only, tmp_path / "out.csv", resume=True)   # a smaller list: nothing new, nothing lost
+    errors = list(csv.reader(open(tmp_path / "out.errors.csv", encoding="utf-8")))[1:]
+    assert len(errors) == len(BAD) and report.failed == len(BAD) and report.scored == len(GOOD)
+    assert report.summary_lines()[0].startswith("scored 2/2 images (2 from a previous run), failed 0")
+    assert f"({len(GOOD)} images)" in report.summary_lines()[1]
