@@ -128,13 +128,22 @@ def read_checkpoint(path: str | Path) -> CheckpointData:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file written by fgdeploy train")
+    use = "use a checkpoint written by fgdeploy train (runs/NAME/best.pt or last.pt)"
+    with open(path, "rb") as handle:
+        kind = _not_a_torch_file(path, handle.read(512))
+    if kind:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}); {use}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file can raise almost anything from the unpickler (IndexError seen)
-        raise CheckpointError(
-            f"{path} is not a loadable fgdeploy checkpoint (torch.load with weights_only=True failed: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "use a checkpoint written by fgdeploy train (runs/NAME/best.pt or last.pt)") from exc
+        text = str(exc)
+        if "unsupported global" in text.lower():   # the weights-only unpickler met a class or function
+            reason = "it holds objects other than tensors and plain data, which are not loaded for safety"
+        elif "Weights only load failed" in text:
+            reason = "torch.load failed: the data is corrupt or was not written by torch.save"
+        else:
+            reason = f"torch.load failed: {text.splitlines()[0][:200] if text else type(exc).__name__}"
+        raise CheckpointError(f"{path} is not a loadable fgdeploy checkpoint ({reason}); {use}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
@@ -154,6 +163,21 @@ def read_checkpoint(path: str | Path) -> CheckpointData:
     meta.sha256 = file_sha256(path)
     return CheckpointData(meta=meta, state_dict=payload.get("state_dict", {}),
                           extra_state=payload.get("extra_state", {}))
+
+
+def _not_a_torch_file(path: Path, head: bytes) -> str | None:
+    """What ``path`` looks like when it cannot be a ``torch.save`` file (a zip archive or a pickle), else None."""
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    if not head:
+        return "an empty file"
+    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":   # ONNX protobuf: field 1 (ir_version) first
+        return "it looks like an ONNX model; run those with `fgdeploy infer/bench --model` or parity onnx:PATH"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "unrecognised binary data; the file may be corrupt"
 
 
 def model_config_from_meta(meta: CheckpointMeta) -> Any:

@@ -82,14 +82,17 @@ def test_checkpoint_pickled_code_is_not_executed(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as fh:
         pickle.dump({"format": "fgdeploy-checkpoint", "x": _Evil()}, fh, protocol=2)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="objects other than tensors and plain data, which are not loaded"):
         read_checkpoint(path)
 
 
 def test_checkpoint_garbage_and_missing_files_raise_checkpoint_error(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(bytes(range(256)) * 2)  # fixed garbage (random bytes made the unpickler raise IndexError)
-    with pytest.raises(CheckpointError, match="not a loadable fgdeploy checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(unrecognised binary data"):
+        read_checkpoint(path)
+    path.write_bytes(b"\x80\x02" + bytes(range(256)))   # a pickle header, then garbage: the unpickler fails
+    with pytest.raises(CheckpointError, match="not a loadable fgdeploy checkpoint .torch.load failed"):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pt")
@@ -117,3 +120,25 @@ def test_load_checkpoint_rebuilds_the_model_with_equal_outputs(tmp_path):
     save_checkpoint(tmp_path / "wrong.pt", model, wrong)
     with pytest.raises(CheckpointError, match="do not match the model config"):
         load_checkpoint(tmp_path / "wrong.pt")
+
+
+@pytest.mark.parametrize("name, content, kind", [
+    ("model.onnx", b"\x08\x08\x12\x07pytorch", "it looks like an ONNX model"),
+    ("notes.pt", b"just some text\n", "a text file"),
+    ("empty.pt", b"", "an empty file"),
+])
+def test_checkpoint_error_says_what_the_file_looks_like(tmp_path, name, content, kind):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"is not a PyTorch checkpoint \\({kind}"):
+        read_checkpoint(tmp_path / name)
+
+
+def test_cli_eval_of_an_onnx_file_points_at_parity(tmp_path):
+    from click.testing import CliRunner
+
+    from fgdeploy.cli import cli
+
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08")
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "model.onnx")])
+    assert result.exit_code == 1 and "eval takes a .pt checkpoint" in result.output and "fgdeploy parity" in \
+        result.output

@@ -25,6 +25,9 @@ def command(ctx: click.Context, checkpoint: Path, data: Path | None, split: str,
     from fgdeploy.errors import ConfigError
     from fgdeploy.evaluate import default_data_for, evaluate_checkpoint
 
+    if data is None and checkpoint.suffix.lower() in (".onnx", ".engine", ".plan"):
+        raise ConfigError(f"{checkpoint}: eval takes a .pt checkpoint (written by fgdeploy train); check an export "
+                          f"against it with `fgdeploy parity --ref torch:CKPT --test onnx:{checkpoint} --data DIR`")
     data = data or default_data_for(checkpoint)
     if data is None:
         raise ConfigError(f"no --data given and no run config.yaml beside {checkpoint} names one; pass --data DIR")
