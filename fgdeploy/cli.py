@@ -55,7 +55,7 @@ def _describe_os_error(exc: OSError) -> str:
     paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
     what = exc.strerror or str(exc)
     if not paths:
-        return f"{what} (run with -vv for the traceback)"
+        return f"{what} (run with -v for the traceback)"
     return f"{paths}: {what}; check that the path and its parent folders exist, are the right kind " \
            f"(file or folder) and are writable"
 
@@ -66,7 +66,7 @@ def _command_module_exists(name: str) -> bool:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fgdeploy")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="Debug log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
@@ -74,7 +74,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
     Runs offline: with no data given, commands use a generated synth-birds set.
     """
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ctx.obj = {"quiet": quiet, "verbose": verbose}
 

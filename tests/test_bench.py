@@ -122,6 +122,15 @@ def test_cli_bench_rejects_bad_batch_list(tmp_path):
     assert result.exit_code == 2 and "positive batch sizes" in result.output
 
 
+def test_cli_bench_missing_images_folder_fails_before_timing_anything(tmp_path, monkeypatch):
+    import fgdeploy.bench as bench
+
+    monkeypatch.setattr(bench, "bench_model", lambda *a, **k: pytest.fail("timed a model before checking --images"))
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    result = CliRunner().invoke(cli, ["bench", "--model", str(ckpt), "--images", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and f"{tmp_path / 'nope'}" in result.output and "does not exist" in result.output
+
+
 def test_cli_bench_tiny_checkpoint_model_and_end_to_end_rows(tmp_path):
     import cv2
 

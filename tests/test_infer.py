@@ -852,3 +852,40 @@ def test_infer_extending_a_finished_run_keeps_earlier_errors_and_counts_this_run
     assert len(errors) == len(BAD) and report.failed == len(BAD) and report.scored == len(GOOD)
     assert report.summary_lines()[0].startswith("scored 2/2 images (2 from a previous run), failed 0")
     assert f"({len(GOOD)} images)" in report.summary_lines()[1]
+
+
+def test_cli_infer_ctrl_c_keeps_finished_batches_exits_130_and_resume_finishes(tmp_path, tiny_ckpt, monkeypatch):
+    import fgdeploy.infer_results as results
+
+    images = make_mixed_folder(tmp_path / "imgs")
+    out = tmp_path / "r.csv"
+    args = ["infer", str(images), "--model", str(tiny_ckpt), "--out", str(out), "--batch", "2", "--workers", "1"]
+    real, calls = results.Journal.append, []
+
+    def append_then_interrupt(self, records):
+        real(self, records)
+        calls.append(len(records))
+        if len(calls) == 3:   # header, two batches: then Ctrl-C
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.Journal, "append", append_then_interrupt)
+    result = CliRunner().invoke(cli_group(), args)
+    saved = sum(calls[1:])
+    assert result.exit_code == 130 and f"interrupted: {saved} images are saved" in result.output, result.output
+    assert "--resume" in result.output and not out.exists()
+    monkeypatch.setattr(results.Journal, "append", real)
+    result = CliRunner().invoke(cli_group(), args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    paths = [r["path"] for r in read_results(out)]
+    assert len(paths) == len(set(paths)) == len(GOOD)   # every good image once
+
+
+def test_cli_infer_topk_above_the_class_count_writes_every_class_once(tmp_path, tiny_ckpt):
+    images = make_mixed_folder(tmp_path / "imgs")
+    out = tmp_path / "r.csv"
+    result = CliRunner().invoke(cli_group(), ["infer", str(images), "--model", str(tiny_ckpt), "--out", str(out),
+                                              "--topk", "9"])
+    assert result.exit_code == 0 and "--topk 9: the model has 4 classes" in result.output, result.output
+    header = next(csv.reader(open(out, encoding="utf-8")))
+    assert sum(c.endswith("_label") for c in header) == 4
+    assert all(len(r["top"]) == 4 for r in read_results(out))

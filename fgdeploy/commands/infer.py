@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 
     IMAGES is a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case;
     other files are skipped), one image, a quoted glob ('shots/**/*.jpg') or a text file listing
-    paths. Each result has the top-k classes with probabilities and the 15 keypoints (x, y, score)
+    paths (one per line; relative ones are taken from the list file's folder). Each result has the top-k classes with probabilities and the 15 keypoints (x, y, score)
     in the original image's pixels (continuous: pixel k spans [k, k+1); stored pixel order, EXIF
     orientation not applied). Grayscale, palette, alpha, 16-bit and CMYK files are converted to RGB.
     Files that cannot be used (empty, truncated, not an image, unreadable) are listed with the
@@ -63,11 +65,14 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 
     \b
     Exit codes:
-      0  finished (some images may have failed: see the errors file)
-      1  error: model cannot be loaded, no images found, unfinished run without --resume
-      2  bad option
-      3  every image this run tried failed
+      0    finished (some images may have failed: see the errors file)
+      1    error: model cannot be loaded, no images found, unfinished run without --resume
+      2    bad option
+      3    every image this run tried failed
+      130  interrupted (Ctrl-C); what finished is kept: rerun with --resume
     """
+    from dataclasses import replace
+
     from fgdeploy.fastpath import FastPathOptions
     from fgdeploy.infer import (
         InferOptions, discover_images, model_identity, open_predictor, resolve_backend, run_inference,
@@ -83,7 +88,10 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
                            fast_decode=fast_decode)
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
         click.echo(f"{len(paths)} images, model {model} on {loaded.name}, batch {batch}", err=True)
-        with _progress_bar(ctx, len(paths)) as bar:
+        if loaded.class_names and topk > len(loaded.class_names):
+            click.echo(f"--topk {topk}: the model has {len(loaded.class_names)} classes; writing all of them", err=True)
+            options = replace(options, topk=len(loaded.class_names))
+        with _progress_bar(ctx, len(paths)) as bar, _resumable_on_interrupt(ctx, out):
             report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
                                    part_names=loaded.part_names, options=options,
                                    visibility_threshold=loaded.visibility_threshold,
@@ -91,6 +99,21 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
                                    on_progress=bar.update)
     click.echo("\n".join(report.summary_lines()))
     ctx.exit(report.exit_code)
+
+
+@contextlib.contextmanager
+def _resumable_on_interrupt(ctx: click.Context, out: Path) -> Iterator[None]:
+    """Ctrl-C: say how much is saved and how to go on, and exit 130 (as a shell does for SIGINT)."""
+    from fgdeploy.infer import JOURNAL_SUFFIX
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        journal = out.with_name(out.name + JOURNAL_SUFFIX)
+        saved = max(0, journal.read_text(encoding="utf-8").count("\n") - 1) if journal.exists() else 0
+        click.echo(f"\ninterrupted: {saved} images are saved in {journal}; rerun the same command with --resume "
+                   "to finish", err=True)
+        ctx.exit(130)
 
 
 def _progress_bar(ctx: click.Context, total: int) -> Any:
