@@ -35,14 +35,20 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
+    """Read a YAML mapping; errors name the file.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML, an empty file (it would silently mean "all defaults"),
+        or a top level that is not a mapping.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: empty config; write its keys as a YAML mapping (models/demo.yaml shows them) "
+                          "or give a config name such as 'demo'")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     return data

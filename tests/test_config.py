@@ -38,3 +38,28 @@ def test_config_nested_and_coerced():
 def test_config_wrong_type_is_reported():
     with pytest.raises(ConfigError, match=r"cfg.inner.window: expected int"):
         dataclass_from_dict(Outer, {"inner": {"window": "three"}}, "cfg")
+
+
+@pytest.mark.parametrize("text, match", [("", "empty config"), ("# only a comment\n", "empty config"),
+                                         ("- a\n- b\n", "expected a mapping")])
+def test_load_model_config_rejects_empty_or_non_mapping_yaml_naming_the_file(tmp_path, text, match):
+    from fgdeploy.models import load_model_config
+
+    path = tmp_path / "cfg_empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"cfg_empty\.yaml: {match}"):
+        load_model_config(path)
+
+
+def test_train_cli_empty_config_is_a_one_line_error(tmp_path):
+    from click.testing import CliRunner
+
+    from fgdeploy.cli import cli
+
+    path = tmp_path / "cfg_empty.yaml"
+    path.write_text("")
+    (tmp_path / "data").mkdir()  # an empty data folder: without the check, training fails fast on it instead
+    res = CliRunner().invoke(cli, ["train", "--config", str(path), "--data", str(tmp_path / "data"), "--out",
+                                   str(tmp_path / "run"), "--epochs", "1"])
+    assert res.exit_code == 1 and "cfg_empty.yaml: empty config" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
