@@ -77,3 +77,9 @@ def test_demo_quick_runs_every_step_then_resumes_without_redoing_them(tmp_path):
     assert second.exit_code == first.exit_code, second.output
     assert all(f"[{name}] done before, skipped" in second.output for name in STEPS)
     assert second.output[second.output.index("item "):] == table
+
+
+def test_demo_epochs_zero_is_a_usage_error(tmp_path):
+    res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"])
+    assert res.exit_code == 2 and "--epochs" in res.output, res.output
+    assert not (tmp_path / "demo").exists()

@@ -15,7 +15,7 @@ from fgdeploy.commands.options import device_option
 @click.option("--quick", is_flag=True, help="Tiny data and 1 epoch per stage: a smoke run of about a minute.")
 @click.option("--config", default="demo", show_default=True, help="Model config name (models/) or YAML path.")
 @device_option("auto", what="Training/eval device: ")
-@click.option("--epochs", type=click.IntRange(0), default=None, help="Epochs of every training stage.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs of every training stage (>= 1).")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Infer/parity/bench batch.")
 @click.pass_context
 def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str, epochs: int | None,

@@ -17,7 +17,7 @@ from fgdeploy.commands.options import device_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder (config.yaml, metrics.jsonl, last.pt, best.pt, train.log).")
 @click.option("--stage", default=None, help="1, 2, 3, 4, a range such as 3-4, or 'all' (default).")
-@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Epochs of every stage.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs of every stage (>= 1).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0), default=None, help="Base learning rate of every stage.")
 @device_option(None, what="Default auto; ")
@@ -43,4 +43,10 @@ def command(ctx: click.Context, config: str, data: Path | None, out: Path, stage
         return
     if result.last_metrics:
         click.echo(f"finished: {format_record(result.last_metrics)}")
-    click.echo(f"run folder: {result.out_dir} (best.pt, last.pt, metrics.jsonl, train.log)")
+    click.echo(f"run folder: {result.out_dir} ({', '.join(existing_run_files(result.out_dir)) or 'no files'})")
+
+
+def existing_run_files(out_dir: Path) -> list[str]:
+    """The run-folder files worth naming that exist (a run stopped before its first epoch has no checkpoints)."""
+    names = ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "train.log")
+    return [name for name in names if (Path(out_dir) / name).is_file()]

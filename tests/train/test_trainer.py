@@ -147,6 +147,28 @@ def test_train_cli_resume_needs_a_last_checkpoint(tmp_path):
     assert res.exit_code == 1 and "does not exist" in res.output
 
 
+def test_train_cli_epochs_zero_is_a_usage_error(tmp_path):
+    res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--epochs", "0"])
+    assert res.exit_code == 2 and "--epochs" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_names_only_the_run_files_that_exist(tmp_path, monkeypatch):
+    import fgdeploy.train.run as run_module
+    from fgdeploy.train.run import TrainResult
+
+    def no_epochs(opts):  # a run that ended before its first epoch: config.yaml and train.log only
+        opts.out.mkdir(parents=True)
+        for name in ("config.yaml", "train.log"):
+            (opts.out / name).write_text("x")
+        return TrainResult(out_dir=opts.out, state=None, data_root=tmp_path, last_metrics={})
+
+    monkeypatch.setattr(run_module, "run_training", no_epochs)
+    res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"run folder: {tmp_path / 'run'} (config.yaml, train.log)"
+
+
 class _ScoreStub(torch.nn.Module):
     """keypoint_scores = the first pixel row's red values (the samples encode visibility there)."""
 
