@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fgdeploy.errors import ConfigError
 from fgdeploy.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,12 @@ class DemoResult:
 
 
 def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) -> DemoResult:
-    """Run (or finish) the demo in ``options.out``; ``echo`` gets one line per step."""
+    """Run (or finish) the demo in ``options.out``; ``echo`` gets one line per step.
+
+    Raises:
+        ConfigError: before any step runs: a CUDA ``device`` this machine lacks.
+    """
+    _check_device(options.device)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
@@ -90,6 +96,21 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
         result.ran.append(name)
         _save_state(state_path, state)
     return result
+
+
+def _check_device(name: str) -> None:
+    """Refuse a CUDA device this machine lacks before any work (training would fail only after the data step)."""
+    if not name.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    index = torch.device(name).index or 0
+    if index >= count:
+        raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                          "pick one of them or use --device cpu")
 
 
 def _outputs_exist(step: Any) -> bool:

@@ -83,3 +83,13 @@ def test_demo_epochs_zero_is_a_usage_error(tmp_path):
     res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"])
     assert res.exit_code == 2 and "--epochs" in res.output, res.output
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_cli_refuses_a_missing_cuda_device_before_any_step(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--quick", "--device", "cuda"])
+    assert res.exit_code == 1 and "--device cuda: CUDA is not available" in res.output, res.output
+    assert "[data]" not in res.output and not out.exists()
