@@ -1,9 +1,11 @@
 """The end-to-end demo: synth-birds -> train -> eval -> export (fp32, fp16) -> infer -> parity -> bench.
 
 Runs on a fresh CPU-only machine with no data. Every step records its result in
-``OUT/demo_state.json``; a rerun skips steps whose result and files are there (training that was
-interrupted continues from ``last.pt``), so a killed demo picks up where it stopped. Delete the
-folder to start over. ``summary_table`` renders one table: accuracy, PCK, parity verdicts and
+``OUT/demo_state.json``, together with the settings that determine the results (every ``DemoOptions``
+field but ``out`` and ``device``, plus the config file's sha256). A rerun with the same settings skips
+steps whose result and files are there (training that was interrupted continues from ``last.pt``), so a
+killed demo picks up where it stopped; a rerun with other settings is refused. Delete the folder to start
+over. ``summary_table`` renders one table: accuracy, PCK, parity verdicts and
 throughput per backend.
 """
 
@@ -12,17 +14,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fgdeploy.errors import ConfigError
-from fgdeploy.fileio import atomic_write_json
+from fgdeploy.fileio import atomic_write_json, file_sha256
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "demo_state.json"
 STEPS: tuple[str, ...] = ("data", "train", "eval", "export", "infer", "parity", "bench")
+NOT_SETTINGS = ("out", "device")  # where the demo runs and on what: the results do not depend on them
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,16 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
     """Run (or finish) the demo in ``options.out``; ``echo`` gets one line per step.
 
     Raises:
-        ConfigError: before any step runs: a CUDA ``device`` this machine lacks.
+        ConfigError: before any step runs: a CUDA ``device`` this machine lacks, a bad ``config``, or an
+        ``out`` whose state file records other settings (or none).
     """
     _check_device(options.device)
+    settings = demo_settings(options)
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
-    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    state = _load_steps(state_path, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_state(state_path, settings, state)  # the settings are claimed before the first step writes anything
     result = DemoResult(out, steps=state)
     sizes = options.resolved()
     actions: dict[str, Callable[[], Any]] = {
@@ -94,8 +100,23 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
         echo(f"[{name}] running")
         state[name] = actions[name]()
         result.ran.append(name)
-        _save_state(state_path, state)
+        _save_state(state_path, settings, state)
     return result
+
+
+def demo_settings(options: DemoOptions) -> dict[str, Any]:
+    """The options that determine the demo's results, plus the config file's sha256 (an edited YAML counts).
+
+    Raises:
+        ConfigError: the config is not found or is invalid.
+    """
+    from fgdeploy.config import resolve_config_path
+    from fgdeploy.models import load_model_config
+
+    load_model_config(options.config)  # a bad config fails now, not after the data step
+    settings = {f.name: getattr(options, f.name) for f in fields(options) if f.name not in NOT_SETTINGS}
+    settings["config_sha256"] = file_sha256(resolve_config_path(options.config))
+    return settings
 
 
 def _check_device(name: str) -> None:
@@ -113,13 +134,42 @@ def _check_device(name: str) -> None:
                           "pick one of them or use --device cpu")
 
 
+def _load_steps(state_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The finished steps recorded in ``state_path`` ({} if none), after checking they were made with ``settings``."""
+    if not state_path.is_file():
+        return {}
+    folder = state_path.parent
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{state_path}: unreadable ({exc}); use another --out or delete {folder}") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) \
+            or not isinstance(state.get("steps"), dict):
+        raise ConfigError(f"{state_path} records no demo settings (an older fgdeploy wrote it), so its results may "
+                          f"come from other options; use another --out or delete {folder}")
+    theirs = state["settings"]
+    differ = [k for k in settings | theirs if theirs.get(k) != settings.get(k)]
+    if differ:
+        raise ConfigError(f"{folder} holds a demo made with {_shown(theirs, differ)}, not {_shown(settings, differ)}; "
+                          f"use another --out or delete {folder}")
+    return dict(state["steps"])
+
+
+def _shown(settings: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """``settings`` restricted to ``keys``, the hash shortened, for an error message."""
+    shown = {k: settings.get(k) for k in keys}
+    if isinstance(shown.get("config_sha256"), str):
+        shown["config_sha256"] = shown["config_sha256"][:12]
+    return shown
+
+
 def _outputs_exist(step: Any) -> bool:
     paths = step.get("files", []) if isinstance(step, dict) else []
     return all(Path(p).exists() for p in paths)
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_json(path, state)
+def _save_state(path: Path, settings: dict[str, Any], steps: dict[str, Any]) -> None:
+    atomic_write_json(path, {"settings": settings, "steps": steps})
 
 
 # --- steps -------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from fgdeploy.cli import cli
-from fgdeploy.demo import STEPS, DemoResult, summary_table
+import fgdeploy.demo as demo
+from fgdeploy.demo import STEPS, DemoOptions, DemoResult, run_demo, summary_table
+from fgdeploy.errors import ConfigError
 
 TINY_CONFIG = """\
 name: tiny
@@ -70,7 +72,7 @@ def test_demo_quick_runs_every_step_then_resumes_without_redoing_them(tmp_path):
                 "throughput ort-cpu-fp32", "throughput ort-cpu-fp16", "12 scored, 0 failed"):
         assert row in table, row
     state = json.loads((out / "demo_state.json").read_text())
-    assert set(state) == set(STEPS)
+    assert set(state["steps"]) == set(STEPS) and state["settings"]["quick"] is True
     assert (out / "model.onnx").is_file() and (out / "model_fp16.onnx").is_file()
     assert len((out / "infer" / "results.csv").read_text().splitlines()) == 1 + 12
     second = CliRunner().invoke(cli, args)
@@ -83,6 +85,48 @@ def test_demo_epochs_zero_is_a_usage_error(tmp_path):
     res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"])
     assert res.exit_code == 2 and "--epochs" in res.output, res.output
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.fixture
+def fake_steps(monkeypatch):
+    """Every demo step replaced by an instant stand-in; returns the list of steps run."""
+    ran: list[str] = []
+    for name in STEPS:
+        def step(*args, name=name):
+            ran.append(name)
+            return [] if name == "parity" else {"files": []}
+        monkeypatch.setattr(demo, f"_step_{name}", step)
+    return ran
+
+
+def test_demo_rerun_with_same_settings_skips_steps_and_other_settings_are_refused(tmp_path, fake_steps):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / "quick"
+    run_demo(DemoOptions(out=out, quick=True, config=str(config)))
+    assert fake_steps == list(STEPS)
+    again = run_demo(DemoOptions(out=out, quick=True, config=str(config), device="cpu"))  # device may change
+    assert again.ran == [] and fake_steps == list(STEPS)
+    for changed, match in [({"quick": False}, r"made with \{'quick': True\}, not \{'quick': False\}"),
+                           ({"epochs": 2}, r"\{'epochs': None\}, not \{'epochs': 2\}"),
+                           ({"batch": 4}, r"\{'batch': 16\}, not \{'batch': 4\}"),
+                           ({"config": "demo"}, r"'config': '.*tiny.yaml', 'config_sha256'")]:
+        options = DemoOptions(out=out, **({"quick": True, "config": str(config)} | changed))
+        with pytest.raises(ConfigError, match=match + r".*; use another --out or delete "):
+            run_demo(options)
+    config.write_text(TINY_CONFIG.replace("visibility_threshold: 0.5", "visibility_threshold: 0.4"))
+    with pytest.raises(ConfigError, match=r"made with \{'config_sha256': '[0-9a-f]{12}'\}, not"):
+        run_demo(DemoOptions(out=out, quick=True, config=str(config)))
+    assert fake_steps == list(STEPS)  # nothing ran after the first demo
+
+
+def test_demo_refuses_a_state_file_without_settings(tmp_path, fake_steps):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "demo_state.json").write_text(json.dumps({"data": {"files": []}}))
+    with pytest.raises(ConfigError, match=r"demo_state.json records no demo settings.*use another --out or delete"):
+        run_demo(DemoOptions(out=out, quick=True))
+    assert fake_steps == []
 
 
 def test_demo_cli_refuses_a_missing_cuda_device_before_any_step(tmp_path, monkeypatch):

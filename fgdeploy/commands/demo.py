@@ -11,7 +11,8 @@ from fgdeploy.commands.options import device_option
 
 @click.command("demo", short_help="synth data -> train -> export -> infer -> parity -> bench, one table.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="Run folder; rerunning with the same folder skips finished steps.")
+              show_default=True,
+              help="Run folder; a rerun with the same settings skips finished steps, other settings are refused.")
 @click.option("--quick", is_flag=True, help="Tiny data and 1 epoch per stage: a smoke run of about a minute.")
 @click.option("--config", default="demo", show_default=True, help="Model config name (models/) or YAML path.")
 @device_option("auto", what="Training/eval device: ")
@@ -22,8 +23,12 @@ def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str
             batch: int) -> None:
     """Run the full pipeline on a fresh machine (no data, no GPU needed) and print one summary table.
 
+    Each step is recorded in OUT/demo_state.json and skipped when the demo is rerun with the same settings
+    (--quick, --config and its contents, --epochs, --batch; --device may change). A rerun with other settings
+    is refused: use another --out or delete OUT.
+
     \b
-    Steps, each recorded in OUT/demo_state.json and skipped when rerun:
+    Steps:
       data    generate synth-birds (CUB-200-2011 layout)       OUT/synth-birds
       train   the 4-stage schedule with the demo config          OUT/train/best.pt
       eval    top-1 and PCK on the test split                    OUT/eval/eval.json
