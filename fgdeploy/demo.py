@@ -158,8 +158,9 @@ def _load_steps(state_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
 def _shown(settings: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """``settings`` restricted to ``keys``, the hash shortened, for an error message."""
     shown = {k: settings.get(k) for k in keys}
-    if isinstance(shown.get("config_sha256"), str):
-        shown["config_sha256"] = shown["config_sha256"][:12]
+    sha = shown.get("config_sha256")
+    if isinstance(sha, str):
+        shown["config_sha256"] = sha[:12]
     return shown
 
 
@@ -188,12 +189,11 @@ def _step_train(out: Path, options: DemoOptions, sizes: dict[str, Any]) -> dict[
     from fgdeploy.train.run import TrainOptions, run_training
 
     run_dir = out / "train"
-    resume = (run_dir / "last.pt").is_file()
-    train = TrainOptions(config=options.config, out=run_dir, data=None if resume else out / "synth-birds",
-                         epochs=None if resume else sizes["epochs"], seed=None if resume else options.seed,
-                         batch=None if resume else sizes["train_batch"],
-                         device=None if options.device == "auto" else options.device, resume=resume,
-                         show_progress=False)
+    # on resume the trainer checks these options against the run's (they match: the demo settings did)
+    train = TrainOptions(config=options.config, out=run_dir, data=out / "synth-birds", epochs=sizes["epochs"],
+                         seed=options.seed, batch=sizes["train_batch"],
+                         device=None if options.device == "auto" else options.device,
+                         resume=(run_dir / "last.pt").is_file(), show_progress=False)
     trained = run_training(train)
     best = run_dir / "best.pt"
     checkpoint = best if best.is_file() else run_dir / "last.pt"

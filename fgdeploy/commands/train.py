@@ -10,8 +10,8 @@ from fgdeploy.commands.options import device_option
 
 
 @click.command("train")
-@click.option("--config", "config", default="demo", show_default=True,
-              help="Model config: a YAML path or a name in models/ (demo, cub_vgg16_fc7, ...).")
+@click.option("--config", "config", default=None,
+              help="Model config: a YAML path or a name in models/ (demo, cub_vgg16_fc7, ...). Default: demo.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="CUB-format dataset folder. Default: generate synth-birds into OUT/synth-birds.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -21,13 +21,15 @@ from fgdeploy.commands.options import device_option
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0), default=None, help="Base learning rate of every stage.")
 @device_option(None, what="Default auto; ")
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where last.pt left it.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out exactly where last.pt left it. Other options must be left out or "
+                   "match the run's (--device and --workers may change).")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Backbone weights file, or an fgdeploy checkpoint to start from (e.g. a stage-2 run).")
 @click.option("--seed", type=int, default=None, help="Seed (default 0): data split, order, augmentation, init.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes.")
 @click.pass_context
-def command(ctx: click.Context, config: str, data: Path | None, out: Path, stage: str | None, epochs: int | None,
+def command(ctx: click.Context, config: str | None, data: Path | None, out: Path, stage: str | None, epochs: int | None,
             batch: int | None, lr: float | None, device: str | None, resume: bool, pretrained: Path | None,
             seed: int | None, workers: int | None) -> None:
     """Train a pose-normalized classifier in the paper's four stages (runs under torchrun too)."""

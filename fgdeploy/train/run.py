@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,17 @@ from fgdeploy.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 SYNTH_DIRNAME = "synth-birds"
+DEFAULT_CONFIG = "demo"
+# Options that define a run: on --resume each may be given only with the value the run recorded.
+# (--device and --workers may change: they do not change the result.)
+RESUME_FIXED = ("config", "data", "stage", "epochs", "batch", "lr", "seed", "pretrained")
 
 
 @dataclass
 class TrainOptions:
     """The command line of ``fgdeploy train`` (None = take the config's value)."""
 
-    config: str = "demo"
+    config: str | None = None           # None: DEFAULT_CONFIG for a new run, the run's own on resume
     out: Path = Path("runs/demo")
     data: Path | None = None
     stage: str | None = None            # "1".."4", "3-4", "all" (default all)
@@ -132,7 +137,7 @@ def _fresh_configs(opts: TrainOptions) -> tuple[Any, Any]:
     from fgdeploy.models import load_model_config
     from fgdeploy.train.config import build_train_config, preset_for_backbone
 
-    model_cfg = load_model_config(opts.config)
+    model_cfg = load_model_config(opts.config or DEFAULT_CONFIG)
     overrides = {"epochs": opts.epochs, "batch_size": opts.batch, "lr": opts.lr, "seed": opts.seed}
     tcfg = build_train_config(preset_for_backbone(model_cfg.localization.backbone), None, overrides)
     return model_cfg, tcfg
@@ -150,17 +155,83 @@ def _resume_setup(opts: TrainOptions, out: Path) -> tuple[Any, Any, list[int], P
     if "train_state" not in ckpt.extra_state:
         raise CheckpointError(f"--resume: {last} holds no trainer state; it was not written by fgdeploy train")
     run_cfg = load_yaml(out / "config.yaml")
-    ignored = [name for name in ("epochs", "batch", "lr", "seed", "stage", "data", "pretrained")
-               if getattr(opts, name) is not None]
-    if ignored:
-        log.warning("--resume continues with the run's saved settings; ignoring --%s", ", --".join(ignored))
     model_cfg = model_config_from_meta(ckpt.meta)
     tcfg = dataclass_from_dict(TrainConfig, dict(ckpt.meta.train_config), source=f"{last} train_config")
     stages = [int(s) for s in run_cfg["stages"]]
+    _check_resume_options(opts, run_cfg, tcfg, stages)
     data_root = Path(run_cfg["data"])
     log.info("resuming %s at stage %s, epoch %s, step %s", out, ckpt.extra_state["train_state"]["stage"],
              ckpt.extra_state["train_state"]["epoch"] + 1, ckpt.extra_state["train_state"]["step_in_epoch"])
     return model_cfg, tcfg, stages, data_root, ckpt.state_dict, ckpt.extra_state
+
+
+def _check_resume_options(opts: TrainOptions, run_cfg: dict[str, Any], tcfg: Any, stages: list[int]) -> None:
+    """--resume continues the run as recorded: an option given with another value is an error naming it.
+
+    Raises:
+        ConfigError: one or more of ``RESUME_FIXED`` differ from the run's config.yaml / last.pt.
+    """
+    differ = []
+    for name in RESUME_FIXED:
+        given = getattr(opts, name)
+        if given is not None and not _same_as_run(name, given, run_cfg, tcfg, stages):
+            differ.append(f"--{name} {given} differs from the run's {_run_value(name, run_cfg, tcfg, stages)}")
+    if differ:
+        them = "them" if len(differ) > 1 else "it"
+        raise ConfigError(f"{'; '.join(differ)}; resume without {them} or start a new --out")
+
+
+def _same_as_run(name: str, given: Any, run_cfg: dict[str, Any], tcfg: Any, stages: list[int]) -> bool:
+    """Whether option ``name`` = ``given`` would have made the recorded run."""
+    from fgdeploy.train.stages import parse_stages
+
+    if name in ("data", "pretrained"):
+        recorded = run_cfg.get(name)
+        return recorded is not None and Path(given).resolve() == Path(recorded).resolve()
+    if name == "config":
+        return _same_config(str(given), run_cfg.get("config_source"))
+    if name == "stage":
+        return parse_stages(given) == stages
+    if name in ("epochs", "lr"):
+        return all(math.isclose(v, given, rel_tol=1e-9) for v in _stage_values(name, tcfg, stages))
+    return bool(getattr(tcfg, "batch_size" if name == "batch" else name) == given)
+
+
+def _same_config(given: str, recorded: str | None) -> bool:
+    """Same text, or both name the same file (a config name and its models/ path, relative and absolute)."""
+    from fgdeploy.config import resolve_config_path
+
+    if recorded is None or given == recorded:
+        return given == recorded
+    try:
+        return resolve_config_path(given).resolve() == resolve_config_path(recorded).resolve()
+    except ConfigError:
+        return False
+
+
+def _stage_values(name: str, tcfg: Any, stages: list[int]) -> list[float]:
+    """Per run stage: its epochs, or its base LR as ``--lr`` sets it (``scale_lr``: head_lr where lr is 0)."""
+    configs = [tcfg.stage(n) for n in stages]
+    return [c.epochs if name == "epochs" else (c.lr or c.head_lr) for c in configs]
+
+
+def _stages_text(stages: list[int]) -> str:
+    """[3, 4] -> "3-4", [2] -> "2", [1, 3] -> "1,3" (as --stage takes them)."""
+    if len(stages) > 1 and stages == list(range(stages[0], stages[-1] + 1)):
+        return f"{stages[0]}-{stages[-1]}"
+    return ",".join(map(str, stages))
+
+
+def _run_value(name: str, run_cfg: dict[str, Any], tcfg: Any, stages: list[int]) -> Any:
+    """The run's value of option ``name``, as it reads in an error message."""
+    if name in ("data", "pretrained", "config"):
+        return run_cfg.get("config_source" if name == "config" else name) or "none"
+    if name == "stage":
+        return _stages_text(stages)
+    if name in ("epochs", "lr"):
+        values = _stage_values(name, tcfg, stages)
+        return values[0] if len(set(values)) == 1 else f"{'/'.join(map(str, values))} (stages {_stages_text(stages)})"
+    return getattr(tcfg, "batch_size" if name == "batch" else name)
 
 
 def _synth_data(opts: TrainOptions, out: Path, info: Any, seed: int) -> Path:
@@ -206,6 +277,6 @@ def _write_run_config(path: Path, model_cfg: Any, tcfg: Any, stages: list[int], 
     from fgdeploy.config import dataclass_to_dict
 
     doc = {"model": dataclass_to_dict(model_cfg), "train": dataclass_to_dict(tcfg), "stages": list(stages),
-           "data": str(Path(data_root).resolve()), "config_source": str(opts.config),
+           "data": str(Path(data_root).resolve()), "config_source": str(opts.config or DEFAULT_CONFIG),
            "pretrained": str(opts.pretrained) if opts.pretrained else None}
     atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode("utf-8"))

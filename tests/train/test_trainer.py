@@ -169,6 +169,37 @@ def test_train_cli_names_only_the_run_files_that_exist(tmp_path, monkeypatch):
     assert res.output.strip() == f"run folder: {tmp_path / 'run'} (config.yaml, train.log)"
 
 
+def test_train_cli_resume_refuses_options_that_differ_from_the_run(tiny_data, tmp_path):
+    from fgdeploy.config import dataclass_to_dict
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(dataclass_to_dict(tiny_model_config())))
+    out = tmp_path / "run"
+    made_with = ["--config", str(cfg_path), "--data", str(tiny_data), "--stage", "3", "--epochs", "1", "--batch", "4",
+                 "--seed", "1"]
+    res = CliRunner().invoke(cli, ["-q", "train", "--out", str(out), *made_with])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    other = tmp_path / "big"
+    other.mkdir()
+    for given, message in [
+        (["--data", str(other)], f"--data {other} differs from the run's {tiny_data.resolve()}; resume without it or "
+                                 "start a new --out"),
+        (["--epochs", "2"], "--epochs 2 differs from the run's 1;"),
+        (["--batch", "8"], "--batch 8 differs from the run's 4;"),
+        (["--lr", "0.5"], "--lr 0.5 differs from the run's 0.05;"),  # the small preset's stage-3 LR
+        (["--stage", "3-4"], "--stage 3-4 differs from the run's 3;"),
+        (["--config", "demo"], f"--config demo differs from the run's {cfg_path};"),
+        (["--seed", "2", "--epochs", "3"], "--epochs 3 differs from the run's 1; --seed 2 differs from the run's 1; "
+                                           "resume without them"),
+    ]:
+        res = CliRunner().invoke(cli, ["-q", "train", "--out", str(out), "--resume", *given])
+        assert res.exit_code == 1 and message in res.output, (given, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(cli, ["-q", "train", "--out", str(out), "--resume", *made_with, "--lr", "0.05",
+                                   "--device", "cpu", "--workers", "0"])  # same values, and device/workers may change
+    assert res.exit_code == 0 and "finished: stage 3 epoch 1/1" in res.output, res.output + repr(res.exception)
+
+
 class _ScoreStub(torch.nn.Module):
     """keypoint_scores = the first pixel row's red values (the samples encode visibility there)."""
 
