@@ -369,7 +369,8 @@ def end_to_end(name: str, fn: Callable[[torch.Tensor], Any], cfg: Any, args: arg
     model-only, plus the input pipeline alone (no model): the CPU side's ceiling."""
     from fgdeploy.bench import bench_end_to_end, bench_model
     from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
-    from fgdeploy.infer import InferOptions, default_workers, discover_images, iterate_batches
+    from fgdeploy.infer import InferOptions, discover_images, iterate_batches
+    from fgdeploy.predictors import default_workers
 
     batch = max(batches)
     predictor = TorchFastPredictor(None, args.device, FastPathOptions(cuda_graphs=True), cfg.input_size, batch, fn=fn)

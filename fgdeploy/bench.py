@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.fileio import atomic_write_json
-from fgdeploy.infer import InferOptions, Predictor, discover_images, run_inference
+from fgdeploy.infer import InferOptions, discover_images, run_inference
+from fgdeploy.predictors import Predictor
 
 
 @dataclass(frozen=True)

@@ -440,7 +440,7 @@ class TorchFastPredictor:
                 pad_input=options.pad_input, conv_relu=options.conv_relu)
         self.fn = fn
         self.pad_to = batch if (options.compile_mode != "none" or options.cuda_graphs) else None
-        self.on_gpu = self.device.type == "cuda"   # fgdeploy.infer.default_workers: decode on every core
+        self.on_gpu = self.device.type == "cuda"   # fgdeploy.predictors.default_workers: decode on every core
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def prepare(self, images: Sequence[np.ndarray]) -> Tensor | _OnDevice:

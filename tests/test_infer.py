@@ -28,7 +28,8 @@ from click.testing import CliRunner
 
 from fgdeploy.backends.base import Runner, TensorSpec
 from fgdeploy.errors import FgdeployError, ImageError
-from fgdeploy.infer import EXIT_ALL_FAILED, InferOptions, RunnerPredictor, discover_images, run_inference
+from fgdeploy.infer import EXIT_ALL_FAILED, InferOptions, discover_images, run_inference
+from fgdeploy.predictors import RunnerPredictor
 from fgdeploy.infer_results import Journal, errors_path_for, read_results, to_records
 
 S = 32  # fake model input size
@@ -770,7 +771,7 @@ def test_cli_infer_fast_decode_flag_scores_the_mixed_folder(tmp_path, tiny_ckpt)
 def test_default_workers_use_every_core_only_for_a_gpu_model(monkeypatch):
     from types import SimpleNamespace
 
-    from fgdeploy.infer import RunnerPredictor, default_workers
+    from fgdeploy.predictors import RunnerPredictor, default_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_workers(SimpleNamespace(on_gpu=True)) == 16
@@ -798,7 +799,7 @@ def test_open_predictor_carries_the_models_visibility_threshold(tmp_path, backen
     import dataclasses
 
     from fgdeploy.checkpoint import load_checkpoint, save_checkpoint
-    from fgdeploy.infer import open_predictor
+    from fgdeploy.predictors import open_predictor
 
     model, meta = load_checkpoint(_tiny_checkpoint(tmp_path / "t.pt"))
     model.config = dataclasses.replace(model.config, visibility_threshold=0.37)

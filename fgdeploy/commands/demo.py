@@ -9,7 +9,7 @@ import click
 from fgdeploy.commands.options import device_option
 
 
-@click.command("demo", short_help="synth data -> train -> export -> infer -> parity -> bench, one table.")
+@click.command("demo", short_help="synth data -> train -> eval -> export -> infer -> parity -> bench, one table.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
               show_default=True,
               help="Run folder; a rerun with the same settings skips finished steps, other settings are refused.")

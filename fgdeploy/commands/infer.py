@@ -74,9 +74,8 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     from dataclasses import replace
 
     from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import (
-        InferOptions, discover_images, model_identity, open_predictor, resolve_backend, run_inference,
-    )
+    from fgdeploy.infer import InferOptions, discover_images, model_identity, run_inference
+    from fgdeploy.predictors import open_predictor, resolve_backend
 
     kind = resolve_backend(model, backend)
     if kind != "torch" and (flags := torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)):
