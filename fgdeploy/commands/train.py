@@ -40,7 +40,13 @@ def command(ctx: click.Context, config: str | None, data: Path | None, out: Path
     opts = TrainOptions(config=config, out=out, data=data, stage=stage, epochs=epochs, batch=batch, lr=lr,
                         device=device, resume=resume, pretrained=pretrained, seed=seed, workers=workers,
                         show_progress=False if quiet else None)
-    result = run_training(opts)
+    try:
+        result = run_training(opts)
+    except KeyboardInterrupt:
+        saved = (out / "last.pt").is_file()
+        click.echo(f"\ninterrupted: {out / 'last.pt'} " + ("holds the last saved step; rerun with --resume to go on"
+                   if saved else "was not written yet; rerun without --resume to start over"), err=True)
+        ctx.exit(130)
     if not result.is_main:
         return
     if result.last_metrics:

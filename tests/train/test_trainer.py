@@ -142,6 +142,22 @@ def test_train_cli_writes_run_folder_and_eval_cli_reports(tiny_data, tmp_path):
     assert 0 < accuracy[0] < 1 and accuracy[0] + accuracy[1] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("has_last", [True, False])
+def test_train_cli_ctrl_c_says_how_to_go_on_and_exits_130(tmp_path, monkeypatch, has_last):
+    import fgdeploy.train.run as run
+
+    def interrupted(opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "run_training", interrupted)
+    (tmp_path / "run").mkdir()
+    if has_last:
+        (tmp_path / "run" / "last.pt").write_bytes(b"x")
+    res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 130
+    assert ("rerun with --resume to go on" if has_last else "rerun without --resume") in res.output
+
+
 def test_train_cli_resume_needs_a_last_checkpoint(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--config", "demo", "--out", str(tmp_path / "none"), "--resume"])
     assert res.exit_code == 1 and "does not exist" in res.output
