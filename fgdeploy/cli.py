@@ -2,9 +2,9 @@
 
 Each command module ``fgdeploy/commands/<name>.py`` defines ``command`` (a click command or
 group). Modules import heavy libraries (torch, onnxruntime, tensorrt) inside the command body,
-so ``fgdeploy --help`` stays fast. This module sets up logging (level from -v/-q); training
-adds a train.log handler for its run folder and the demo quiets some chatty loggers. A ``FgdeployError`` or a file-system
-error becomes a one-line message and exit code 1.
+so ``fgdeploy --help`` stays fast. This module sets up logging (level from -v/-q); training adds
+a train.log handler for its run folder and the demo quiets some chatty loggers. A ``FgdeployError``
+or a file-system error becomes a one-line message and exit code 1.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ import numpy as np
 
 from fgdeploy.errors import FgdeployError, ImageError
 from fgdeploy.infer_results import (
-    Journal, ResultWriter, check_same_run, errors_path_for, key_of, read_errors, read_results, read_run_record,
-    render_outputs, run_record_path,
+    Journal, ResultWriter, check_same_run, errors_path_for, journal_path_for, key_of, read_errors, read_results,
+    read_run_record, render_outputs, run_record_path,
 )
 from fgdeploy.predictors import Predictor, default_workers
 from fgdeploy.tensors import PART_NAMES
@@ -46,7 +46,6 @@ from fgdeploy.tensors import PART_NAMES
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-JOURNAL_SUFFIX = ".partial.jsonl"
 # exit codes of `fgdeploy infer` (1 = fgdeploy error, 2 = bad option, as for every command)
 EXIT_OK = 0            # finished; some images may have failed (see the errors file)
 EXIT_ALL_FAILED = 3    # every image this run tried failed to decode
@@ -352,7 +351,7 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
                             f"pass --batch {fixed_batch} or less (smaller batches are padded)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    journal = Journal(out.with_name(out.name + JOURNAL_SUFFIX))
+    journal = Journal(journal_path_for(out))
     cwd = os.getcwd()
     header = {"model": model_id, "topk": options.topk, "cwd": cwd, "fast_decode": options.fast_decode,
               "relative_paths": any(not os.path.isabs(p) for p in paths)}
@@ -402,8 +401,7 @@ def _open_journal(journal: Journal, header: dict[str, Any], out: Path, resume: b
         if not resume:
             raise FgdeployError(f"{journal.path} holds an unfinished run: pass --resume to continue it, "
                                 f"or delete it to start over")
-        scored, _ = journal.reopen(header)
-        return scored
+        return journal.reopen(header)
     previous: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     if resume and out.exists():   # a finished run: keep its results (and errors), score only new images

@@ -74,8 +74,8 @@ class Journal:
         self._file = open(self.path, "x", encoding="utf-8")
         self.append([{"journal": JOURNAL_VERSION, **header}])
 
-    def reopen(self, header: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
-        """Open an existing journal for appending; returns (scored keys, failed key -> reason).
+    def reopen(self, header: dict[str, Any]) -> set[str]:
+        """Open an existing journal for appending; returns the keys of the images scored (failed ones are retried).
 
         A torn last line (the process died while writing it) is cut off, so its image is redone.
 
@@ -90,19 +90,12 @@ class Journal:
         old = self._parse(lines[0], 1) if lines else {}
         check_same_run(self.path, old, header)
         cwd = header["cwd"]
-        scored: set[str] = set()
-        failed: dict[str, str] = {}
-        for number, line in enumerate(lines[1:], 2):
-            rec = self._parse(line, number)
-            key = key_of(rec["path"], cwd)
-            if "error" in rec:
-                failed[key] = rec["error"]
-            else:
-                scored.add(key)
+        records = (self._parse(line, number) for number, line in enumerate(lines[1:], 2))
+        scored = {key_of(rec["path"], cwd) for rec in records if "error" not in rec}
         self._file = open(self.path, "r+", encoding="utf-8")
         self._file.truncate(end)
         self._file.seek(end)
-        return scored, failed
+        return scored
 
     def _parse(self, line: str, number: int) -> dict[str, Any]:
         try:
@@ -156,6 +149,14 @@ def check_same_run(source: Path, old: dict[str, Any], new: dict[str, Any]) -> No
                                 f"run the command from {was} (relative image paths are resolved from it)")
         raise FgdeployError(f"{source} was written with {name}={was!r} but this run has {name}={now!r}; resume "
                             "with the same model and options, or write to a new --out")
+
+
+JOURNAL_SUFFIX = ".partial.jsonl"
+
+
+def journal_path_for(out: Path) -> Path:
+    """The journal of an unfinished run writing ``out``: ``OUT.partial.jsonl`` beside it."""
+    return out.with_name(out.name + JOURNAL_SUFFIX)
 
 
 def errors_path_for(out: Path) -> Path:

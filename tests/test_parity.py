@@ -266,7 +266,8 @@ def _checkpoint(path, num_classes: int, size: int = 32):
 
     cfg = with_backbone_options(load_model_config("demo"), {"widths": [4, 8, 8, 16, 16], "depth": 1}, input_size=size)
     torch.manual_seed(0)
-    save_checkpoint(path, create_model(cfg, num_classes), CheckpointMeta.for_config(cfg, [f"b{i}" for i in range(num_classes)]))
+    meta = CheckpointMeta.for_config(cfg, [f"b{i}" for i in range(num_classes)])
+    save_checkpoint(path, create_model(cfg, num_classes), meta)
     return path
 
 

@@ -52,9 +52,10 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 
     IMAGES is a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case;
     other files are skipped), one image, a quoted glob ('shots/**/*.jpg') or a text file listing
-    paths (one per line; relative ones are taken from the list file's folder). Each result has the top-k classes with probabilities and the 15 keypoints (x, y, score)
-    in the original image's pixels (continuous: pixel k spans [k, k+1); stored pixel order, EXIF
-    orientation not applied). Grayscale, palette, alpha, 16-bit and CMYK files are converted to RGB.
+    paths (one per line; relative ones are taken from the list file's folder). Each result has the
+    top-k classes with probabilities and the 15 keypoints (x, y, score) in the original image's
+    pixels (continuous: pixel k spans [k, k+1); stored pixel order, EXIF orientation not applied).
+    Grayscale, palette, alpha, 16-bit and CMYK files are converted to RGB.
     Files that cannot be used (empty, truncated, not an image, unreadable) are listed with the
     reason in OUT's errors file (<stem>.errors.csv) and the run goes on.
 
@@ -103,15 +104,15 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 @contextlib.contextmanager
 def _resumable_on_interrupt(ctx: click.Context, out: Path) -> Iterator[None]:
     """Ctrl-C: say how much is saved and how to go on, and exit 130 (as a shell does for SIGINT)."""
-    from fgdeploy.infer import JOURNAL_SUFFIX
+    from fgdeploy.infer_results import journal_path_for
 
     try:
         yield
     except KeyboardInterrupt:
-        journal = out.with_name(out.name + JOURNAL_SUFFIX)
+        journal = journal_path_for(out)
         saved = max(0, journal.read_text(encoding="utf-8").count("\n") - 1) if journal.exists() else 0
-        click.echo(f"\ninterrupted: {saved} images are saved in {journal}; rerun the same command with --resume "
-                   "to finish", err=True)
+        click.echo(f"\ninterrupted: {saved} images are saved in {journal} (scored or failed); rerun the same "
+                   "command with --resume to finish", err=True)
         ctx.exit(130)
 
 
