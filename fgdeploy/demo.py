@@ -75,7 +75,9 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
         ConfigError: before any step runs: a CUDA ``device`` this machine lacks, a bad ``config``, or an
         ``out`` whose state file records other settings (or none).
     """
-    _check_device(options.device)
+    from fgdeploy.train.distributed import resolve_device
+
+    resolve_device(options.device)   # a CUDA device this machine lacks fails now, not after the data step
     settings = demo_settings(options)
     out = Path(options.out)
     state_path = out / STATE_FILE
@@ -117,21 +119,6 @@ def demo_settings(options: DemoOptions) -> dict[str, Any]:
     settings = {f.name: getattr(options, f.name) for f in fields(options) if f.name not in NOT_SETTINGS}
     settings["config_sha256"] = file_sha256(resolve_config_path(options.config))
     return settings
-
-
-def _check_device(name: str) -> None:
-    """Refuse a CUDA device this machine lacks before any work (training would fail only after the data step)."""
-    if not name.startswith("cuda"):
-        return
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    index = torch.device(name).index or 0
-    if index >= count:
-        raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
-                          "pick one of them or use --device cpu")
 
 
 def _load_steps(state_path: Path, settings: dict[str, Any]) -> dict[str, Any]:

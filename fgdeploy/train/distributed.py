@@ -44,15 +44,24 @@ def env_dist_info() -> DistInfo:
 
 
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    """"auto" -> cuda (the local rank's GPU) if available, else cpu."""
+    """"auto" -> cuda (the local rank's GPU) if available, else cpu.
+
+    Raises:
+        ConfigError: a CUDA device this machine does not have.
+    """
     info = info or DistInfo()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
+        from fgdeploy.errors import ConfigError
+
         if not torch.cuda.is_available():
-            from fgdeploy.errors import ConfigError
-            raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                              f"cuda:{count - 1}; pick one of them or use --device cpu")
         if device.index is None:
             device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
