@@ -11,9 +11,10 @@ from fgdeploy.reference.base import Layer
 from fgdeploy.reference.compact_bilinear import CompactBilinearRM
 from fgdeploy.reference.coordinate_transfer import CoordinateTransfer, coordinate_transfer
 from fgdeploy.reference.keypoint_loss import KeypointSigmoidCrossEntropy, keypoint_targets
+from fgdeploy.reference.part_crop import PartCrop
 from fgdeploy.reference.registry import LAYERS, create_layer, list_layers, register
 
 __all__ = [
-    "LAYERS", "Layer", "CompactBilinearRM", "CoordinateTransfer", "KeypointSigmoidCrossEntropy",
+    "LAYERS", "Layer", "CompactBilinearRM", "CoordinateTransfer", "KeypointSigmoidCrossEntropy", "PartCrop",
     "coordinate_transfer", "create_layer", "keypoint_targets", "list_layers", "register",
 ]
