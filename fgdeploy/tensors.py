@@ -21,6 +21,7 @@ OUTPUT_LOGITS = "logits"           # (N, K) float
 OUTPUT_KEYPOINTS = "keypoints"     # (N, P, 2) float, (u, v) in input pixels of the S x S image
 OUTPUT_KEYPOINT_SCORES = "keypoint_scores"  # (N, P) float, sigmoid of the max heatmap logit
 OUTPUT_HEATMAPS = "heatmaps"       # (N, P, Hh, Wh) float, raw keypoint logits
+OUTPUT_PART_BOXES = "part_boxes"   # (N, 2, 4) float, head/body boxes [x0, y0, x1, y1] in input pixels (part nets)
 MODEL_OUTPUTS: tuple[str, ...] = (OUTPUT_LOGITS, OUTPUT_KEYPOINTS, OUTPUT_KEYPOINT_SCORES)
 
 # The custom op (method.md section 4a).

@@ -5,7 +5,8 @@ registered by name (``list_backbones()``) and built with ``create_backbone``.
 """
 
 from fgdeploy.models.config import (
-    ClassificationConfig, LocalizationConfig, ModelConfig, load_model_config, with_backbone_options,
+    ClassificationConfig, LocalizationConfig, ModelConfig, PartNetsConfig, load_model_config,
+    with_backbone_options,
 )
 from fgdeploy.models.model import PARAMETER_GROUPS, PoseNormalizedNet, create_model
 from fgdeploy.models.registry import backbone_options, create_backbone, list_backbones, register_backbone
@@ -15,6 +16,7 @@ __all__ = [
     "ClassificationConfig",
     "LocalizationConfig",
     "ModelConfig",
+    "PartNetsConfig",
     "PoseNormalizedNet",
     "backbone_options",
     "create_backbone",

@@ -88,6 +88,51 @@ class ClassificationConfig:
         return self.holistic_layer or self.transfer_layer
 
 
+PART_NET_FEATURES = ("global_avg", "fc7", "cbp")
+
+
+@dataclass(frozen=True)
+class PartNetsConfig:
+    """Head and body part networks (method.md 7): one trunk per part on a bilinear crop of the model input.
+
+    Each part's box comes from keypoints by the section 7 rule (``fgdeploy.reference.part_boxes``): ground truth
+    in training, predicted keypoints and visibility at test. The crop is resized to ``crop_size`` and run
+    through the part's own trunk; its feature (average of the ``feature_layer`` map, or compact bilinear of it)
+    is one more unit-norm block of the classifier input.
+    """
+
+    backbone: str = "vgg16"                      # registered backbone of both part nets
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    feature_layer: str = "conv5_3"               # tap the part feature is pooled from ("fc7" for feature fc7)
+    feature: str = "cbp"                         # global_avg | fc7 (GAP of the fc7 map) | cbp (compact bilinear)
+    cbp_dim: int = 5000
+    cbp_seed: int = 1                            # head uses cbp_seed, body cbp_seed + 1
+    crop_size: int = 448                         # method.md 7: 224 with fc7 features, 448 with compact bilinear
+    padding: float = 0.15                        # box side fraction added on each side
+    min_side: float = 32.0                       # smallest box side, input pixels
+    dropout: float = 0.5                         # dropout of each part net's own classifier (fine-tuning stage)
+    end_to_end: bool = True                      # stage 4 also fine-tunes the part nets (else they stay frozen)
+
+    def __post_init__(self) -> None:
+        if self.feature not in PART_NET_FEATURES:
+            raise ConfigError(f"part_nets.feature: {self.feature!r} is not one of {list(PART_NET_FEATURES)}")
+        if self.crop_size < 8:
+            raise ConfigError(f"part_nets.crop_size: must be >= 8 pixels, got {self.crop_size}")
+        if not 0.0 <= self.padding <= 1.0:
+            raise ConfigError(f"part_nets.padding: must be in [0, 1], got {self.padding}")
+        if self.min_side < 1:
+            raise ConfigError(f"part_nets.min_side: must be >= 1 pixel, got {self.min_side}")
+        if self.cbp_dim < 1:
+            raise ConfigError(f"part_nets.cbp_dim: must be >= 1, got {self.cbp_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"part_nets.dropout: must be in [0, 1), got {self.dropout}")
+
+    @property
+    def source_layer(self) -> str:
+        """The trunk tap the feature reads (fc7 for feature 'fc7')."""
+        return "fc7" if self.feature == "fc7" else self.feature_layer
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The whole PoseNormalizedNet (method.md sections 1-6)."""
@@ -102,12 +147,16 @@ class ModelConfig:
     visibility_threshold: float = 0.5
     mean: tuple[float, ...] = IMAGENET_MEAN      # RGB normalisation applied inside the model to [0, 1] inputs
     std: tuple[float, ...] = IMAGENET_STD
+    part_nets: PartNetsConfig | None = None      # head/body part networks (method.md 7); None = without
 
     def __post_init__(self) -> None:
         if self.input_size < 16:
             raise ConfigError(f"input_size: must be >= 16 pixels, got {self.input_size}")
         if self.num_parts < 1:
             raise ConfigError(f"num_parts: must be >= 1, got {self.num_parts}")
+        if self.part_nets is not None and self.num_parts != NUM_PARTS:
+            raise ConfigError(f"part_nets: the head/body boxes need CUB's {NUM_PARTS} parts, but num_parts is "
+                              f"{self.num_parts}; remove part_nets or use the CUB parts")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"mean/std: need 3 RGB values with std > 0, got mean={self.mean} std={self.std}")
         if not 0.0 < self.visibility_threshold < 1.0:
@@ -120,7 +169,8 @@ class ModelConfig:
 
 
 def load_model_config(name_or_path: str | Path) -> ModelConfig:
-    """Load a model config by name (``models/<name>.yaml``: cub_vgg16_fc7, cub_vgg16_cbp, demo) or path.
+    """Load a model config by name (``models/<name>.yaml``: cub_vgg16_fc7, cub_vgg16_cbp, cub_vgg16_cbp_partnets,
+    demo, demo_partnets) or path.
 
     Raises:
         ConfigError: file not found, unknown key (named, with the valid keys), or a bad value.
@@ -135,8 +185,12 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
 
 
 def with_backbone_options(config: ModelConfig, options: dict[str, Any], input_size: int | None = None) -> ModelConfig:
-    """``config`` with both nets' ``backbone_options`` set to ``options`` (e.g. narrow widths for a small
+    """``config`` with every net's ``backbone_options`` set to ``options`` (e.g. narrow widths for a small
     model in tests and benchmarks), and optionally another input size."""
+    part_nets = config.part_nets
+    if part_nets is not None:
+        part_nets = replace(part_nets, backbone_options=dict(options))
     return replace(config, input_size=config.input_size if input_size is None else input_size,
                    localization=replace(config.localization, backbone_options=dict(options)),
-                   classification=replace(config.classification, backbone_options=dict(options)))
+                   classification=replace(config.classification, backbone_options=dict(options)),
+                   part_nets=part_nets)

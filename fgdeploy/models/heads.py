@@ -87,7 +87,8 @@ class HolisticHead(nn.Module):
 
 
 class FusedClassifier(nn.Module):
-    """Each block L2-normalised (times ``scale``), concatenated [parts ; holistic], dropout, one linear layer.
+    """Each block L2-normalised (times ``scale``), concatenated [parts ; holistic ; extra...], dropout, one linear
+    layer.
 
     Args:
         part_dim: P * C of the stacked part features (0 without parts).
@@ -95,29 +96,36 @@ class FusedClassifier(nn.Module):
         num_classes: K.
         dropout: dropout probability on the concatenated vector in training.
         scale: constant multiplying each unit-norm block. Defaults to 1.
+        extra_dims: dims of further blocks appended in order (the head and body part-net features).
     """
 
     def __init__(self, part_dim: int, holistic_dim: int, num_classes: int, dropout: float,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, extra_dims: Sequence[int] = ()) -> None:
         super().__init__()
         if part_dim + holistic_dim < 1:
             raise ConfigError("classifier: needs part features, a holistic vector, or both")
         self.part_dim = part_dim
         self.holistic_dim = holistic_dim
+        self.extra_dims = tuple(int(d) for d in extra_dims)
         self.scale = float(scale)
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(part_dim + holistic_dim, num_classes)
+        self.fc = nn.Linear(part_dim + holistic_dim + sum(self.extra_dims), num_classes)
         nn.init.normal_(self.fc.weight, 0.0, 0.01)
         nn.init.zeros_(self.fc.bias)
 
-    def forward(self, parts: torch.Tensor | None, holistic: torch.Tensor | None) -> torch.Tensor:
-        """Args: parts (N, P, C) or None, holistic (N, D) or None. Returns: (N, K) logits."""
+    def forward(self, parts: torch.Tensor | None, holistic: torch.Tensor | None,
+                extra: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """Args: parts (N, P, C) or None, holistic (N, D) or None, extra: one (N, D_i) per ``extra_dims``.
+        Returns: (N, K) logits."""
         # Norms in float32: in fp16 the sum of squares of a 7,680-d block overflows (inf -> NaN logits, seen on H200).
+        if len(extra) != len(self.extra_dims):
+            raise ValueError(f"classifier: {len(extra)} extra feature blocks given, {len(self.extra_dims)} expected")
         blocks = []
         if parts is not None:
             blocks.append(_unit_norm(parts.flatten(1)))  # (N, P*C) unit norm (zero if all parts hidden)
         if holistic is not None:
             blocks.append(_unit_norm(holistic))
+        blocks.extend(_unit_norm(x) for x in extra)
         x = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
         if self.scale != 1.0:
             x = x * self.scale

@@ -20,13 +20,17 @@ from fgdeploy.models.backbone import Backbone
 from fgdeploy.models.config import ModelConfig
 from fgdeploy.models.heads import FusedClassifier, HolisticHead, KeypointHead
 from fgdeploy.models.keypoints import decode_keypoints
+from fgdeploy.models.part_nets import PartNets
 from fgdeploy.models.registry import create_backbone
 from fgdeploy.ops import coordinate_transfer
-from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS
+from fgdeploy.tensors import (
+    OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, OUTPUT_PART_BOXES,
+)
 
 logger = logging.getLogger(__name__)
 
-PARAMETER_GROUPS = ("keypoint_score", "localization", "classification", "classifier")
+PARAMETER_GROUPS = ("keypoint_score", "localization", "classification", "classifier", "part_nets",
+                    "part_classifier")
 
 
 class PoseNormalizedNet(nn.Module):
@@ -37,6 +41,7 @@ class PoseNormalizedNet(nn.Module):
         cls_net: classification trunk, or None when shared.
         keypoint_head: 1x1 score conv(s) -> (N, P, Hh, Wh) logits.
         holistic: holistic branch, or None for holistic "none".
+        part_nets: head/body part networks (method.md 7), or None without ``part_nets`` in the config.
         classifier: L2 per block, concat, dropout, FC.
     """
 
@@ -74,8 +79,12 @@ class PoseNormalizedNet(nn.Module):
             self.holistic = HolisticHead(cls.holistic, trunk.info(self._holistic_layer).num_chs,
                                          cls.cbp_dim, cls.cbp_seed)
         part_dim = cfg.num_parts * trunk.info(self._transfer_layer).num_chs if self._transfer_layer else 0
+        self.part_nets: PartNets | None = None
+        if cfg.part_nets is not None:
+            self.part_nets = PartNets(cfg.part_nets, num_classes, size, cls.feature_scale)
         self.classifier = FusedClassifier(part_dim, self.holistic.out_dim if self.holistic else 0,
-                                          num_classes, cls.dropout, cls.feature_scale)
+                                          num_classes, cls.dropout, cls.feature_scale,
+                                          self.part_nets.out_dims if self.part_nets is not None else ())
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.num_classes = num_classes
@@ -108,16 +117,20 @@ class PoseNormalizedNet(nn.Module):
 
         keypoint_score: the 1x1 score conv(s); localization: the localization trunk (the shared trunk when
         ``shared_backbone``); classification: the classification trunk (empty when shared); classifier: the
-        final FC plus any learned holistic parameters.
+        final FC plus any learned holistic parameters; part_nets: the head/body trunks; part_classifier: the
+        part nets' own classifiers and feature heads (the last two empty without part nets).
         """
         classifier = list(self.classifier.parameters())
         if self.holistic is not None:
             classifier += list(self.holistic.parameters())
+        parts = self.part_nets
         return {
             "keypoint_score": list(self.keypoint_head.parameters()),
             "localization": list(self.loc_net.parameters()),
             "classification": list(self.cls_net.parameters()) if self.cls_net is not None else [],
             "classifier": classifier,
+            "part_nets": parts.trunk_parameters() if parts is not None else [],
+            "part_classifier": parts.head_parameters() if parts is not None else [],
         }
 
     # --- forward ----------------------------------------------------------------------------------
@@ -126,8 +139,9 @@ class PoseNormalizedNet(nn.Module):
         images: torch.Tensor,
         part_heatmaps: torch.Tensor | None = None,
         part_visible: torch.Tensor | None = None,
+        part_keypoints: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run both nets.
+        """Run both nets (and the part nets, when the config has them).
 
         Args:
             images: (N, 3, S, S) float RGB in [0, 1].
@@ -135,10 +149,13 @@ class PoseNormalizedNet(nn.Module):
                 given they choose the pooled locations instead of the predicted heatmaps.
             part_visible: (N, P) 0/1 ground-truth visibility multiplying the part features; defaults to
                 "map is not all zero" when ``part_heatmaps`` is given.
+            part_keypoints: (N, P, 2) ground-truth keypoints (input pixels) the head/body boxes are built from,
+                with ``part_visible``; None = from the predicted keypoints and visibility (test).
 
         Returns:
             {"logits": (N, K), "keypoints": (N, P, 2) (u, v) input pixels of the argmax cell centre,
-             "keypoint_scores": (N, P) sigmoid(max logit), "heatmaps": (N, P, Hh, Wh) logits}.
+             "keypoint_scores": (N, P) sigmoid(max logit), "heatmaps": (N, P, Hh, Wh) logits}, and with part
+            nets "part_boxes": (N, 2, 4) head and body boxes [x0, y0, x1, y1] in input pixels.
         """
         x = self._normalise(images)
         loc_feats = self.loc_net(x)
@@ -150,7 +167,42 @@ class PoseNormalizedNet(nn.Module):
             parts = self._part_features(cls_feats[self._transfer_layer], out[OUTPUT_HEATMAPS],
                                         out[OUTPUT_KEYPOINT_SCORES], part_heatmaps, part_visible)
         holistic = self.holistic(cls_feats[self._holistic_layer]) if self.holistic is not None else None
-        return {OUTPUT_LOGITS: self.classifier(parts, holistic), **out}
+        extra: list[torch.Tensor] = []
+        if self.part_nets is not None:
+            boxes = self.part_boxes(out, part_keypoints, part_visible)
+            extra = self.part_nets.features(x, boxes)
+            out[OUTPUT_PART_BOXES] = boxes
+        return {OUTPUT_LOGITS: self.classifier(parts, holistic, extra), **out}
+
+    def part_boxes(self, keypoint_outputs: dict[str, torch.Tensor], part_keypoints: torch.Tensor | None = None,
+                   part_visible: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 2, 4) head/body boxes: from ground-truth keypoints when given, else from the predicted keypoints
+        and visibility (max sigmoid >= the config's visibility threshold)."""
+        if self.part_nets is None:
+            raise ConfigError(f"model {self.config.name!r} has no part nets; its config sets no part_nets")
+        if part_keypoints is not None:
+            if part_visible is None:
+                raise ValueError("part_keypoints needs part_visible (N, P) as well")
+            return self.part_nets.boxes(part_keypoints, part_visible)
+        visible = keypoint_outputs[OUTPUT_KEYPOINT_SCORES] >= self.config.visibility_threshold
+        return self.part_nets.boxes(keypoint_outputs[OUTPUT_KEYPOINTS], visible)
+
+    def part_net_logits(self, images: torch.Tensor, part_keypoints: torch.Tensor,
+                        part_visible: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each part net's own logits on crops of the ground-truth boxes (fine-tuning the part nets alone).
+
+        Args:
+            images: (N, 3, S, S) float RGB in [0, 1].
+            part_keypoints: (N, P, 2) ground-truth keypoints, input pixels.
+            part_visible: (N, P) 0/1 ground-truth visibility.
+
+        Returns:
+            {"head": (N, K), "body": (N, K)}.
+        """
+        if self.part_nets is None:
+            raise ConfigError(f"model {self.config.name!r} has no part nets; its config sets no part_nets")
+        x = self._normalise(images)
+        return self.part_nets.logits(x, self.part_nets.boxes(part_keypoints, part_visible))
 
     def localize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the localization net only (half the cost of ``forward`` for keypoint-only training stages).
@@ -205,8 +257,8 @@ def create_model(cfg: ModelConfig, num_classes: int, weights: str | Path | None 
     Args:
         cfg: the model config (``load_model_config``).
         num_classes: K.
-        weights: local file of pretrained trunk weights, loaded into every trunk (for VGG: a torchvision
-            VGG-16 state dict such as vgg16-397923af.pth). None = random init. Not a fgdeploy checkpoint:
+        weights: local file of pretrained trunk weights, loaded into every trunk, the part nets' included (VGG:
+            a torchvision VGG-16 state dict such as vgg16-397923af.pth). None = random init. Not a fgdeploy checkpoint:
             use ``fgdeploy.checkpoint.load_checkpoint`` for those.
 
     Raises:
@@ -217,5 +269,7 @@ def create_model(cfg: ModelConfig, num_classes: int, weights: str | Path | None 
         for trunk in (model.loc_net, model.cls_net):
             if trunk is not None:
                 trunk.load_pretrained(weights)
+        if model.part_nets is not None:
+            model.part_nets.load_pretrained(weights)
         logger.info("initialised trunks of %s from %s", cfg.name, weights)
     return model

@@ -55,6 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 50       # also save last.pt every N optimizer steps mid-epoch (0 = epoch end only)
     calibrate_visibility: bool = True  # fit the model's visibility_threshold on held-out data after localizer epochs
     restore_best: bool = True        # each stage ends with (and the next starts from) its best validation weights
+    stage0: StageConfig = field(default_factory=StageConfig)  # part nets alone on ground-truth boxes (part-net models)
     stage1: StageConfig = field(default_factory=StageConfig)  # keypoint score layer on frozen features
     stage2: StageConfig = field(default_factory=StageConfig)  # whole localization net, smaller LR
     stage3: StageConfig = field(default_factory=StageConfig)  # classification trunk + FC on GT parts
@@ -71,9 +72,9 @@ class TrainConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
 
     def stage(self, number: int) -> StageConfig:
-        """StageConfig of stage 1..4."""
-        if number not in (1, 2, 3, 4):
-            raise ConfigError(f"stage must be 1, 2, 3 or 4, got {number}")
+        """StageConfig of stage 0..4."""
+        if number not in (0, 1, 2, 3, 4):
+            raise ConfigError(f"stage must be 0, 1, 2, 3 or 4, got {number}")
         return getattr(self, f"stage{number}")
 
 
@@ -85,6 +86,7 @@ class TrainConfig:
 SMALL_PRESET = TrainConfig(
     batch_size=16,
     checkpoint_every=50,
+    stage0=StageConfig(epochs=30, lr=0.05, head_lr=0.005, warmup_steps=20),
     stage1=StageConfig(epochs=2, lr=0.0, head_lr=0.1),
     stage2=StageConfig(epochs=60, lr=0.1, head_lr=0.1, warmup_steps=50),
     stage3=StageConfig(epochs=30, lr=0.05, head_lr=0.005, warmup_steps=20),
@@ -95,6 +97,7 @@ SMALL_PRESET = TrainConfig(
 PAPER_PRESET = TrainConfig(
     batch_size=8,
     checkpoint_every=200,
+    stage0=StageConfig(epochs=20, lr=1e-4, head_lr=1e-3),   # part nets from ImageNet VGG-16, like stage 3
     stage1=StageConfig(epochs=10, lr=0.0, head_lr=1e-3),
     stage2=StageConfig(epochs=20, lr=1e-4, head_lr=1e-4),
     stage3=StageConfig(epochs=20, lr=1e-4, head_lr=1e-3),
@@ -130,7 +133,7 @@ def build_train_config(
     lr = overrides.pop("lr", None)
     if overrides:
         cfg = dataclass_from_dict(TrainConfig, {**dataclasses.asdict(cfg), **overrides}, source="options")
-    for n in (1, 2, 3, 4):
+    for n in (0, 1, 2, 3, 4):
         stage = cfg.stage(n)
         if epochs is not None:
             stage = dataclasses.replace(stage, epochs=int(epochs))

@@ -190,8 +190,8 @@ def _same_as_run(name: str, given: Any, run_cfg: dict[str, Any], tcfg: Any, stag
         return recorded is not None and Path(given).resolve() == Path(recorded).resolve()
     if name == "config":
         return _same_config(str(given), run_cfg.get("config_source"))
-    if name == "stage":
-        return parse_stages(given) == stages
+    if name == "stage":   # runs recorded before stage 0 existed hold [1, 2, 3, 4] for "all"
+        return parse_stages(given) == stages or (str(given).strip().lower() == "all" and stages == [1, 2, 3, 4])
     if name in ("epochs", "lr"):
         return all(math.isclose(v, given, rel_tol=1e-9) for v in _stage_values(name, tcfg, stages))
     return bool(getattr(tcfg, "batch_size" if name == "batch" else name) == given)

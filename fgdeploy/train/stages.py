@@ -1,9 +1,13 @@
 """The paper's four training stages (method.md section 8): which parameters learn, at which LR, on what.
 
+0. (models with part nets only, method.md 7) the head and body nets alone, each with its own classifier, on
+   crops of the GROUND-TRUTH boxes; nothing else learns;
 1. keypoint score layer only, on frozen localization features;
 2. the whole localization net (score layer at ``head_lr``, the rest at the smaller ``lr``);
-3. classification trunk + classifier on GROUND-TRUTH part locations, localization net frozen;
-4. everything at a smaller LR with PREDICTED part locations, loss L_cls + lambda * L_kp.
+3. classification trunk + classifier on GROUND-TRUTH part locations (and ground-truth boxes for the part
+   nets, which are frozen: the joint classifier learns on all features), localization net frozen;
+4. everything at a smaller LR with PREDICTED part locations and boxes, loss L_cls + lambda * L_kp (the part nets
+   too when their config says ``end_to_end``).
 
 Frozen modules are also put in eval mode, so BatchNorm running statistics and dropout in the frozen part
 do not change while the rest trains.
@@ -21,7 +25,8 @@ from torch import nn
 from fgdeploy.errors import ConfigError
 from fgdeploy.train.config import StageConfig, TrainConfig
 
-GROUPS = ("keypoint_score", "localization", "classification", "classifier")
+GROUPS = ("keypoint_score", "localization", "classification", "classifier", "part_nets", "part_classifier")
+ALL_STAGES = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -35,26 +40,32 @@ class Stage:
     use_gt_parts: bool            # pool part features at ground-truth locations (else predicted)
     keypoint_loss: bool
     classification_loss: bool
-    select_metric: str            # validation metric picking the stage's best weights (higher is better)
+    select_metric: str            # validation metric picking the stage's best weights (higher is better);
+                                  # one validation does not report (stage 0's) means the lowest training loss
+    part_net_loss: bool = False   # each part net's own classification loss on ground-truth-box crops
 
 
 STAGES: dict[int, Stage] = {
+    0: Stage(0, "head/body part nets on ground-truth boxes", ("part_nets", "part_classifier"), ("part_classifier",),
+             use_gt_parts=True, keypoint_loss=False, classification_loss=False, select_metric="-train_loss",
+             part_net_loss=True),
     1: Stage(1, "keypoint score layer on frozen features", ("keypoint_score",), ("keypoint_score",),
              use_gt_parts=True, keypoint_loss=True, classification_loss=False, select_metric="pck@0.1"),
     2: Stage(2, "whole localization net", ("keypoint_score", "localization"), ("keypoint_score",),
              use_gt_parts=True, keypoint_loss=True, classification_loss=False, select_metric="pck@0.1"),
     3: Stage(3, "classifier on ground-truth parts", ("classification", "classifier"), ("classifier",),
              use_gt_parts=True, keypoint_loss=False, classification_loss=True, select_metric="top1"),
-    4: Stage(4, "all layers on predicted parts", GROUPS, ("classifier",),
+    4: Stage(4, "all layers on predicted parts", GROUPS[:5], ("classifier",),
              use_gt_parts=False, keypoint_loss=True, classification_loss=True, select_metric="top1"),
 }
 
 
 def parse_stages(value: str | int) -> list[int]:
-    """``"all"`` -> [1, 2, 3, 4]; ``"3"`` -> [3]; ``"3,4"`` / ``"3-4"`` -> [3, 4]."""
+    """``"all"`` -> [0, 1, 2, 3, 4] (stage 0 only applies to models with part nets); ``"3"`` -> [3];
+    ``"3,4"`` / ``"3-4"`` -> [3, 4]."""
     text = str(value).strip().lower()
     if text == "all":
-        return [1, 2, 3, 4]
+        return list(ALL_STAGES)
     try:
         if "-" in text:
             lo, hi = (int(t) for t in text.split("-", 1))
@@ -62,9 +73,9 @@ def parse_stages(value: str | int) -> list[int]:
         else:
             numbers = [int(t) for t in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--stage {value!r}: use 1, 2, 3, 4, a range like 3-4, or 'all'") from None
+        raise ConfigError(f"--stage {value!r}: use 0, 1, 2, 3, 4, a range like 3-4, or 'all'") from None
     if not numbers or any(n not in STAGES for n in numbers) or numbers != sorted(set(numbers)):
-        raise ConfigError(f"--stage {value!r}: stages must be increasing numbers from 1-4, or 'all'")
+        raise ConfigError(f"--stage {value!r}: stages must be increasing numbers from 0-4, or 'all'")
     return numbers
 
 
@@ -90,9 +101,23 @@ def model_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 def stage_is_applicable(model: nn.Module, stage: Stage) -> bool:
     """False when the stage has nothing to train (e.g. keypoint stages of a holistic-only model)."""
     groups = model_groups(model)
+    if stage.part_net_loss:
+        return bool(groups["part_nets"])
     if stage.classification_loss:
         return any(groups[g] for g in stage.trainable)
     return bool(groups["keypoint_score"]) and uses_parts(model)
+
+
+def part_nets_end_to_end(model: nn.Module) -> bool:
+    """Whether the model's part nets (if any) are fine-tuned with the rest in stage 4."""
+    cfg = getattr(getattr(model, "module", model), "config", None)
+    part_nets = getattr(cfg, "part_nets", None)
+    return bool(getattr(part_nets, "end_to_end", False))
+
+
+def has_part_nets(model: nn.Module) -> bool:
+    cfg = getattr(getattr(model, "module", model), "config", None)
+    return getattr(cfg, "part_nets", None) is not None
 
 
 def uses_parts(model: nn.Module) -> bool:
@@ -103,12 +128,15 @@ def uses_parts(model: nn.Module) -> bool:
 def apply_stage(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
     """Set ``requires_grad`` for ``stage`` and return the trainable parameters.
 
-    A holistic-only model (``use_parts`` off) keeps its localization net frozen in stage 4: nothing uses it.
+    A holistic-only model (``use_parts`` off) keeps its localization net frozen in stage 4: nothing uses it; so
+    do part nets whose config does not ask for end-to-end fine-tuning.
     """
     groups = model_groups(model)
     trainable = set(stage.trainable)
     if not uses_parts(model):
         trainable -= {"keypoint_score", "localization"}
+    if stage.classification_loss and not part_nets_end_to_end(model):
+        trainable -= {"part_nets"}
     params: list[nn.Parameter] = []
     for name, group in groups.items():
         for p in group:

@@ -126,11 +126,14 @@ def epoch_record(stage: int, state: TrainState, epochs: int, sums: dict[str, flo
     n = max(1.0, sums.get("images", 0.0))
     record: dict[str, Any] = {"stage": stage, "epoch": state.epoch + 1, "epochs": epochs,
                               "step": state.global_step, "train_loss": sums.get("loss", 0.0) / n}
-    for key in ("kp_loss", "cls_loss"):
+    for key in ("kp_loss", "cls_loss", "head_loss", "body_loss"):
         if key in sums:
             record[f"train_{key}"] = sums[key] / n
     if "correct" in sums:
         record["train_top1"] = sums["correct"] / n
+    for part in ("head", "body"):   # stage 0: each part net's own accuracy on ground-truth-box crops
+        if f"{part}_correct" in sums:
+            record[f"train_{part}_top1"] = sums[f"{part}_correct"] / n
     record.update({f"val_{k}": v for k, v in metrics.items()})
     record["lr"] = lr  # largest group LR at the epoch's first step
     record["seconds"] = round(seconds, 3)
@@ -146,6 +149,9 @@ def format_record(record: dict[str, Any], improved: bool = False) -> str:
         parts.append(f"kp {record['train_kp_loss']:.4f}")
     if "train_top1" in record:
         parts.append(f"train top1 {100 * record['train_top1']:.1f}%")
+    if "train_head_top1" in record:
+        parts.append(f"train top1 head net {100 * record['train_head_top1']:.1f}% "
+                     f"body net {100 * record.get('train_body_top1', 0.0):.1f}%")
     if "val_top1" in record:
         parts.append(f"val top1 {100 * record['val_top1']:.1f}%")
     if "val_pck@0.1" in record:

@@ -29,7 +29,7 @@ from fgdeploy.train import distributed as D
 from fgdeploy.train.config import TrainConfig
 from fgdeploy.train.data import TrainData, epoch_batches, make_loader
 from fgdeploy.train.stages import (
-    STAGES, Stage, build_optimizer, build_scheduler, set_train_mode, stage_is_applicable, uses_parts,
+    STAGES, Stage, build_optimizer, build_scheduler, has_part_nets, set_train_mode, stage_is_applicable, uses_parts,
 )
 from fgdeploy.train.state import (  # noqa: F401  (Hooks, RunContext, load_train_state: re-exported API)
     Hooks, RunContext, TrainState, checkpoint_meta, epoch_record, format_record, load_train_state, restore_rng,
@@ -54,7 +54,36 @@ class HeatmapView(nn.Module):
         return net.localize(images)
 
 
+class PartNetView(nn.Module):
+    """Forward of the part nets alone on ground-truth boxes ({"head": logits, "body": logits}), for stage 0."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.net = model
+
+    def forward(self, images: torch.Tensor, part_keypoints: torch.Tensor, part_visible: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        net: Any = self.net
+        return net.part_net_logits(images, part_keypoints, part_visible)
+
+
 # --- one step / one epoch -------------------------------------------------------------------------------
+def part_net_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 0: the sum of the head and body nets' cross-entropies on ground-truth-box crops."""
+    images, labels = batch["images"], batch["labels"]
+    out = model(images, batch["keypoints"], batch["visible"].to(images.dtype))
+    n = images.shape[0]
+    loss = images.new_zeros(())
+    sums: dict[str, float] = {"images": float(n)}
+    for name, logits in out.items():
+        ce = F.cross_entropy(logits.float(), labels)
+        loss = loss + ce
+        sums[f"{name}_loss"] = ce.item() * n
+        sums[f"{name}_correct"] = float((logits.argmax(1) == labels).sum().item())
+    sums["loss"] = loss.item() * n
+    return loss, sums
+
+
 def compute_loss(
     model: nn.Module, batch: dict[str, torch.Tensor], stage: Stage, tcfg: TrainConfig,
     heatmap_hw: tuple[int, int], input_size: int,
@@ -62,11 +91,14 @@ def compute_loss(
     """Loss of one batch for ``stage``; returns (loss, per-batch sums for logging)."""
     from fgdeploy.models.losses import keypoint_bce_loss, keypoint_targets
 
+    if stage.part_net_loss:
+        return part_net_loss(model, batch)
     images, labels = batch["images"], batch["labels"]
     targets = keypoint_targets(batch["keypoints"], batch["visible"], heatmap_hw, input_size)  # (N, P, Hh, Wh)
     visible = batch["visible"].to(images.dtype)
     if stage.use_gt_parts:
-        out = model(images, part_heatmaps=targets, part_visible=visible)
+        gt_boxes = {"part_keypoints": batch["keypoints"]} if has_part_nets(model) else {}
+        out = model(images, part_heatmaps=targets, part_visible=visible, **gt_boxes)
     else:
         out = model(images)
     n = images.shape[0]
@@ -182,7 +214,8 @@ def calibrate_visibility(net: Any, data: TrainData, device: torch.device, info: 
     from fgdeploy.evaluate import predict
 
     cfg = net.config
-    if not data.val_indices or not uses_parts(net) or not cfg.zero_invisible_parts:
+    # Part-net models also build their boxes from the predicted visibility, so they always calibrate.
+    if not data.val_indices or not uses_parts(net) or not (cfg.zero_invisible_parts or has_part_nets(net)):
         return None
     shard = D.shard_indices(data.val_indices, info, pad=False)
     preds = predict(net, data.eval_dataset, shard, device, batch_size=data.eval_batch_size, amp=amp)
@@ -255,7 +288,8 @@ def _setup_stage(net: Any, data: TrainData, tcfg: TrainConfig, stage: Stage, ctx
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
-    runner = D.wrap_ddp(net if stage.classification_loss else HeatmapView(net), ctx.device, ctx.info)
+    view = net if stage.classification_loss else PartNetView(net) if stage.part_net_loss else HeatmapView(net)
+    runner = D.wrap_ddp(view, ctx.device, ctx.info)
     log.info("stage %d (%s): %d epoch(s) x %d steps, lr %g, head lr %g, trainable groups %s", stage.number,
              stage.title, scfg.epochs, steps_per_epoch, scfg.lr, scfg.head_lr,
              [g["name"] for g in optimizer.param_groups])
