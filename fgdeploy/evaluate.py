@@ -1,8 +1,12 @@
-"""Evaluation: top-1, mean per-class accuracy, PCK per part (method.md section 12), table, JSON, PNG grid.
+"""Evaluation: top-1, mean per-class accuracy, PCK per part, head/body PCP (method.md section 12), table, JSON,
+PNG grid.
 
 PCK is computed in the ORIGINAL image's pixels, normalised by max(w, h) of the ground-truth box as in
 the paper: predictions (input pixels of the warped S x S image) are mapped back with each sample's affine.
 The PCK formula itself is the NumPy reference's (``fgdeploy.reference.metrics.pck``), not a second copy.
+For models with part nets, PCP (12 (a)): a predicted head/body box is correct when its IoU with the
+ground-truth box is >= 0.5; ground-truth boxes are the section 7 rule applied to the ground-truth keypoints in
+the original image (``fgdeploy.reference.part_boxes``), predicted ones the model's, mapped back.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PCK_ALPHAS: tuple[float, ...] = (0.02, 0.05, 0.08, 0.10)
+PCP_IOU = 0.5
+PCP_GROUND_TRUTH = "method.md 7 box rule on the ground-truth keypoints, original image pixels"
 
 
 def pck_key(alpha: float) -> str:
@@ -37,6 +43,13 @@ class Predictions:
     gt_keypoints: np.ndarray     # (N, P, 2) original image pixels
     gt_visible: np.ndarray       # (N, P) bool
     bbox: np.ndarray             # (N, 4) ground-truth box [x0, y0, x1, y1], original pixels
+    # head/body boxes [x0, y0, x1, y1], original pixels; (N, 0, 4) for a model without part nets
+    part_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 4)))
+    gt_part_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 4)))
+
+    @property
+    def has_part_boxes(self) -> bool:
+        return self.part_boxes.ndim == 3 and self.part_boxes.shape[1] > 0
 
     @classmethod
     def concat(cls, parts: Sequence[Predictions]) -> Predictions:
@@ -59,7 +72,7 @@ class Predictions:
 def parts_empty() -> Predictions:
     z = np.zeros((0,), np.int64)
     return Predictions(z, z, z, np.zeros((0, 0, 2)), np.zeros((0, 0)), np.zeros((0, 0, 2)),
-                       np.zeros((0, 0), bool), np.zeros((0, 4)))
+                       np.zeros((0, 0), bool), np.zeros((0, 4)), np.zeros((0, 0, 4)), np.zeros((0, 0, 4)))
 
 
 def predict(
@@ -88,16 +101,44 @@ def predict(
                 with torch.autocast(device_type=torch.device(device).type, dtype=torch.float16, enabled=amp):
                     res = model(images)
                 kp = res["keypoints"].float().cpu().numpy()
+                affine = batch["affine"].numpy()
+                boxes, gt_boxes = _part_boxes(model, res, batch, affine)
                 out.append(Predictions(
                     indices=np.asarray(chunk, np.int64), labels=batch["labels"].numpy(),
                     predicted=res["logits"].float().argmax(1).cpu().numpy(),
-                    keypoints=unwarp_points(kp, batch["affine"].numpy()),
+                    keypoints=unwarp_points(kp, affine),
                     scores=res["keypoint_scores"].float().cpu().numpy(),
                     gt_keypoints=batch["orig_keypoints"].numpy(), gt_visible=batch["orig_visible"].numpy(),
-                    bbox=batch["orig_bbox"].numpy()))
+                    bbox=batch["orig_bbox"].numpy(), part_boxes=boxes, gt_part_boxes=gt_boxes))
     finally:
         model.train(was_training)
     return Predictions.concat(out)
+
+
+def _part_boxes(model: Any, res: dict[str, Any], batch: dict[str, Any], affine: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, ground-truth) head/body boxes in original-image pixels; (N, 0, 4) each without part nets."""
+    from fgdeploy.reference.part_boxes import part_boxes
+    from fgdeploy.tensors import OUTPUT_PART_BOXES
+
+    n = len(affine)
+    part_cfg = getattr(getattr(model, "config", None), "part_nets", None)
+    if OUTPUT_PART_BOXES not in res or part_cfg is None:
+        return np.zeros((n, 0, 4)), np.zeros((n, 0, 4))
+    pred = unwarp_boxes(res[OUTPUT_PART_BOXES].float().cpu().numpy(), affine)
+    gt = part_boxes(batch["orig_keypoints"].numpy(), batch["orig_visible"].numpy(), batch["orig_size"].numpy(),
+                    padding=part_cfg.padding, min_side=part_cfg.min_side)
+    return pred, gt
+
+
+def unwarp_boxes(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map (N, B, 4) axis-aligned boxes of the transformed image back to the original with (N, 2, 3) affines
+    (the box around the mapped corners: exact for the scale/translation of the test-time resize)."""
+    corners = boxes.reshape(len(boxes), -1, 2)                     # (N, 2B, 2): (x0, y0), (x1, y1), ...
+    back = unwarp_points(corners, affine).reshape(boxes.shape)     # (N, B, 4)
+    lo = np.minimum(back[..., :2], back[..., 2:])
+    hi = np.maximum(back[..., :2], back[..., 2:])
+    return np.concatenate([lo, hi], axis=-1)
 
 
 def unwarp_points(uv: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -121,16 +162,21 @@ class EvalResult:
     visibility_acc: float                     # predicted visible (score >= threshold) == GT visible
     normaliser: str = "max(w, h) of the ground-truth box, original image pixels"
     extra: dict[str, Any] = field(default_factory=dict)
+    pcp: dict[str, float] | None = None       # {"head": PCP, "body": PCP} for models with part nets
+    box_iou: dict[str, float] | None = None   # mean IoU of predicted vs ground-truth head/body boxes
 
     def summary(self) -> dict[str, float]:
         out = {"top1": self.top1, "mean_class_acc": self.mean_class_acc}
         out.update({key: vals["mean"] for key, vals in self.pck.items()})
+        out.update({f"pcp_{name}": value for name, value in (self.pcp or {}).items()})
         return out
 
     def to_json(self) -> dict[str, Any]:
+        pcp = {} if self.pcp is None else {"pcp": self.pcp, "pcp_iou_threshold": PCP_IOU, "box_mean_iou": self.box_iou,
+                                           "pcp_ground_truth": PCP_GROUND_TRUTH}
         return {"num_images": self.num_images, "top1": self.top1, "mean_class_acc": self.mean_class_acc,
                 "pck": self.pck, "pck_alphas": list(PCK_ALPHAS), "pck_normaliser": self.normaliser,
-                "pck_counts": self.pck_counts, "visibility_acc": self.visibility_acc,
+                "pck_counts": self.pck_counts, "visibility_acc": self.visibility_acc, **pcp,
                 "per_class_acc": self.per_class_acc, **self.extra}
 
 
@@ -163,8 +209,17 @@ def compute_metrics(
             row["mean"] = float(means[a])
             pck[pck_key(alpha)] = row
     vis_acc = float(((preds.scores >= visibility_threshold) == preds.gt_visible).mean()) if n else 0.0
+    pcp = mean_iou = None
+    if n and preds.has_part_boxes:
+        from fgdeploy.reference.part_boxes import PART_BOX_NAMES, box_iou
+        from fgdeploy.reference.part_boxes import pcp as reference_pcp
+
+        rates = reference_pcp(preds.part_boxes, preds.gt_part_boxes, PCP_IOU)
+        ious = box_iou(preds.part_boxes, preds.gt_part_boxes).mean(axis=0)
+        pcp = {name: float(r) for name, r in zip(PART_BOX_NAMES, rates)}
+        mean_iou = {name: float(v) for name, v in zip(PART_BOX_NAMES, ious)}
     return EvalResult(num_images=n, top1=top1, mean_class_acc=mean_class, per_class_acc=per_class, pck=pck,
-                      pck_counts=counts, visibility_acc=vis_acc)
+                      pck_counts=counts, visibility_acc=vis_acc, pcp=pcp, box_iou=mean_iou)
 
 
 def format_table(result: EvalResult, part_names: Sequence[str]) -> str:
@@ -174,6 +229,8 @@ def format_table(result: EvalResult, part_names: Sequence[str]) -> str:
              f"top-1 accuracy:          {100 * result.top1:6.2f} %",
              f"mean per-class accuracy: {100 * result.mean_class_acc:6.2f} %",
              f"visibility accuracy:     {100 * result.visibility_acc:6.2f} %",
+             *[f"PCP {name + ' (IoU >= 0.5)':<20} {100 * value:6.2f} %   (mean IoU {result.box_iou[name]:.3f})"
+               for name, value in (result.pcp or {}).items() if result.box_iou is not None],
              "", f"PCK (%), normalised by {result.normaliser}",
              f"{'part':<12} {'n':>5} " + " ".join(f"{k:>9}" for k in keys)]
     for name in [*part_names, "mean"]:
@@ -214,11 +271,14 @@ def render_grid(
 ) -> np.ndarray:
     """Ground truth vs prediction side by side (paper Fig. 3) for up to ``max_items`` images.
 
-    Left: the image with GT keypoints and the true class; right: predicted keypoints (rings where
-    predicted invisible: score below ``visibility_threshold``) and the predicted class, green when
-    correct, red when wrong.
+    Left: the image with GT keypoints (and GT head/body boxes) and the true class; right: predicted keypoints
+    (rings where predicted invisible: score below ``visibility_threshold``), predicted head/body boxes and the
+    predicted class, green when correct, red when wrong.
     """
-    from fgdeploy.visualize import draw_caption, draw_keypoints, make_grid, resize_for_display, side_by_side
+    from fgdeploy.reference.part_boxes import PART_BOX_NAMES
+    from fgdeploy.visualize import (
+        draw_boxes, draw_caption, draw_keypoints, make_grid, resize_for_display, side_by_side,
+    )
 
     picks: list[int] = []
     if len(preds):
@@ -229,9 +289,15 @@ def render_grid(
         image, gt = resize_for_display(sample.image, preds.gt_keypoints[k], tile)
         _, pred = resize_for_display(sample.image, preds.keypoints[k], tile)
         ok = preds.predicted[k] == preds.labels[k]
-        left = draw_caption(draw_keypoints(image, gt, preds.gt_visible[k]),
+        left_img, right_img = image, image
+        if preds.has_part_boxes:  # boxes scale with the image like keypoints (corners as points)
+            _, gt_box = resize_for_display(sample.image, preds.gt_part_boxes[k].reshape(-1, 2), tile)
+            _, pred_box = resize_for_display(sample.image, preds.part_boxes[k].reshape(-1, 2), tile)
+            left_img = draw_boxes(image, gt_box.reshape(-1, 4), PART_BOX_NAMES)
+            right_img = draw_boxes(image, pred_box.reshape(-1, 4), PART_BOX_NAMES)
+        left = draw_caption(draw_keypoints(left_img, gt, preds.gt_visible[k]),
                             f"GT: {_short(class_names[preds.labels[k]])}")
-        right = draw_caption(draw_keypoints(image, pred, hollow=preds.scores[k] < visibility_threshold),
+        right = draw_caption(draw_keypoints(right_img, pred, hollow=preds.scores[k] < visibility_threshold),
                              f"pred: {_short(class_names[preds.predicted[k]])}",
                              (120, 230, 120) if ok else (255, 110, 110))
         tiles.append(side_by_side(left, right))

@@ -72,6 +72,38 @@ def draw_keypoints(
     return out
 
 
+BOX_COLORS: tuple[tuple[int, int, int], ...] = ((255, 150, 0), (0, 200, 255))  # head orange, body cyan
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str] | None = None,
+               colors: Sequence[tuple[int, int, int]] = BOX_COLORS) -> np.ndarray:
+    """Draw axis-aligned boxes (e.g. the head and body boxes) with a dark outline and optional labels.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        boxes: (B, 4) [x0, y0, x1, y1] in this image's continuous pixels (edges, not pixel centres).
+        labels: one name per box, written inside its top-left corner.
+        colors: one RGB colour per box (cycled).
+
+    Returns:
+        A new (H, W, 3) uint8 image.
+    """
+    out = np.ascontiguousarray(image.copy())
+    thickness = max(1, int(round(0.006 * max(out.shape[:2]))))
+    font_scale = max(0.3, 0.0012 * max(out.shape[:2]))
+    for k, box in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
+        if not np.isfinite(box).all():
+            continue
+        color = colors[k % len(colors)]
+        p0, p1 = _pt(box[0], box[1]), _pt(box[2], box[3])
+        cv2.rectangle(out, p0, p1, (0, 0, 0), thickness + 2, cv2.LINE_AA, _SHIFT)
+        cv2.rectangle(out, p0, p1, color, thickness, cv2.LINE_AA, _SHIFT)
+        if labels is not None and k < len(labels):
+            org = (int(box[0]) + thickness + 2, int(box[1]) + thickness + int(12 * font_scale / 0.4))
+            draw_text(out, labels[k], org, font_scale, color, inplace=True)
+    return out
+
+
 def draw_text(
     image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5,
     color: tuple[int, int, int] = (255, 255, 255), inplace: bool = False,

@@ -21,7 +21,8 @@ from fgdeploy.commands.options import device_option
 @click.pass_context
 def command(ctx: click.Context, checkpoint: Path, data: Path | None, split: str, out: Path | None, device: str,
             batch: int) -> None:
-    """Top-1, mean per-class accuracy and PCK per part of CHECKPOINT on a dataset split."""
+    """Top-1, mean per-class accuracy, PCK per part (and head/body PCP of part-net models) of CHECKPOINT on a
+    dataset split."""
     from fgdeploy.errors import ConfigError
     from fgdeploy.evaluate import default_data_for, evaluate_checkpoint
 

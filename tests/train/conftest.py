@@ -21,9 +21,17 @@ def tiny_model_config(input_size: int = 64, use_parts: bool = True) -> ModelConf
                                classification=dataclasses.replace(cfg.classification, use_parts=use_parts))
 
 
+def tiny_partnets_config(input_size: int = 64, end_to_end: bool = True) -> ModelConfig:
+    """``demo_partnets`` with tiny widths: head/body nets on 16 px crops of a 64 px input."""
+    cfg = with_backbone_options(load_model_config("demo_partnets"), {"widths": TINY_WIDTHS, "depth": 1}, input_size)
+    assert cfg.part_nets is not None
+    return dataclasses.replace(cfg, name="tiny_partnets",
+                               part_nets=dataclasses.replace(cfg.part_nets, crop_size=16, end_to_end=end_to_end))
+
+
 def tiny_train_config(epochs: int = 1, **overrides) -> TrainConfig:
     stage = StageConfig(epochs=epochs, lr=0.02, head_lr=0.05)
-    fields = {"batch_size": 4, "checkpoint_every": 2, **{f"stage{n}": stage for n in (1, 2, 3, 4)}}
+    fields = {"batch_size": 4, "checkpoint_every": 2, **{f"stage{n}": stage for n in (0, 1, 2, 3, 4)}}
     return TrainConfig(**(fields | overrides))
 
 

@@ -116,12 +116,13 @@ def test_stage_ground_truth_parts_in_stage3_predicted_in_stage4(monkeypatch):
     assert targets.shape[-2:] == model.heatmap_size
 
 
-@pytest.mark.parametrize("text,expected", [("all", [1, 2, 3, 4]), ("3", [3]), ("3-4", [3, 4]), ("1,2", [1, 2])])
+@pytest.mark.parametrize("text,expected", [("all", [0, 1, 2, 3, 4]), ("0", [0]), ("3", [3]), ("3-4", [3, 4]),
+                                           ("1,2", [1, 2])])
 def test_parse_stages_accepts_numbers_ranges_and_all(text, expected):
     assert parse_stages(text) == expected
 
 
-@pytest.mark.parametrize("text", ["5", "0", "4-3", "x", "2,1"])
+@pytest.mark.parametrize("text", ["5", "6", "4-3", "x", "2,1"])
 def test_parse_stages_rejects_bad_values(text):
     with pytest.raises(ConfigError, match="--stage"):
         parse_stages(text)
