@@ -24,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from fgdeploy.errors import ConfigError
-from fgdeploy.tensors import MODEL_OUTPUTS, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_LOGITS
+from fgdeploy.tensors import (
+    MODEL_OUTPUTS, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_LOGITS, OUTPUT_PART_BOXES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def _unit_images(images: Tensor, dtype: torch.dtype) -> Tensor:
 def optimize_for_inference(
     model: nn.Module, device: str | torch.device, fp16: bool = False, channels_last: bool = False,
     compile_mode: str | None = None, cuda_graphs: bool = False, *, cudnn_benchmark: bool = True,
-    compile_backend: str = "inductor", outputs: Sequence[str] = MODEL_OUTPUTS,
+    compile_backend: str = "inductor", outputs: Sequence[str] | None = None,
     split_streams: bool = False, pad_input: bool = False, conv_relu: bool = False,
 ) -> InferFn:
     """Prepare ``model`` for fast inference and return ``fn(images) -> {name: tensor}``.
@@ -102,7 +104,7 @@ def optimize_for_inference(
             modes that capture graphs themselves, their no-graph variant is compiled and captured here.
         cudnn_benchmark: run with ``torch.backends.cudnn.benchmark`` on (set per call, then restored).
         compile_backend: ``torch.compile`` backend.
-        outputs: output names to return.
+        outputs: output names to return. Defaults to ``default_outputs(model)``.
         split_streams: run the two trunks as separate graphs on two CUDA streams (``SplitInference``).
         pad_input: zero-pad the input to 8 channels and conv1_1's weights to match (exact; needs
             ``split_streams``), so cuDNN runs the first conv with aligned NHWC tensor-core kernels.
@@ -125,7 +127,7 @@ def optimize_for_inference(
 
 def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool = False,
                        channels_last: bool = False, compile_mode: str | None = None,
-                       compile_backend: str = "inductor", outputs: Sequence[str] = MODEL_OUTPUTS,
+                       compile_backend: str = "inductor", outputs: Sequence[str] | None = None,
                        cuda_graphs: bool = False, *, split_streams: bool = False, pad_input: bool = False,
                        conv_relu: bool = False) -> InferFn:
     """The converted (and compiled) module, without CUDA graphs or cuDNN flags; see ``optimize_for_inference``.
@@ -142,6 +144,7 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
     if cuda_graphs and device.type != "cuda":
         raise ConfigError("cuda_graphs needs a CUDA device; drop --cuda-graphs or use --device cuda")
     dtype = torch.float16 if fp16 else torch.float32
+    outputs = default_outputs(model) if outputs is None else outputs
     model = model.eval().to(device=device, dtype=dtype)
     if pad_input and not split_streams:
         raise ConfigError("pad_input needs split_streams (the padded input bypasses the model's own normalisation)")
@@ -154,7 +157,9 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if conv_relu:
-        fused = sum(fuse_conv_relu(t, channels_last) for t in trunks)
+        part_nets = getattr(model, "part_nets", None)   # head/body trunks: fused too, never padded
+        part_trunks = [net.trunk for net in part_nets.nets.values()] if part_nets is not None else []
+        fused = sum(fuse_conv_relu(t, channels_last) for t in trunks + part_trunks)
         logger.info("fused %d conv+ReLU pairs", fused)
     compile_fn = None
     if mode != "none":
@@ -280,20 +285,26 @@ class _ClassificationPart(_TrunkPart):
 
 
 class _HeadPart(nn.Module):
-    """Coordinate transfer + holistic head + classifier on the two trunks' outputs."""
+    """Coordinate transfer + holistic head (+ head/body part nets on their crops) + classifier on the two trunks'
+    outputs; returns {"logits"} (and "part_boxes" for part-net models)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.dtype, self.channels_last = model, dtype, channels_last
 
-    def forward(self, loc: dict[str, Tensor], feats: dict[str, Tensor]) -> Tensor:
+    def forward(self, loc: dict[str, Tensor], feats: dict[str, Tensor], images: Tensor) -> dict[str, Tensor]:
         m: Any = self.model
         parts = None
         if m._transfer_layer is not None:
             parts = m._part_features(feats[m._transfer_layer], loc[OUTPUT_HEATMAPS], loc[OUTPUT_KEYPOINT_SCORES],
                                      None, None)
         holistic = m.holistic(feats[m._holistic_layer]) if m.holistic is not None else None
-        return m.classifier(parts, holistic)
+        if getattr(m, "part_nets", None) is None:
+            return {OUTPUT_LOGITS: m.classifier(parts, holistic)}
+        boxes = m.part_boxes(loc)   # from the predicted keypoints and visibility, as the model's forward
+        x = _model_input(images, m, self.dtype, self.channels_last, 0)   # part trunks take the unpadded input
+        logits = m.classifier(parts, holistic, m.part_nets.features(x, boxes))
+        return {OUTPUT_LOGITS: logits, OUTPUT_PART_BOXES: boxes}
 
 
 def splittable(model: nn.Module) -> bool:
@@ -316,7 +327,7 @@ class SplitInference:
                  pad_to: int, compile_fn: Callable[[nn.Module], Any] | None, device: torch.device) -> None:
         self.loc = _LocalizationPart(model, dtype, channels_last, pad_to).eval()
         self.cls = _ClassificationPart(model, dtype, channels_last, pad_to).eval()
-        self.head = _HeadPart(model).eval()
+        self.head = _HeadPart(model, dtype, channels_last).eval()
         self.parts: tuple[Any, Any, Any] = (self.loc, self.cls, self.head)
         if compile_fn is not None:
             self.parts = (compile_fn(self.loc), compile_fn(self.cls), compile_fn(self.head))
@@ -336,8 +347,13 @@ class SplitInference:
             main.wait_stream(self._side)              # join before the head reads the features
             for t in feats.values():
                 t.record_stream(main)
-        out = {**loc, OUTPUT_LOGITS: head_fn(loc, feats)}
+        out = {**loc, **head_fn(loc, feats, images)}
         return {k: out[k] for k in self.outputs}
+
+
+def default_outputs(model: nn.Module) -> tuple[str, ...]:
+    """logits, keypoints, keypoint_scores, and part_boxes for a model with head/body part nets."""
+    return MODEL_OUTPUTS + ((OUTPUT_PART_BOXES,) if getattr(model, "part_nets", None) is not None else ())
 
 
 def with_cudnn_benchmark(fn: InferFn, benchmark: bool) -> InferFn:

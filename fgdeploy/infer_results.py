@@ -2,7 +2,9 @@
 
 A record is a dict: ``path``, ``width``, ``height`` (the image as stored), ``top`` (k dicts: ``label``,
 ``class``, ``prob``), ``keypoints`` (P dicts: ``part``, ``x``, ``y``, ``score``; x, y in the original
-image's continuous pixels). The journal (``OUT.partial.jsonl``) is a header line then one JSON record
+image's continuous pixels), and for part-net models ``boxes`` (head and body: ``part``, ``x0``, ``y0``, ``x1``,
+``y1`` in the original image's pixels; CSV columns ``head_x0`` ... ``body_y1``). The journal
+(``OUT.partial.jsonl``) is a header line then one JSON record
 (or ``{"path", "error"}``) per line, appended and fsync'd per batch; ``render_outputs`` turns it into
 ``OUT`` (.csv: one row per image; .jsonl: one record per line), ``<stem>.errors.csv`` and the run record
 ``<stem>.run.json`` (model, options, counts; ``--resume`` checks it before extending a finished ``OUT``),
@@ -27,11 +29,12 @@ import numpy as np
 
 from fgdeploy.errors import FgdeployError
 from fgdeploy.fileio import atomic_open, atomic_write_json
-from fgdeploy.tensors import OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
+from fgdeploy.tensors import OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, OUTPUT_PART_BOXES, PART_NAMES
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
+BOX_KEYS = ("x0", "y0", "x1", "y1")   # a head/body box in records and CSV columns (<part>_x0 ...)
 
 
 def to_records(outputs: dict[str, np.ndarray], items: Sequence[Any], input_size: int, topk: int,
@@ -54,7 +57,18 @@ def to_records(outputs: dict[str, np.ndarray], items: Sequence[Any], input_size:
             "keypoints": [{"part": part_names[p], "x": round(float(xs[p]), 3), "y": round(float(ys[p]), 3),
                            "score": round(float(scores[n, p]), 6)} for p in range(len(part_names))],
         })
+        if OUTPUT_PART_BOXES in outputs:
+            records[-1]["boxes"] = _box_records(outputs[OUTPUT_PART_BOXES][n], w / input_size, h / input_size)
     return records
+
+
+def _box_records(boxes: np.ndarray, sx: float, sy: float) -> list[dict[str, Any]]:
+    """Head/body boxes of one image, input pixels -> original pixels (the test resize is a plain scale)."""
+    from fgdeploy.reference.part_boxes import PART_BOX_NAMES
+
+    b = np.asarray(boxes, np.float64) * np.array([sx, sy, sx, sy])
+    return [{"part": name, **{k: round(float(v), 3) for k, v in zip(BOX_KEYS, b[i])}}
+            for i, name in enumerate(PART_BOX_NAMES)]
 
 
 def key_of(path: str, cwd: str) -> str:
@@ -189,10 +203,11 @@ def read_run_record(out: Path) -> dict[str, Any]:
     return record
 
 
-def _csv_header(topk: int, part_names: Sequence[str]) -> list[str]:
+def _csv_header(topk: int, part_names: Sequence[str], box_names: Sequence[str] = ()) -> list[str]:
     cols = ["path", "width", "height"]
     cols += [f"top{i}_{f}" for i in range(1, topk + 1) for f in ("label", "class", "prob")]
-    return cols + [f"{p}_{f}" for p in part_names for f in ("x", "y", "score")]
+    return cols + [f"{p}_{f}" for p in part_names for f in ("x", "y", "score")] + \
+        [f"{b}_{k}" for b in box_names for k in BOX_KEYS]
 
 
 def _csv_row(rec: dict[str, Any], topk: int) -> list[Any]:
@@ -200,7 +215,8 @@ def _csv_row(rec: dict[str, Any], topk: int) -> list[Any]:
     for i in range(topk):
         t = rec["top"][i] if i < len(rec["top"]) else {"label": "", "class": "", "prob": ""}
         row += [t["label"], t["class"], t["prob"]]
-    return row + [v for k in rec["keypoints"] for v in (k["x"], k["y"], k["score"])]
+    return row + [v for k in rec["keypoints"] for v in (k["x"], k["y"], k["score"])] + \
+        [b[k] for b in rec.get("boxes", ()) for k in BOX_KEYS]
 
 
 def render_outputs(journal: Journal, out: Path, topk: int, part_names: Sequence[str]) -> tuple[int, int]:
@@ -212,10 +228,12 @@ def render_outputs(journal: Journal, out: Path, topk: int, part_names: Sequence[
         header = json.loads(f.readline())
     seen: set[str] = set()
     errors: dict[str, tuple[str, str]] = {}
+    first = next((rec for rec in journal.read() if "error" not in rec), {})
+    box_names = [b["part"] for b in first.get("boxes", ())]   # part-net models add head/body box columns
     with atomic_open(out, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f) if is_csv(out) else None
         if writer:
-            writer.writerow(_csv_header(topk, part_names))
+            writer.writerow(_csv_header(topk, part_names, box_names))
         for rec in journal.read():
             key = key_of(rec["path"], header["cwd"])
             if "error" in rec:
@@ -260,9 +278,10 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError("expected a header starting path,width,height")
             topk = sum(1 for c in header if c.endswith("_label"))
             parts = [c[:-2] for c in header[3 + 3 * topk:] if c.endswith("_x")]
+            boxes = [c[:-3] for c in header if c.endswith("_x0")]
             records = []
             for line, row in enumerate(rows, 2):
-                records.append(_csv_record(row, topk, parts))
+                records.append(_csv_record(row, topk, parts, boxes))
             return records
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         raise FgdeployError(f"{path}:{line}: not a results file written by fgdeploy infer ({exc}); write to a new "
@@ -285,13 +304,18 @@ def _json_record(text: str) -> dict[str, Any]:
     return rec
 
 
-def _csv_record(row: list[str], topk: int, parts: Sequence[str]) -> dict[str, Any]:
+def _csv_record(row: list[str], topk: int, parts: Sequence[str], boxes: Sequence[str] = ()) -> dict[str, Any]:
     top = [{"label": int(row[3 + 3 * i]), "class": row[4 + 3 * i], "prob": float(row[5 + 3 * i])}
            for i in range(topk) if row[3 + 3 * i] != ""]
     base = 3 + 3 * topk
     kps = [{"part": p, "x": float(row[base + 3 * j]), "y": float(row[base + 3 * j + 1]),
             "score": float(row[base + 3 * j + 2])} for j, p in enumerate(parts)]
-    return {"path": row[0], "width": int(row[1]), "height": int(row[2]), "top": top, "keypoints": kps}
+    rec = {"path": row[0], "width": int(row[1]), "height": int(row[2]), "top": top, "keypoints": kps}
+    base += 3 * len(parts)
+    if boxes:
+        rec["boxes"] = [{"part": b, **{k: float(row[base + 4 * j + i]) for i, k in enumerate(BOX_KEYS)}}
+                        for j, b in enumerate(boxes)]
+    return rec
 
 
 class ResultWriter:
@@ -373,14 +397,18 @@ class ResultWriter:
 
 def save_visualisations(items: Sequence[Any], records: Sequence[dict[str, Any]], folder: Path,
                         visibility_threshold: float = 0.5) -> None:
-    """Draw keypoints (hollow when the score is below the model's visibility threshold), part names and the
-    top-1 class; write ``folder/<name>.png``."""
-    from fgdeploy.visualize import draw_caption, draw_keypoints, save_image
+    """Draw keypoints (hollow when the score is below the model's visibility threshold), part names, head/body
+    boxes (part-net models) and the top-1 class; write ``folder/<name>.png``."""
+    from fgdeploy.visualize import draw_boxes, draw_caption, draw_keypoints, save_image
 
     for item, rec in zip(items, records):
         kps = np.array([[k["x"], k["y"]] for k in rec["keypoints"]], dtype=np.float64)
         hollow = np.array([k["score"] < visibility_threshold for k in rec["keypoints"]])
-        canvas = draw_keypoints(item.original, kps, part_names=[k["part"] for k in rec["keypoints"]],
+        canvas = item.original
+        if rec.get("boxes"):
+            canvas = draw_boxes(canvas, [[b[k] for k in BOX_KEYS] for b in rec["boxes"]],
+                                [b["part"] for b in rec["boxes"]])
+        canvas = draw_keypoints(canvas, kps, part_names=[k["part"] for k in rec["keypoints"]],
                                 labels=True, hollow=hollow)
         canvas = draw_caption(canvas, f"{rec['top'][0]['class']}  p={rec['top'][0]['prob']:.2f}")
         save_image(folder / f"{Path(item.path).stem}_{zlib.crc32(item.path.encode()):08x}.png", canvas)

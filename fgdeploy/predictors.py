@@ -18,7 +18,9 @@ import numpy as np
 
 from fgdeploy.backends.base import image_input_spec
 from fgdeploy.errors import FgdeployError
-from fgdeploy.tensors import INPUT_IMAGES, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS
+from fgdeploy.tensors import (
+    INPUT_IMAGES, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, OUTPUT_PART_BOXES,
+)
 
 
 class Predictor(Protocol):
@@ -77,7 +79,8 @@ class RunnerPredictor:
         if missing := [k for k in needed if k not in outputs]:
             raise FgdeployError(f"{self.runner.name}: the model has no output(s) {missing} (it has {sorted(outputs)}), "
                                 "so it is not an fgdeploy model; export one with `fgdeploy export`")
-        return {k: np.asarray(outputs[k])[:count] for k in needed}
+        optional = [k for k in (OUTPUT_PART_BOXES,) if k in outputs]   # head/body boxes of part-net models
+        return {k: np.asarray(outputs[k])[:count] for k in (*needed, *optional)}
 
 
 BACKEND_BY_SUFFIX = {".onnx": "ort", ".engine": "trt", ".plan": "trt", ".trt": "trt"}  # anything else: torch

@@ -28,7 +28,7 @@ from fgdeploy.export.debug_outputs import coordinate_transfer_nodes
 from fgdeploy.export.metadata import METADATA_FORMAT, encode_metadata
 from fgdeploy.tensors import (
     INPUT_IMAGES, MODEL_OUTPUTS, OP_DOMAIN, OP_NAME, OP_VERSION, OUTPUT_HEATMAPS, OUTPUT_KEYPOINTS,
-    OUTPUT_LOGITS, PLUGIN_NAMESPACE,
+    OUTPUT_LOGITS, OUTPUT_PART_BOXES, PLUGIN_NAMESPACE,
 )
 
 if TYPE_CHECKING:
@@ -121,6 +121,13 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def output_names(model: torch.nn.Module, heatmaps: bool = False) -> list[str]:
+    """The exported outputs: logits, keypoints, keypoint_scores, part_boxes (models with part nets: the head/body
+    crops happen inside the graph) and, when asked, heatmaps."""
+    boxes = [OUTPUT_PART_BOXES] if getattr(model, "part_nets", None) is not None else []
+    return list(MODEL_OUTPUTS) + boxes + ([OUTPUT_HEATMAPS] if heatmaps else [])
+
+
 def trace_to_onnx(model: torch.nn.Module, input_size: int, options: ExportOptions) -> onnx.ModelProto:
     """Run the dynamo exporter; returns the fp32 graph with the custom node (no function yet)."""
     import torch
@@ -128,7 +135,7 @@ def trace_to_onnx(model: torch.nn.Module, input_size: int, options: ExportOption
     from fgdeploy.export.onnx_function import register_coordinate_transfer_schema
 
     register_coordinate_transfer_schema()
-    names = list(MODEL_OUTPUTS) + ([OUTPUT_HEATMAPS] if options.heatmaps else [])
+    names = output_names(model, options.heatmaps)
     example_batch = options.batch or 2  # 2, not 1: a size-1 example would be specialised
     example = torch.rand(example_batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     dynamic = None

@@ -13,7 +13,9 @@ from fgdeploy.parity.report import (
     PCK_ALPHA, BatchInvariance, Check, ClassFlip, GroundTruth, KeypointFlip, OutputComparison, TaskComparison,
     Thresholds, Tolerance,
 )
-from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS
+from fgdeploy.tensors import (
+    OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, OUTPUT_PART_BOXES,
+)
 
 
 # --- numeric comparison ----------------------------------------------------------------------------
@@ -66,13 +68,14 @@ def _p99(x: np.ndarray) -> float:
 def compare_tasks(
     ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], *, input_size: int,
     heatmap_hw: tuple[int, int], part_names: Sequence[str], truth: GroundTruth | None = None,
-    tie_tolerance: Tolerance | None = None,
+    tie_tolerance: Tolerance | None = None, box_iou: float | None = None,
 ) -> TaskComparison:
-    """Top-1 / keypoint agreement, accuracy and PCK of each side, and the flipped images.
+    """Top-1 / keypoint agreement, accuracy and PCK of each side, head/body box agreement, and the flipped images.
 
     With the reference's heatmaps in ``ref`` and a ``tie_tolerance``, a keypoint that moved to a cell the
     reference scored within that tolerance of its own argmax is a near-tie: either cell is a correct
-    argmax of the reference up to rounding, so it counts towards ``keypoint_same_cell_or_tie``.
+    argmax of the reference up to rounding, so it counts towards ``keypoint_same_cell_or_tie``. With
+    ``part_boxes`` on both sides, boxes agree when their IoU is >= ``box_iou`` (default 0.999).
     """
     truth = truth or GroundTruth()
     ids = truth.image_ids
@@ -93,6 +96,14 @@ def compare_tasks(
         task.accuracy_diff_points = 100.0 * (task.accuracy_test - task.accuracy_ref)
     if OUTPUT_KEYPOINTS in ref and OUTPUT_KEYPOINTS in test:
         _compare_keypoints(task, ref, test, input_size, heatmap_hw, part_names, truth, tie_tolerance)
+    if OUTPUT_PART_BOXES in ref and OUTPUT_PART_BOXES in test:
+        from fgdeploy.reference.part_boxes import box_iou as iou_of
+
+        ious = iou_of(np.asarray(ref[OUTPUT_PART_BOXES]), np.asarray(test[OUTPUT_PART_BOXES]))   # (N, 2)
+        task.box_iou_threshold = 0.999 if box_iou is None else box_iou
+        task.box_agreement = float((ious >= task.box_iou_threshold).mean()) if ious.size else 1.0
+        task.box_iou_mean = float(ious.mean()) if ious.size else 1.0
+        task.box_iou_min = float(ious.min()) if ious.size else 1.0
     return task
 
 
@@ -189,6 +200,9 @@ def build_checks(outputs: Sequence[OutputComparison], task: TaskComparison, batc
     elif task.keypoint_within_one_cell is not None and th.keypoint_within_one_cell is not None:
         checks.append(_at_least("keypoints within one cell", task.keypoint_within_one_cell,
                                 th.keypoint_within_one_cell))
+    if task.box_agreement is not None and th.box_agreement is not None:
+        checks.append(_at_least(f"head/body boxes with IoU >= {task.box_iou_threshold:g}", task.box_agreement,
+                                th.box_agreement))
     if task.accuracy_diff_points is not None and th.accuracy_diff_points is not None:
         value = abs(task.accuracy_diff_points)
         checks.append(Check("|accuracy difference| (points)", value, th.accuracy_diff_points, "<=",

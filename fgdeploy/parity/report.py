@@ -40,16 +40,19 @@ class Thresholds:
     keypoint_within_one_cell: float | None  # ... within one cell (Chebyshev distance <= 1)
     accuracy_diff_points: float | None     # |accuracy(test) - accuracy(ref)| in percentage points
     logit_error_over_range: float | None   # max |logit error| / (max - min of the reference logits)
+    box_iou: float | None = None           # head/body boxes (part-net models) agree when IoU(ref, test) >= this
+    box_agreement: float | None = None     # fraction of (image, box) that must agree
 
 
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp32": Thresholds(Tolerance(atol=1e-4, rtol=1e-3), top1_agreement=1.0, keypoint_same_cell=1.0,
-                       keypoint_within_one_cell=1.0, accuracy_diff_points=0.0, logit_error_over_range=1e-4),
+                       keypoint_within_one_cell=1.0, accuracy_diff_points=0.0, logit_error_over_range=1e-4,
+                       box_iou=0.999, box_agreement=1.0),
     # fp16 (eps ~1e-3) accumulates ~1e-2 relative error through a deep conv stack; a keypoint that moves
     # by a cell changes its part features, hence the per-image fraction instead of "every element".
     "fp16": Thresholds(Tolerance(atol=5e-2, rtol=5e-2, min_fraction=0.99), top1_agreement=0.99,
                        keypoint_same_cell=None, keypoint_within_one_cell=0.99, accuracy_diff_points=0.5,
-                       logit_error_over_range=None),
+                       logit_error_over_range=None, box_iou=0.9, box_agreement=0.99),
 }
 
 
@@ -130,6 +133,10 @@ class TaskComparison:
     pck_ref: float | None = None                     # PCK@0.1 of the bounding box, visible parts
     pck_test: float | None = None
     pck_diff_points: float | None = None
+    box_iou_threshold: float | None = None           # head/body boxes (part-net models): IoU counted as agreeing
+    box_agreement: float | None = None               # fraction of (image, box) with IoU(ref, test) >= threshold
+    box_iou_mean: float | None = None
+    box_iou_min: float | None = None
     class_flips: list[ClassFlip] = field(default_factory=list)
     keypoint_flips: list[KeypointFlip] = field(default_factory=list)
 
@@ -278,6 +285,9 @@ def _task_lines(task: TaskComparison) -> list[str]:
     if task.keypoint_near_ties:
         lines.append(f"keypoints: {task.keypoint_near_ties} moved between cells the reference scores within "
                      f"tolerance (near-ties); same cell or near-tie {_pct(task.keypoint_same_cell_or_tie)}")
+    if task.box_agreement is not None:
+        lines.append(f"head/body boxes: IoU >= {task.box_iou_threshold:g} for {_pct(task.box_agreement)}, mean IoU "
+                     f"{task.box_iou_mean:.4f}, min {task.box_iou_min:.4f}")
     if task.accuracy_ref is not None:
         lines.append(f"accuracy: ref {_pct(task.accuracy_ref)}, test {_pct(task.accuracy_test)}, "
                      f"diff {task.accuracy_diff_points:+.2f} points")

@@ -19,7 +19,7 @@ from fgdeploy.parity.report import (
 )
 from fgdeploy.parity.sources import ImageSource
 from fgdeploy.tensors import (
-    INPUT_IMAGES, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS,
+    INPUT_IMAGES, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, OUTPUT_PART_BOXES,
 )
 
 logger = logging.getLogger(__name__)
@@ -189,14 +189,15 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
     input_size = int(test_meta.get("input_size") or ref_meta.get("input_size") or source.load([0]).shape[-1])
     heatmap_hw = _heatmap_hw(ref_meta, test_meta, ref_out, test_out)
     part_names = list(test_meta.get("part_names") or ref_meta.get("part_names") or [])
-    outputs = [compare_output(name, ref_out[name], test_out[name], thresholds.tolerance,
-                              judged=name != OUTPUT_KEYPOINTS) for name in _common_outputs(ref_out, test_out)]
+    outputs = [compare_output(name, ref_out[name], test_out[name], thresholds.tolerance,   # boxes: judged by IoU
+                              judged=name not in (OUTPUT_KEYPOINTS, OUTPUT_PART_BOXES))
+               for name in _common_outputs(ref_out, test_out)]
     task = TaskComparison(n_images=len(indices), top1_agreement=1.0)
     if heatmap_hw is not None:
         ref_task = with_ref_heatmaps(ref, ref_out, test_out, source, heatmap_hw, input_size, config.batch_size)
         task = compare_tasks(ref_task, test_out, input_size=input_size, heatmap_hw=heatmap_hw,
                              part_names=part_names or [str(p) for p in range(ref_out[OUTPUT_KEYPOINTS].shape[1])],
-                             truth=source.truth, tie_tolerance=thresholds.tolerance)
+                             truth=source.truth, tie_tolerance=thresholds.tolerance, box_iou=thresholds.box_iou)
     else:
         task = compare_tasks({OUTPUT_LOGITS: ref_out[OUTPUT_LOGITS]}, {OUTPUT_LOGITS: test_out[OUTPUT_LOGITS]},
                              input_size=input_size, heatmap_hw=(1, 1), part_names=part_names, truth=source.truth)
