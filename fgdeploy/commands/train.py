@@ -16,7 +16,7 @@ from fgdeploy.commands.options import device_option
               help="CUB-format dataset folder. Default: generate synth-birds into OUT/synth-birds.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder (config.yaml, metrics.jsonl, last.pt, best.pt, train.log).")
-@click.option("--stage", default=None, help="1, 2, 3, 4, a range such as 3-4, or 'all' (default).")
+@click.option("--stage", default=None, help="0-4 (0: part nets, part-net configs only), a range such as 3-4, or 'all' (default).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs of every stage (>= 1).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0), default=None, help="Base learning rate of every stage.")
@@ -32,7 +32,8 @@ from fgdeploy.commands.options import device_option
 def command(ctx: click.Context, config: str | None, data: Path | None, out: Path, stage: str | None, epochs: int | None,
             batch: int | None, lr: float | None, device: str | None, resume: bool, pretrained: Path | None,
             seed: int | None, workers: int | None) -> None:
-    """Train a pose-normalized classifier in the paper's four stages (runs under torchrun too)."""
+    """Train a pose-normalized classifier in the paper's four stages, after stage 0 for part-net configs (runs
+    under torchrun too)."""
     from fgdeploy.train.run import TrainOptions, run_training
     from fgdeploy.train.state import format_record
 
