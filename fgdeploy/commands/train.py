@@ -16,7 +16,8 @@ from fgdeploy.commands.options import device_option
               help="CUB-format dataset folder. Default: generate synth-birds into OUT/synth-birds.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder (config.yaml, metrics.jsonl, last.pt, best.pt, train.log).")
-@click.option("--stage", default=None, help="0-4 (0: part nets, part-net configs only), a range such as 3-4, or 'all' (default).")
+@click.option("--stage", default=None,
+              help="0-4 (0: part nets, part-net configs only), a range such as 3-4, or 'all' (default).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs of every stage (>= 1).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0), default=None, help="Base learning rate of every stage.")
