@@ -5,8 +5,8 @@ PCK is computed in the ORIGINAL image's pixels, normalised by max(w, h) of the g
 the paper: predictions (input pixels of the warped S x S image) are mapped back with each sample's affine.
 The PCK formula itself is the NumPy reference's (``fgdeploy.reference.metrics.pck``), not a second copy.
 For models with part nets, PCP (12 (a)): a predicted head/body box is correct when its IoU with the
-ground-truth box is >= 0.5; ground-truth boxes are the section 7 rule applied to the ground-truth keypoints in
-the original image (``fgdeploy.reference.part_boxes``), predicted ones the model's, mapped back.
+ground-truth box is >= 0.5; ground-truth boxes are the section 7 rule (``fgdeploy.reference.part_boxes``) applied
+to the ground-truth keypoints in the model input frame, like the model's own boxes; both are mapped back.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 PCK_ALPHAS: tuple[float, ...] = (0.02, 0.05, 0.08, 0.10)
 PCP_IOU = 0.5
-PCP_GROUND_TRUTH = "method.md 7 box rule on the ground-truth keypoints, original image pixels"
+PCP_GROUND_TRUTH = ("method.md 7 box rule on the ground-truth keypoints in the model input frame (as the model "
+                    "applies it to its predictions), mapped back to original image pixels")
 
 
 def pck_key(alpha: float) -> str:
@@ -117,7 +118,13 @@ def predict(
 
 def _part_boxes(model: Any, res: dict[str, Any], batch: dict[str, Any], affine: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted, ground-truth) head/body boxes in original-image pixels; (N, 0, 4) each without part nets."""
+    """(predicted, ground-truth) head/body boxes in original-image pixels; (N, 0, 4) each without part nets.
+
+    The ground-truth box is the model's own rule (method.md 7, its padding and minimum side) applied to the
+    ground-truth keypoints and visibility in the same frame the model applies it to its predictions (the S x S
+    input), then mapped back like the predicted box; so PCP measures the keypoints and visibility, not a
+    difference of frames (the minimum side is in input pixels).
+    """
     from fgdeploy.reference.part_boxes import part_boxes
     from fgdeploy.tensors import OUTPUT_PART_BOXES
 
@@ -125,10 +132,11 @@ def _part_boxes(model: Any, res: dict[str, Any], batch: dict[str, Any], affine: 
     part_cfg = getattr(getattr(model, "config", None), "part_nets", None)
     if OUTPUT_PART_BOXES not in res or part_cfg is None:
         return np.zeros((n, 0, 4)), np.zeros((n, 0, 4))
+    size = batch["images"].shape[-2:]
     pred = unwarp_boxes(res[OUTPUT_PART_BOXES].float().cpu().numpy(), affine)
-    gt = part_boxes(batch["orig_keypoints"].numpy(), batch["orig_visible"].numpy(), batch["orig_size"].numpy(),
+    gt = part_boxes(batch["keypoints"].numpy(), batch["visible"].numpy() > 0.5, (int(size[0]), int(size[1])),
                     padding=part_cfg.padding, min_side=part_cfg.min_side)
-    return pred, gt
+    return pred, unwarp_boxes(gt, affine)
 
 
 def unwarp_boxes(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -63,9 +63,12 @@ def test_predict_gives_part_boxes_in_original_pixels_and_pcp():
     np.testing.assert_allclose(preds.part_boxes[0, 0], [32, 8, 160, 72], atol=1e-3)
     np.testing.assert_allclose(preds.part_boxes[1, 0], [12.5, 12.5, 62.5, 112.5], atol=1e-3)
     np.testing.assert_allclose(preds.part_boxes[1, 1], [0, 0, 100, 200], atol=1e-3)
-    gt = part_boxes(np.stack([s.keypoints for s in samples[:1]]), np.stack([s.visible for s in samples[:1]]),
-                    (128, 256))
-    np.testing.assert_allclose(preds.gt_part_boxes[0], gt[0])
+    # ground truth: the same rule on the ground-truth keypoints in the 64 x 64 input frame (as the model's own
+    # boxes, min side 32 input px), mapped back: x / 4, y / 2 for the 128 x 256 image
+    scale = np.array([64 / 256, 64 / 128])
+    gt = part_boxes((samples[0].keypoints * scale)[None], samples[0].visible[None], (64, 64))
+    np.testing.assert_allclose(preds.gt_part_boxes[0], gt[0] / np.tile(scale, 2), atol=1e-4)
+    assert preds.gt_part_boxes[0, 0, 2] - preds.gt_part_boxes[0, 0, 0] >= 32 * 4 - 1e-6
     res = compute_metrics(preds, ["x", "y"], PART_NAMES)
     ious = [[_iou(preds.part_boxes[i, k], preds.gt_part_boxes[i, k]) for k in (0, 1)] for i in (0, 1)]
     expected = (np.asarray(ious) >= 0.5).mean(axis=0)
