@@ -123,3 +123,21 @@ def test_part_net_run_resumes_after_a_kill_in_stage0_exactly(tiny_data, tmp_path
     assert strip == [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in full_state.history]
     for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_train_without_data_runs_stage0_and_eval_reports_pcp(tmp_path):
+    import yaml
+
+    from fgdeploy.config import dataclass_to_dict
+    from fgdeploy.evaluate import evaluate_checkpoint
+    from fgdeploy.train.run import TrainOptions, run_training
+
+    cfg_path = tmp_path / "tiny_partnets.yaml"
+    cfg_path.write_text(yaml.safe_dump(dataclass_to_dict(tiny_partnets_config())))
+    result = run_training(TrainOptions(config=str(cfg_path), out=tmp_path / "run", stage="all", epochs=1, batch=4,
+                                       show_progress=False, synth_classes=3, synth_images_per_class=8,
+                                       synth_size=64))
+    assert [r["stage"] for r in result.state.history] == [0, 1, 2, 3, 4]
+    out = evaluate_checkpoint(tmp_path / "run" / "best.pt", result.data_root, "test", tmp_path / "eval", device="cpu")
+    assert set(out.result.pcp) == {"head", "body"} and "PCP head" in out.table
+    assert out.grid_path is not None and out.grid_path.is_file()
