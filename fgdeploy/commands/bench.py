@@ -51,9 +51,9 @@ def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batc
     The torch flags (--channels-last, --compile, ...) apply to the checkpoints among the models.
     """
     from fgdeploy.bench import bench_end_to_end, bench_model, render_table, write_json
-    from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import discover_images
-    from fgdeploy.predictors import open_predictor, resolve_backend
+    from fgdeploy.inference.fastpath import FastPathOptions
+    from fgdeploy.inference.local import discover_images
+    from fgdeploy.inference.predictors import open_predictor, resolve_backend
 
     flags = torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)
     if flags and all(resolve_backend(m, backend) != "torch" for m in models):

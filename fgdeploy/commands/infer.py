@@ -74,9 +74,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     """
     from dataclasses import replace
 
-    from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import InferOptions, discover_images, model_identity, run_inference
-    from fgdeploy.predictors import open_predictor, resolve_backend
+    from fgdeploy.inference.fastpath import FastPathOptions
+    from fgdeploy.inference.local import InferOptions, discover_images, model_identity, run_inference
+    from fgdeploy.inference.predictors import open_predictor, resolve_backend
 
     kind = resolve_backend(model, backend)
     if kind != "torch" and (flags := torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)):
@@ -104,7 +104,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 @contextlib.contextmanager
 def _resumable_on_interrupt(ctx: click.Context, out: Path) -> Iterator[None]:
     """Ctrl-C: say how much is saved and how to go on, and exit 130 (as a shell does for SIGINT)."""
-    from fgdeploy.infer_results import journal_path_for
+    from fgdeploy.inference.results import journal_path_for
 
     try:
         yield
