@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgdeploy.fastpath import ConvReLU, default_outputs, optimize_for_inference
+from fgdeploy.inference.fastpath import ConvReLU, default_outputs, optimize_for_inference
 from fgdeploy.models import create_model, load_model_config, with_backbone_options
 
 
