@@ -57,3 +57,20 @@ def test_tiny_vgg_fcn8s_fusion_model_exports():
     model = create_model(cfg, num_classes=4)
     assert model.heatmap_size == (12, 12)
     _export_and_compare(model, 96)
+
+
+def test_tiny_vgg_part_net_model_exports_with_the_crops_in_the_graph():
+    """The paper's third system (cub_vgg16_cbp_partnets) with tiny VGGs: boxes and crops trace into the program
+    (no data-dependent control flow) and it equals eager for another batch size."""
+    from fgdeploy.models import PartNetsConfig
+
+    cfg = ModelConfig(
+        name="tiny_vgg_partnets", input_size=256,
+        localization=LocalizationConfig(backbone="vgg16_tiny", score_layers=("fc7",)),
+        classification=ClassificationConfig(backbone="vgg16_tiny", holistic="cbp", holistic_layer="conv5_3",
+                                            cbp_dim=64),
+        part_nets=PartNetsConfig(backbone="vgg16_tiny", feature="cbp", cbp_dim=32, crop_size=64),
+    )
+    program = _export_and_compare(create_model(cfg, num_classes=4), 256)
+    names = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert sum("grid_sampler" in name for name in names) == 2, sorted(set(names))
