@@ -40,8 +40,8 @@ class Stage:
     use_gt_parts: bool            # pool part features at ground-truth locations (else predicted)
     keypoint_loss: bool
     classification_loss: bool
-    select_metric: str            # validation metric picking the stage's best weights (higher is better);
-                                  # one validation does not report (stage 0's) means the lowest training loss
+    select_metric: str            # validation metric picking the stage's best weights (higher is better); a
+                                  # name validation does not report (stage 0's "-train_loss"): lowest train loss
     part_net_loss: bool = False   # each part net's own classification loss on ground-truth-box crops
 
 
@@ -55,7 +55,8 @@ STAGES: dict[int, Stage] = {
              use_gt_parts=True, keypoint_loss=True, classification_loss=False, select_metric="pck@0.1"),
     3: Stage(3, "classifier on ground-truth parts", ("classification", "classifier"), ("classifier",),
              use_gt_parts=True, keypoint_loss=False, classification_loss=True, select_metric="top1"),
-    4: Stage(4, "all layers on predicted parts", GROUPS[:5], ("classifier",),
+    4: Stage(4, "all layers on predicted parts",   # the part nets' own classifiers are not used after stage 0
+             ("keypoint_score", "localization", "classification", "classifier", "part_nets"), ("classifier",),
              use_gt_parts=False, keypoint_loss=True, classification_loss=True, select_metric="top1"),
 }
 
