@@ -156,3 +156,15 @@ def test_cli_bench_fuse_conv_relu_reaches_the_fast_path(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
     assert [r["backend"] for r in rows] == ["torch-cpu-fp32-eager-convrelu"]
+
+
+def test_cli_bench_of_several_models_names_each_file(tmp_path):
+    import shutil
+
+    ckpt = _tiny_checkpoint(tmp_path / "base.pt")
+    shutil.copy(ckpt, tmp_path / "other.pt")
+    result = CliRunner().invoke(cli, ["bench", "--model", str(ckpt), "--model", str(tmp_path / "other.pt"),
+                                      "--batch", "1", "--iters", "1", "--warmup", "0", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["backend"] for r in rows] == ["torch-cpu-fp32-eager base.pt", "torch-cpu-fp32-eager other.pt"]

@@ -67,11 +67,13 @@ def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batc
     for model in models:
         with open_predictor(model, backend, device=device, fp16=fp16, batch=None, fast=fast,
                             threads=threads) as loaded:
+            # several models: name each row's file too (two .onnx files would both read "ort-cpu-fp32")
+            name = f"{loaded.name} {Path(model).name}" if len(models) > 1 else loaded.name
             for batch in batches:
-                results.append(bench_model(loaded.predictor, loaded.name, batch, iters, warmup))
+                results.append(bench_model(loaded.predictor, name, batch, iters, warmup))
                 click.echo(render_table(results[-1:]).splitlines()[-1], err=True)
             if images:
-                results.append(bench_end_to_end(loaded.predictor, loaded.name, images, max(batches), workers,
+                results.append(bench_end_to_end(loaded.predictor, name, images, max(batches), workers,
                                                 fast_decode=fast_decode))
     click.echo(render_table(results))
     if json_out:
