@@ -302,5 +302,5 @@ def evaluate_checkpoint(
         grid = render_grid(preds, dataset, meta.class_names, meta.part_names, max_items=grid_items,
                            visibility_threshold=threshold)
         grid_path = save_image(out / "eval_grid.png", grid)
-        log.info("wrote %s and %s", json_path, grid_path)
+        log.debug("wrote %s and %s", json_path, grid_path)
     return EvalOutput(result, json_path, grid_path, table)

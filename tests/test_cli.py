@@ -45,9 +45,15 @@ def test_cli_bad_device_is_a_usage_error_naming_the_choices(tmp_path, monkeypatc
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_cli_parity_device_has_no_auto(tmp_path):
-    result = CliRunner().invoke(cli, ["parity", "--ref", "torch:a", "--test", "onnx:b", "--device", "auto"])
-    assert result.exit_code == 2 and "use cpu, cuda or cuda:N" in result.output
+@pytest.mark.parametrize("name", ["demo", "train", "eval", "parity", "infer", "bench"])
+def test_cli_device_default_is_auto_on_every_command(name):
+    """Issue 17 #11: parity defaulted to cpu and rejected auto; train's None means auto."""
+    import click
+
+    command = cli.get_command(click.Context(cli), name)
+    device = next(p for p in command.params if p.name == "device")
+    assert device.default in ("auto", None) and "auto" in device.help
+    assert device.callback(None, device, "auto") == "auto"
 
 
 def test_cli_output_under_a_file_is_one_line_error_with_the_path(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.backends.base import Runner, RunnerError, TensorSpec
-from fgdeploy.errors import BackendUnavailable
+from fgdeploy.errors import BackendUnavailable, cuda_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +100,12 @@ class OrtRunner(Runner):
         ort = _import_onnxruntime()
         installed = ort.get_available_providers()
         missing = [p for p in self.providers if p not in installed]
+        if missing and self.device.startswith("cuda") and "CUDAExecutionProvider" not in installed:
+            raise BackendUnavailable(cuda_unavailable(self.device, " for ONNX Runtime (install onnxruntime-gpu)"))
         if missing:
             raise BackendUnavailable(
-                f"ONNX Runtime execution provider(s) {missing} are not installed; available providers are: "
-                f"{installed}. Install onnxruntime-gpu for CUDA/TensorRT, or run on the CPU (--device cpu; "
-                f"`fgdeploy parity`: --providers cpu)."
-            )
+                f"ONNX Runtime execution provider(s) {', '.join(missing)} are not installed here (available providers "
+                f"are: {', '.join(installed)}); install onnxruntime-gpu for CUDA/TensorRT, or use the CPU provider")
         model_bytes = self._load_bytes()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

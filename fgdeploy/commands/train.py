@@ -24,21 +24,26 @@ from fgdeploy.commands.options import device_option
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out exactly where last.pt left it. Other options must be left out or "
                    "match the run's (--device and --workers may change).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --out (its best.pt, last.pt and metrics.jsonl). Without it, "
+                   "training into a folder that holds a run is refused.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Backbone weights file, or an fgdeploy checkpoint to start from (e.g. a stage-2 run).")
 @click.option("--seed", type=int, default=None, help="Seed (default 0): data split, order, augmentation, init.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes.")
 @click.pass_context
 def command(ctx: click.Context, config: str | None, data: Path | None, out: Path, stage: str | None, epochs: int | None,
-            batch: int | None, lr: float | None, device: str | None, resume: bool, pretrained: Path | None,
+            batch: int | None, lr: float | None, device: str | None, resume: bool, overwrite: bool, pretrained: Path | None,
             seed: int | None, workers: int | None) -> None:
     """Train a pose-normalized classifier in the paper's four stages (runs under torchrun too)."""
     from fgdeploy.train.run import TrainOptions, run_training
     from fgdeploy.train.state import format_record
 
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     quiet = bool((ctx.obj or {}).get("quiet"))
     opts = TrainOptions(config=config, out=out, data=data, stage=stage, epochs=epochs, batch=batch, lr=lr,
-                        device=device, resume=resume, pretrained=pretrained, seed=seed, workers=workers,
+                        device=device, resume=resume, overwrite=overwrite, pretrained=pretrained, seed=seed, workers=workers,
                         show_progress=False if quiet else None)
     try:
         result = run_training(opts)

@@ -54,10 +54,10 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
-        from fgdeploy.errors import ConfigError
+        from fgdeploy.errors import ConfigError, cuda_unavailable
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+            raise ConfigError(cuda_unavailable(name))
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "

@@ -45,6 +45,7 @@ class TrainOptions:
     lr: float | None = None             # every stage's base LR (head LR keeps its ratio)
     device: str | None = None
     resume: bool = False
+    overwrite: bool = False             # replace a run already in ``out`` (else: refused, see check_run_folder)
     pretrained: Path | None = None      # backbone weights, or an fgdeploy checkpoint to start from
     seed: int | None = None
     workers: int | None = None
@@ -69,6 +70,12 @@ def run_training(opts: TrainOptions) -> TrainResult:
     """Train as ``fgdeploy train`` does (also under torchrun: rank 0 writes files)."""
     from fgdeploy.train import distributed as D
 
+    from fgdeploy.checkpoint import check_checkpoint_file
+
+    if not opts.resume:
+        check_run_folder(Path(opts.out), opts.overwrite)
+    if opts.pretrained is not None:   # before data generation and training
+        check_checkpoint_file(opts.pretrained, "--pretrained")
     info = D.env_dist_info()
     device = D.resolve_device(opts.device or "auto", info)
     D.init_distributed(device)
@@ -131,6 +138,29 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
     last = state.history[-1] if state.history else {}
     return TrainResult(out_dir=out, state=state, data_root=data_root, last_metrics=last, is_main=info.is_main,
                        model=model)
+
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl")   # what makes a folder hold a (started) training run
+
+
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to train a new run into a folder that holds one (its checkpoints would be replaced), unless
+    ``overwrite``: then its run files are removed now, so nothing of the old run is mixed into the new one.
+
+    Raises:
+        ConfigError: ``out`` holds best.pt, last.pt or metrics.jsonl and ``overwrite`` is False.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; name a folder for the run")
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} already holds a training run ({', '.join(found)}); continue it with --resume, "
+                          "train into a new --out, or pass --overwrite to replace it")
+    for name in (*RUN_FILES, "config.yaml"):
+        (out / name).unlink(missing_ok=True)
+    log.info("--overwrite: removed the previous run's %s from %s", ", ".join(found), out)
 
 
 def _fresh_configs(opts: TrainOptions) -> tuple[Any, Any]:
@@ -253,10 +283,11 @@ def _synth_data(opts: TrainOptions, out: Path, info: Any, seed: int) -> Path:
 
 def _initial_weights(path: Path) -> dict[str, Any] | None:
     """State dict of an fgdeploy checkpoint given as --pretrained, or None for plain backbone weights."""
-    from fgdeploy.checkpoint import read_checkpoint
+    from fgdeploy.checkpoint import check_checkpoint_file, read_checkpoint
 
     if not Path(path).is_file():
         raise ConfigError(f"--pretrained {path}: file not found")
+    check_checkpoint_file(path, "--pretrained")   # a text or ONNX file: say so, not a KeyError from the loader
     try:
         return read_checkpoint(path).state_dict   # read (and hashed) once
     except CheckpointError:   # not an fgdeploy checkpoint: torchvision-format backbone weights
