@@ -20,6 +20,7 @@ from typing import Any
 
 from fgdeploy.errors import ConfigError
 from fgdeploy.fileio import atomic_write_json, file_sha256
+from fgdeploy.text import settings_text
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ def _load_steps(state_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     theirs = state["settings"]
     differ = [k for k in settings | theirs if theirs.get(k) != settings.get(k)]
     if differ:
-        raise ConfigError(f"{folder} holds a demo made with {_shown(theirs, differ)}, not {_shown(settings, differ)}; "
+        raise ConfigError(f"{folder} holds a demo made with {settings_text(_shown(theirs, differ))}, not "
+                          f"{settings_text(_shown(settings, differ))}; "
                           f"use another --out or delete {folder}")
     return dict(state["steps"])
 

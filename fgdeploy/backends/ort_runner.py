@@ -15,6 +15,7 @@ import numpy as np
 
 from fgdeploy.backends.base import Runner, RunnerError, TensorSpec
 from fgdeploy.errors import BackendUnavailable, cuda_unavailable
+from fgdeploy.text import listed, sentence
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +117,13 @@ class OrtRunner(Runner):
             session = ort.InferenceSession(model_bytes, sess_options=options, providers=self._provider_list())
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise RunnerError(
-                f"{self._label()}: ONNX Runtime cannot load the model: {_first_line(exc)}. "
+                f"{self._label()}: ONNX Runtime cannot load the model: {sentence(_first_line(exc))} "
                 "The file is corrupt or not an ONNX model; re-export it with `fgdeploy export`."
             ) from exc
         dropped = [p for p in self.providers if p not in session.get_providers()]
         if dropped:
             raise BackendUnavailable(
-                f"{self._label()}: execution provider(s) {dropped} are installed but failed to start "
+                f"{self._label()}: execution provider(s) {listed(dropped)} are installed but failed to start "
                 f"(no GPU, or missing CUDA/TensorRT libraries); session has {session.get_providers()}"
             )
         from fgdeploy.export.metadata import decode_metadata

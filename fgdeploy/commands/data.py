@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from fgdeploy.text import plural
+
 
 def _progress(ctx: click.Context, desc: str) -> Any:
     """A ``progress(iterable, total)`` callback drawing a bar unless --quiet."""
@@ -44,7 +46,7 @@ def synth(ctx: click.Context, out_dir: str, classes: int, images_per_class: int,
 
     root = generate_synth_birds(out_dir, classes=classes, images_per_class=images_per_class, size=size, seed=seed,
                                 preview=preview, progress=_progress(ctx, "synth"), workers=workers)
-    click.echo(f"wrote {classes * images_per_class} images in {classes} classes to {root}")
+    click.echo(f"wrote {plural(classes * images_per_class, 'image')} in {plural(classes, 'class', 'classes')} to {root}")
     if preview:
         click.echo(f"preview: {root / PREVIEW}")
 
@@ -61,7 +63,8 @@ def check(ctx: click.Context, root: str, as_json: bool, decode: bool) -> None:
 
     report = check_dataset(root, decode=decode, progress=_progress(ctx, "check"))
     _echo(report.to_dict() if as_json else report.render(), as_json)
-    report.raise_if_unusable()
+    if not report.ok:   # the report lists the errors already: no second copy of the first one
+        ctx.exit(1)
 
 
 def _echo(payload: Any, as_json: bool) -> None:

@@ -11,6 +11,7 @@ import click
 
 from fgdeploy.commands.options import (BACKEND_CHOICES, check_model_kind, device_option, echo_info,
                                       fast_path_options, output_path, resolve_model, torch_only_flags)
+from fgdeploy.text import plural
 
 
 def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
@@ -95,7 +96,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis,
                            fast_decode=fast_decode)
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
-        echo_info(ctx, f"{_count(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
+        echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
         if note := stale_export_note(model, loaded.recorded or {}):
             click.echo(f"warning: {note}", err=True)
         if loaded.class_names and topk > len(loaded.class_names):
@@ -111,11 +112,6 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     ctx.exit(report.exit_code)
 
 
-def _count(n: int, noun: str) -> str:
-    """'1 image', '3 images'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 @contextlib.contextmanager
 def _resumable_on_interrupt(ctx: click.Context, out: Path) -> Iterator[None]:
     """Ctrl-C: say how much is saved and how to go on, and exit 130 (as a shell does for SIGINT)."""
@@ -126,7 +122,7 @@ def _resumable_on_interrupt(ctx: click.Context, out: Path) -> Iterator[None]:
     except KeyboardInterrupt:
         journal = journal_path_for(out)
         saved = max(0, journal.read_text(encoding="utf-8").count("\n") - 1) if journal.exists() else 0
-        click.echo(f"\ninterrupted: {saved} images are saved in {journal} (scored or failed); rerun the same "
+        click.echo(f"\ninterrupted: {plural(saved, 'image')} are saved in {journal} (scored or failed); rerun the same "
                    "command with --resume to finish", err=True)
         ctx.exit(130)
 
