@@ -60,9 +60,10 @@ def test_cli_output_under_a_file_is_one_line_error_with_the_path(tmp_path):
     (tmp_path / "notdir").write_text("a file, not a folder")
     result = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "notdir" / "set"), "--classes", "2",
                                       "--images-per-class", "1", "--size", "64"])
-    assert result.exit_code == 1, result.output
-    assert str(tmp_path / "notdir") in result.output and "Traceback" not in result.output
-    assert "check that the path" in result.output
+    assert result.exit_code == 2, result.output   # issue 17 #7: checked as a bad option, before any work
+    assert f"{tmp_path / 'notdir'} is a file, so {tmp_path / 'notdir' / 'set'} cannot be created under it" \
+        in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not isinstance(result.exception, OSError)   # turned into a ClickException, not raised
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from fgdeploy.commands.options import output_path
 from fgdeploy.text import plural
 
 
@@ -24,7 +25,7 @@ def command() -> None:
 
 
 @command.command("synth", short_help="Write a synth-birds dataset in CUB-200-2011 layout.")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False), callback=output_path(folder=True))
 @click.option("--classes", default=20, show_default=True, type=click.IntRange(1, 200), help="Number of classes.")
 @click.option("--images-per-class", default=30, show_default=True, type=click.IntRange(1),
               help="Images per class (about half train, half test).")
@@ -33,7 +34,7 @@ def command() -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Random seed.")
 @click.option("--preview", is_flag=True, help="Also write OUT_DIR/preview.png with keypoints drawn.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
-              help="Processes drawing images (output does not depend on it).")
+              help="Processes drawing images; 1 = in this process (the output does not depend on it).")
 @click.pass_context
 def synth(ctx: click.Context, out_dir: str, classes: int, images_per_class: int, size: int, seed: int,
           preview: bool, workers: int) -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.options import device_option
+from fgdeploy.commands.options import device_option, echo_info, output_path
 
 
 @click.command("demo", short_help="synth data -> train -> eval -> export -> infer -> parity -> bench, one table.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
-              show_default=True,
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
+              show_default=True, callback=output_path(folder=True),
               help="Run folder; a rerun with the same settings skips finished steps, other settings are refused.")
 @click.option("--quick", is_flag=True, help="Tiny data and 1 epoch per stage: a smoke run of about a minute.")
 @click.option("--config", default="demo", show_default=True, help="Model config name (models/) or YAML path.")
@@ -46,6 +46,6 @@ def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str
     for chatty in ("onnx_ir", "onnxscript"):  # the exporter's pass-by-pass INFO lines
         logging.getLogger(chatty).setLevel(logging.WARNING)
     options = DemoOptions(out=out, quick=quick, config=config, device=device, epochs=epochs, batch=batch)
-    result = run_demo(options, echo=lambda line: click.echo(line, err=True))
+    result = run_demo(options, echo=lambda line: echo_info(ctx, line))
     click.echo(summary_table(result))
     ctx.exit(0 if result.passed else 1)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.options import device_option
+from fgdeploy.commands.options import device_option, output_path
 
 
 @click.command("train")
@@ -14,8 +14,10 @@ from fgdeploy.commands.options import device_option
               help="Model config: a YAML path or a name in models/ (demo, cub_vgg16_fc7, ...). Default: demo.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="CUB-format dataset folder. Default: generate synth-birds into OUT/synth-birds.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run folder (config.yaml, metrics.jsonl, last.pt, best.pt, train.log).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              callback=output_path(folder=True),
+              help="Run folder (config.yaml, metrics.jsonl, last.pt, best.pt, train.log); a folder holding a run is "
+                   "refused unless --resume or --overwrite.")
 @click.option("--stage", default=None, help="1, 2, 3, 4, a range such as 3-4, or 'all' (default).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs of every stage (>= 1).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size per process.")
@@ -30,7 +32,9 @@ from fgdeploy.commands.options import device_option
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Backbone weights file, or an fgdeploy checkpoint to start from (e.g. a stage-2 run).")
 @click.option("--seed", type=int, default=None, help="Seed (default 0): data split, order, augmentation, init.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes loading and augmenting images; 0 = in the training process "
+                   "(default: the config's).")
 @click.pass_context
 def command(ctx: click.Context, config: str | None, data: Path | None, out: Path, stage: str | None, epochs: int | None,
             batch: int | None, lr: float | None, device: str | None, resume: bool, overwrite: bool, pretrained: Path | None,
