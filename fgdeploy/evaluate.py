@@ -173,7 +173,8 @@ def format_table(result: EvalResult, part_names: Sequence[str]) -> str:
     lines = [f"images: {result.num_images}",
              f"top-1 accuracy:          {100 * result.top1:6.2f} %",
              f"mean per-class accuracy: {100 * result.mean_class_acc:6.2f} %",
-             f"visibility accuracy:     {100 * result.visibility_acc:6.2f} %",
+             f"visibility accuracy:     {100 * result.visibility_acc:6.2f} %   (parts called visible or hidden "
+             "as annotated)",
              "", f"PCK (%), normalised by {result.normaliser}",
              f"{'part':<12} {'n':>5} " + " ".join(f"{k:>9}" for k in keys)]
     for name in [*part_names, "mean"]:

@@ -97,8 +97,10 @@ def wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Modul
     if not any(p.requires_grad for p in module.parameters()):
         return module
     ids = [device.index] if device.type == "cuda" else None
-    # find_unused_parameters: a stage may compute outputs whose loss is off (e.g. logits in stage 2).
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    # static_graph: each stage (wrapped anew) uses the same parameters every step, so DDP learns in the first step
+    # which ones get no gradient (if any) instead of searching the autograd graph every step, which
+    # find_unused_parameters=True did, warning on every rank that it found none (issue 17).
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, static_graph=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
