@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "demo_state.json"
 STEPS: tuple[str, ...] = ("data", "train", "eval", "export", "infer", "parity", "bench")
-NOT_SETTINGS = ("out", "device")  # where the demo runs and on what: the results do not depend on them
+NOT_SETTINGS = ("out", "device", "threads")  # where the demo runs and on what: the results do not depend on them
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class DemoOptions:
     batch: int = 16                        # infer/parity/bench batch size
     bench_iters: int | None = None         # timed model-only calls per backend (None: 10, quick 2)
     seed: int = 0
+    threads: int | None = None             # CPU threads (None: the cores this process may use)
 
     def resolved(self) -> dict[str, Any]:
         q = self.quick
@@ -78,7 +79,10 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
     """
     from fgdeploy.train.distributed import resolve_device
 
+    from fgdeploy.cpu import set_threads
+
     resolve_device(options.device)   # a CUDA device this machine lacks fails now, not after the data step
+    set_threads(options.threads)
     settings = demo_settings(options)
     out = Path(options.out)
     state_path = out / STATE_FILE
@@ -182,7 +186,7 @@ def _step_train(out: Path, options: DemoOptions, sizes: dict[str, Any]) -> dict[
     train = TrainOptions(config=options.config, out=run_dir, data=out / "synth-birds", epochs=sizes["epochs"],
                          seed=options.seed, batch=sizes["train_batch"],
                          device=None if options.device == "auto" else options.device,
-                         resume=(run_dir / "last.pt").is_file(), show_progress=False)
+                         resume=(run_dir / "last.pt").is_file(), show_progress=False, threads=options.threads)
     trained = run_training(train)
     best = run_dir / "best.pt"
     checkpoint = best if best.is_file() else run_dir / "last.pt"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.options import device_option, echo_info, output_path
+from fgdeploy.commands.options import device_option, echo_info, output_path, threads_option
 
 
 @click.command("demo", short_help="synth data -> train -> eval -> export -> infer -> parity -> bench, one table.")
@@ -18,9 +18,10 @@ from fgdeploy.commands.options import device_option, echo_info, output_path
 @device_option("auto", what="Training/eval device: ")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs of every training stage (>= 1).")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Infer/parity/bench batch.")
+@threads_option
 @click.pass_context
 def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str, epochs: int | None,
-            batch: int) -> None:
+            batch: int, threads: int | None) -> None:
     """Run the full pipeline on a fresh machine (no data, no GPU needed) and print one summary table.
 
     Each step is recorded in OUT/demo_state.json and skipped when the demo is rerun with the same settings
@@ -45,7 +46,8 @@ def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str
 
     for chatty in ("onnx_ir", "onnxscript"):  # the exporter's pass-by-pass INFO lines
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    options = DemoOptions(out=out, quick=quick, config=config, device=device, epochs=epochs, batch=batch)
+    options = DemoOptions(out=out, quick=quick, config=config, device=device, epochs=epochs, batch=batch,
+                          threads=threads)
     result = run_demo(options, echo=lambda line: echo_info(ctx, line))
     click.echo(summary_table(result))
     ctx.exit(0 if result.passed else 1)

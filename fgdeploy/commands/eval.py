@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.options import device_option, output_path, unwritable_reason
+from fgdeploy.commands.options import device_option, output_path, threads_option, unwritable_reason
 
 
 @click.command("eval")
@@ -21,9 +21,10 @@ from fgdeploy.commands.options import device_option, output_path, unwritable_rea
 @device_option("auto")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass (lower it if memory runs out).")
+@threads_option
 @click.pass_context
 def command(ctx: click.Context, checkpoint: Path, data: Path | None, split: str, out: Path | None, device: str,
-            batch: int) -> None:
+            batch: int, threads: int | None) -> None:
     """Top-1, mean per-class accuracy and PCK per part of CHECKPOINT (a run folder means its best.pt) on a
     dataset split."""
     from fgdeploy.checkpoint import check_checkpoint_file
@@ -40,6 +41,9 @@ def command(ctx: click.Context, checkpoint: Path, data: Path | None, split: str,
     out = out or checkpoint.parent / f"eval-{split}"
     if reason := unwritable_reason(out, folder=True):
         raise ConfigError(f"{reason}; pass --out DIR")
+    from fgdeploy.cpu import set_threads
+
+    set_threads(threads)
     quiet = bool((ctx.obj or {}).get("quiet"))
     res = evaluate_checkpoint(checkpoint, data, split, out, device=device, batch_size=batch,
                               progress=False if quiet else None)

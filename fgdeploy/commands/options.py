@@ -28,6 +28,24 @@ def device_option(default: str | None, allow_auto: bool = True, what: str = "") 
                         help=f"{what}{names}.")
 
 
+def threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--threads``: CPU threads of torch and OpenCV in this process (see ``fgdeploy.cpu.set_threads``).
+
+    Parsing it also asks OpenMP for sleeping, not spinning, idle threads (``fgdeploy.cpu.prefer_passive_wait``):
+    the option is parsed before the command imports torch.
+    """
+    def passive_wait(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        from fgdeploy.cpu import prefer_passive_wait
+
+        prefer_passive_wait()
+        return value
+
+    return click.option("--threads", type=click.IntRange(min=1), default=None, callback=passive_wait,
+                        help="CPU threads for torch and OpenCV in this process. Default: the cores this process may "
+                             "use (CPU affinity and container quota; divided among torchrun's processes). On a "
+                             "machine busy with other jobs, fewer threads can be much faster.")(func)
+
+
 def torch_only_flags(channels_last: bool, compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool) -> list[str]:
     """The torch fast-path flags that were given (they mean nothing to ONNX Runtime or TensorRT)."""
     given = {"--channels-last": channels_last, "--compile": compile_mode != "none", "--cuda-graphs": cuda_graphs,

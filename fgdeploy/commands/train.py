@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.options import device_option, output_path
+from fgdeploy.commands.options import device_option, output_path, threads_option
 
 
 @click.command("train")
@@ -35,10 +35,11 @@ from fgdeploy.commands.options import device_option, output_path
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader worker processes loading and augmenting images; 0 = in the training process "
                    "(default: the config's).")
+@threads_option
 @click.pass_context
 def command(ctx: click.Context, config: str | None, data: Path | None, out: Path, stage: str | None, epochs: int | None,
             batch: int | None, lr: float | None, device: str | None, resume: bool, overwrite: bool, pretrained: Path | None,
-            seed: int | None, workers: int | None) -> None:
+            seed: int | None, workers: int | None, threads: int | None) -> None:
     """Train a pose-normalized classifier in the paper's four stages (runs under torchrun too)."""
     from fgdeploy.train.run import TrainOptions, run_training
     from fgdeploy.train.state import format_record
@@ -48,6 +49,7 @@ def command(ctx: click.Context, config: str | None, data: Path | None, out: Path
     quiet = bool((ctx.obj or {}).get("quiet"))
     opts = TrainOptions(config=config, out=out, data=data, stage=stage, epochs=epochs, batch=batch, lr=lr,
                         device=device, resume=resume, overwrite=overwrite, pretrained=pretrained, seed=seed, workers=workers,
+                        threads=threads,
                         show_progress=False if quiet else None)
     try:
         result = run_training(opts)

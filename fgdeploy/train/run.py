@@ -49,6 +49,7 @@ class TrainOptions:
     pretrained: Path | None = None      # backbone weights, or an fgdeploy checkpoint to start from
     seed: int | None = None
     workers: int | None = None
+    threads: int | None = None          # CPU threads (None: fgdeploy.cpu.default_threads())
     show_progress: bool | None = None   # None = when stderr is a terminal
     synth_classes: int = 20             # generated data set, when data is None
     synth_images_per_class: int = 30
@@ -93,6 +94,7 @@ def run_training(opts: TrainOptions) -> TrainResult:
 def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
     import torch
 
+    from fgdeploy.cpu import set_threads
     from fgdeploy.models import create_model
     from fgdeploy.train import distributed as D
     from fgdeploy.train.data import build_train_data
@@ -115,7 +117,9 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
     if opts.workers is not None or opts.device is not None:  # not part of the result: may change on resume
         tcfg = dataclasses.replace(tcfg, **{k: v for k, v in (("workers", opts.workers), ("device", opts.device))
                                             if v is not None})
+    threads = set_threads(opts.threads, tcfg.workers)
     with log_to_file(out / "train.log", info.is_main):
+        log.debug("%d CPU thread(s), %d DataLoader worker(s)", threads, tcfg.workers)
         data = build_train_data(data_root, model_cfg.input_size, tcfg.seed, tcfg.val_fraction, tcfg.augment)
         torch.manual_seed(tcfg.seed)  # same initial weights in every process
         pretrained = opts.pretrained if opts.pretrained is not None and weights is None else None
