@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from fgdeploy.text import settings_text
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "demo_state.json"
+VIS_IMAGES = 4   # test images the infer step also draws (OUT/infer/vis)
 STEPS: tuple[str, ...] = ("data", "train", "eval", "export", "infer", "parity", "bench")
 NOT_SETTINGS = ("out", "device", "threads")  # where the demo runs and on what: the results do not depend on them
 
@@ -63,6 +65,7 @@ class DemoResult:
     out: Path
     steps: dict[str, Any] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)        # steps run now (others came from the state file)
+    seconds: dict[str, float] = field(default_factory=dict)   # wall time of each step when it ran
 
     @property
     def passed(self) -> bool:
@@ -87,9 +90,10 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
     out = Path(options.out)
     state_path = out / STATE_FILE
     state = _load_steps(state_path, settings)
+    seconds = _load_seconds(state_path)
     out.mkdir(parents=True, exist_ok=True)
-    _save_state(state_path, settings, state)  # the settings are claimed before the first step writes anything
-    result = DemoResult(out, steps=state)
+    _save_state(state_path, settings, state, seconds)  # the settings are claimed before the first step writes
+    result = DemoResult(out, steps=state, seconds=seconds)
     sizes = options.resolved()
     actions: dict[str, Callable[[], Any]] = {
         "data": lambda: _step_data(out, sizes, options.seed),
@@ -105,9 +109,11 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
             echo(f"[{name}] done before, skipped")
             continue
         echo(f"[{name}] running")
+        started = time.perf_counter()
         state[name] = actions[name]()
+        seconds[name] = round(time.perf_counter() - started, 1)
         result.ran.append(name)
-        _save_state(state_path, settings, state)
+        _save_state(state_path, settings, state, seconds)
     return result
 
 
@@ -148,6 +154,15 @@ def _load_steps(state_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return dict(state["steps"])
 
 
+def _load_seconds(state_path: Path) -> dict[str, float]:
+    """Each finished step's recorded wall time ({} for a new demo or an older state file)."""
+    try:
+        seconds = json.loads(state_path.read_text(encoding="utf-8")).get("seconds", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: float(v) for k, v in seconds.items()} if isinstance(seconds, dict) else {}
+
+
 def _shown(settings: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """``settings`` restricted to ``keys``, the hash shortened, for an error message."""
     shown = {k: settings.get(k) for k in keys}
@@ -162,8 +177,9 @@ def _outputs_exist(step: Any) -> bool:
     return all(Path(p).exists() for p in paths)
 
 
-def _save_state(path: Path, settings: dict[str, Any], steps: dict[str, Any]) -> None:
-    atomic_write_json(path, {"settings": settings, "steps": steps})
+def _save_state(path: Path, settings: dict[str, Any], steps: dict[str, Any],
+                seconds: dict[str, float] | None = None) -> None:
+    atomic_write_json(path, {"settings": settings, "steps": steps, "seconds": seconds or {}})
 
 
 # --- steps -------------------------------------------------------------------------------------
@@ -238,8 +254,14 @@ def _step_infer(out: Path, batch: int) -> dict[str, Any]:
                                part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3, resume=True),
                                visibility_threshold=loaded.visibility_threshold,
                                model_id=model_identity(out / "model.onnx"))  # resume: a killed demo goes on
+        # a few pictures with the keypoints, part labels and top-1 class drawn (as `infer --save-vis` writes them)
+        vis = out / "infer" / "vis"
+        run_inference(paths[:VIS_IMAGES], loaded.predictor, vis / "results.csv", class_names=loaded.class_names,
+                      part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3, save_vis=vis),
+                      visibility_threshold=loaded.visibility_threshold, model_id=model_identity(out / "model.onnx"))
     return {"backend": loaded.name, "scored": report.scored, "failed": report.failed,
-            "images_per_s": round(report.images_per_s, 2), "results": str(results), "files": [str(results)]}
+            "images_per_s": round(report.images_per_s, 2), "results": str(results), "vis": str(vis),
+            "files": [str(results)]}
 
 
 def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
@@ -314,6 +336,31 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
         text = f"model {m['images_per_s']:.1f} img/s (batch {m['batch']}, p50 {m['p50_ms']:.1f} ms)" if m else ""
         text += f", end-to-end {e2e['images_per_s']:.1f} img/s" if e2e else ""
         rows.append((f"throughput {backend}", text))
+    if result.seconds:
+        rows.append(("time per step", ", ".join(f"{name} {result.seconds[name]:.1f} s" for name in STEPS
+                                                if name in result.seconds)))
+    rows += _artefact_rows(result)
+    return rows
+
+
+def _artefact_rows(result: DemoResult) -> list[tuple[str, str]]:
+    """Where the demo's results are, for people to open."""
+    s, out = result.steps, result.out
+    rows = []
+    if "train" in s:
+        rows.append(("trained model", str(s["train"]["checkpoint"])))
+    if "eval" in s:
+        rows.append(("eval grid (GT vs predicted parts)", str(out / "eval" / "eval_grid.png")))
+    if "infer" in s:
+        rows.append(("infer results", str(s["infer"]["results"])))
+        if s["infer"].get("vis"):
+            rows.append(("pictures (infer --save-vis)", str(s["infer"]["vis"])))
+    if "export" in s:
+        rows.append(("ONNX models", ", ".join(s["export"]["onnx"].values())))
+    if "parity" in s:
+        rows.append(("parity reports", str(out / "parity")))
+    if "bench" in s:
+        rows.append(("benchmark", str(out / "bench.json")))
     return rows
 
 

@@ -219,7 +219,7 @@ def render_grid(
     predicted invisible: score below ``visibility_threshold``) and the predicted class, green when
     correct, red when wrong.
     """
-    from fgdeploy.visualize import draw_caption, draw_keypoints, make_grid, resize_for_display, side_by_side
+    from fgdeploy.visualize import draw_caption, draw_keypoints, legend, make_grid, resize_for_display, side_by_side
 
     picks: list[int] = []
     if len(preds):
@@ -236,7 +236,8 @@ def render_grid(
                              f"pred: {_short(class_names[preds.predicted[k]])}",
                              (120, 230, 120) if ok else (255, 110, 110))
         tiles.append(side_by_side(left, right))
-    return make_grid(tiles, cols)
+    grid = make_grid(tiles, cols)
+    return np.concatenate([grid, legend(grid.shape[1], part_names, abbreviated=False)])   # colour -> part
 
 
 def _short(name: str, width: int = 22) -> str:
