@@ -46,3 +46,17 @@ def test_files_written_by_fgdeploy_commands_honour_the_umask(tmp_path):
     files = [p for p in (tmp_path / "set").rglob("*") if p.is_file()]
     assert {p.suffix for p in files} >= {".jpg", ".txt", ".png"}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+
+
+def test_atomic_write_failure_names_the_target_not_the_temp_file(tmp_path, monkeypatch):
+    """Issue 17 #7: `export -o /proc/x.onnx` named fgdeploy's internal temp file."""
+    import errno
+    import tempfile
+
+    def refuse(prefix, suffix, dir):   # noqa: A002  (what a read-only or virtual file system does)
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}abc{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(tmp_path / "x.onnx", b"x")
+    assert info.value.filename == str(tmp_path / "x.onnx") and info.value.errno == errno.EACCES

@@ -29,8 +29,9 @@ from fgdeploy.commands.options import device_option, output_path, threads_option
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in --out (its best.pt, last.pt and metrics.jsonl). Without it, "
                    "training into a folder that holds a run is refused.")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Backbone weights file, or an fgdeploy checkpoint to start from (e.g. a stage-2 run).")
+@click.option("--pretrained", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Backbone weights file, or an fgdeploy checkpoint to start from (e.g. a stage-2 run; a run "
+                   "folder means its best.pt).")
 @click.option("--seed", type=int, default=None, help="Seed (default 0): data split, order, augmentation, init.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader worker processes loading and augmenting images; 0 = in the training process "
@@ -44,6 +45,10 @@ def command(ctx: click.Context, config: str | None, data: Path | None, out: Path
     from fgdeploy.train.run import TrainOptions, run_training
     from fgdeploy.train.state import format_record
 
+    if pretrained is not None:
+        from fgdeploy.commands.options import resolve_model
+
+        pretrained = Path(resolve_model(pretrained))
     if resume and overwrite:
         raise click.UsageError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     quiet = bool((ctx.obj or {}).get("quiet"))
