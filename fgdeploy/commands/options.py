@@ -42,8 +42,7 @@ def threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
     return click.option("--threads", type=click.IntRange(min=1), default=None, callback=passive_wait,
                         help="CPU threads for torch and OpenCV in this process. Default: the cores this process may "
-                             "use (CPU affinity and container quota; divided among torchrun's processes). On a "
-                             "machine busy with other jobs, fewer threads can be much faster.")(func)
+                             "use (CPU affinity and container quota; divided among torchrun's processes).")(func)
 
 
 def torch_only_flags(channels_last: bool, compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool) -> list[str]:
