@@ -244,8 +244,8 @@ def _test_image_list(out: Path) -> Path:
 
 
 def _step_infer(out: Path, batch: int) -> dict[str, Any]:
-    from fgdeploy.infer import InferOptions, discover_images, model_identity, run_inference
-    from fgdeploy.predictors import open_predictor
+    from fgdeploy.inference.local import InferOptions, discover_images, model_identity, run_inference
+    from fgdeploy.inference.predictors import open_predictor
 
     paths = discover_images(_test_image_list(out))
     results = out / "infer" / "results.csv"
@@ -290,7 +290,7 @@ def _step_bench(out: Path, batch: int, iters: int) -> dict[str, Any]:
     rows = []
     listing = _test_image_list(out)
     for model in (_checkpoint(out), out / "model.onnx", out / "model_fp16.onnx"):
-        from fgdeploy.predictors import open_predictor
+        from fgdeploy.inference.predictors import open_predictor
 
         with open_predictor(model, "auto", device="cpu", batch=None) as loaded:
             rows.append(bench_model(loaded.predictor, loaded.name, batch, iters=iters, warmup=1))

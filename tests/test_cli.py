@@ -101,7 +101,7 @@ def test_cli_export_opset_out_of_range_is_a_usage_error(tmp_path):
 
 def test_compile_choices_of_the_cli_are_the_fast_path_modes():
     from fgdeploy.commands.options import COMPILE_CHOICES
-    from fgdeploy.fastpath import COMPILE_MODES
+    from fgdeploy.inference.fastpath import COMPILE_MODES
 
     assert COMPILE_CHOICES == COMPILE_MODES
 

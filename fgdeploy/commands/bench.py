@@ -57,9 +57,9 @@ def command(ctx: click.Context, models: tuple[str, ...], backend: str, device: s
     The torch flags (--channels-last, --compile, ...) apply to the checkpoints among the models.
     """
     from fgdeploy.bench import bench_end_to_end, bench_model, render_table, write_json
-    from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import discover_images
-    from fgdeploy.predictors import open_predictor, resolve_backend
+    from fgdeploy.inference.fastpath import FastPathOptions
+    from fgdeploy.inference.local import discover_images
+    from fgdeploy.inference.predictors import open_predictor, resolve_backend
 
     models = tuple(resolve_model(m) for m in models)   # a run folder: its best.pt
     for model in models:

@@ -79,9 +79,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     """
     from dataclasses import replace
 
-    from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import InferOptions, discover_images, model_identity, run_inference
-    from fgdeploy.predictors import open_predictor, resolve_backend
+    from fgdeploy.inference.fastpath import FastPathOptions
+    from fgdeploy.inference.local import InferOptions, discover_images, model_identity, run_inference
+    from fgdeploy.inference.predictors import open_predictor, resolve_backend
 
     from fgdeploy.export.metadata import stale_export_note
 
@@ -115,7 +115,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 @contextlib.contextmanager
 def _resumable_on_interrupt(ctx: click.Context, out: Path) -> Iterator[None]:
     """Ctrl-C: say how much is saved and how to go on, and exit 130 (as a shell does for SIGINT)."""
-    from fgdeploy.infer_results import journal_path_for
+    from fgdeploy.inference.results import journal_path_for
 
     try:
         yield

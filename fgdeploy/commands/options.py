@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 BACKEND_CHOICES = ("auto", "torch", "ort", "trt")
-# = fgdeploy.fastpath.COMPILE_MODES, repeated so that `--help` needs no torch import (a test checks they agree)
+# = fgdeploy.inference.fastpath.COMPILE_MODES, repeated so that `--help` needs no torch import
+# (a test checks they agree)
 COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -54,7 +55,7 @@ def torch_only_flags(channels_last: bool, compile_mode: str, cuda_graphs: bool, 
 
 def fast_path_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The torch fast-path flags of ``infer`` and ``bench``: --channels-last, --compile, --cuda-graphs,
-    --fuse-conv-relu (see ``fgdeploy.fastpath``)."""
+    --fuse-conv-relu (see ``fgdeploy.inference.fastpath``)."""
     options = [
         click.option("--channels-last", is_flag=True, help="torch: NHWC memory format."),
         click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default="none",

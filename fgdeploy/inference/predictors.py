@@ -1,4 +1,4 @@
-"""Predictors: what runs a batch of resized uint8 images for ``fgdeploy.infer``, and opening a model as one.
+"""Predictors: what runs a batch of resized uint8 images for ``fgdeploy.inference.local``, and opening a model as one.
 
 ``open_predictor`` picks the backend from the model file (checkpoint -> the torch fast path, .onnx ->
 ONNX Runtime, .engine -> TensorRT) and returns a ``LoadedModel``: the predictor plus the class names,
@@ -132,7 +132,7 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         device: "auto", "cpu", "cuda" or "cuda:K".
         fp16: torch: run in half precision; ort/trt: the artifact must be an fp16 export.
         batch: the run's batch size (the torch fast path pads to it when compiled or graphed; None: no padding).
-        fast: ``fgdeploy.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
+        fast: ``fgdeploy.inference.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
         threads: CPU threads for ONNX Runtime (None: its default).
     """
     kind = resolve_backend(model, backend)
@@ -141,7 +141,7 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         from dataclasses import replace
 
         from fgdeploy.checkpoint import load_checkpoint
-        from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
+        from fgdeploy.inference.fastpath import FastPathOptions, TorchFastPredictor
 
         net, meta = load_checkpoint(model)
         options = replace(fast or FastPathOptions(), fp16=fp16)

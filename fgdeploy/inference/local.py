@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.errors import FgdeployError, ImageError
-from fgdeploy.infer_results import (
+from fgdeploy.inference.results import (
     Journal, ResultWriter, check_same_run, errors_path_for, journal_path_for, key_of, read_errors, read_results,
     read_run_record, render_outputs, run_record_path,
 )
-from fgdeploy.predictors import Predictor, default_workers
+from fgdeploy.inference.predictors import Predictor, default_workers
 from fgdeploy.tensors import PART_NAMES
 from fgdeploy.text import plural
 
