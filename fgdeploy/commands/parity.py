@@ -129,7 +129,7 @@ def _same_model(ref: tuple[Any, ...], test: tuple[Any, ...]) -> tuple[int, list[
 def _factory(spec: tuple[str, str], device: str, providers: str | None, fp16: bool) -> Any:
     """debug -> a new runner for ``spec`` (kind, path)."""
     from fgdeploy.backends import BACKEND_ALIASES, open_runner
-    from fgdeploy.predictors import resolve_device
+    from fgdeploy.inference.predictors import resolve_device
 
     kind, path = spec
     options: dict[str, Any] = {"device": resolve_device(BACKEND_ALIASES.get(kind, kind), device)}
