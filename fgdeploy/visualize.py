@@ -195,6 +195,17 @@ def resize_for_display(image: np.ndarray, keypoints: np.ndarray, max_side: int) 
     return out, kp
 
 
+def enlarge_for_display(image: np.ndarray, keypoints: np.ndarray, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Enlarge (never shrink) so the long side is at least ``min_side``: labels and legend then have room."""
+    h, w = image.shape[:2]
+    scale = max(1.0, min_side / max(h, w))
+    if scale == 1.0:
+        return image, np.asarray(keypoints, np.float64)
+    nw, nh = int(round(w * scale)), int(round(h * scale))
+    out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return out, np.asarray(keypoints, np.float64) * np.array([nw / w, nh / h])
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of an RGB image."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
