@@ -44,7 +44,8 @@ def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str
 
     from fgdeploy.demo import DemoOptions, run_demo, summary_table
 
-    for chatty in ("onnx_ir", "onnxscript"):  # the exporter's pass-by-pass INFO lines
+    # the exporter's pass-by-pass INFO lines, and the dataset loader's summary repeated by every step
+    for chatty in ("onnx_ir", "onnxscript", "fgdeploy.data.cub"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     options = DemoOptions(out=out, quick=quick, config=config, device=device, epochs=epochs, batch=batch,
                           threads=threads)
