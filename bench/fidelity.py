@@ -68,6 +68,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--epochs", type=int, default=None, help="override every stage's epochs (quick checks)")
     p.add_argument("--only", choices=list(MODELS), default=None, help="train one model only")
+    p.add_argument("--retrain", action="store_true",
+                   help="train every model from scratch (default: resume a run folder's last.pt, so a finished "
+                        "run is only evaluated again)")
     return p.parse_args()
 
 
@@ -82,10 +85,11 @@ def holistic_config(name: str, path: Path) -> Path:
 
 def train_and_eval(tag: str, config: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    done = (out / tag / "last.pt").is_file()   # resume: finishes an interrupted run, skips a finished one
+    done = (out / tag / "last.pt").is_file() and not args.retrain   # resume: finishes or skips an earlier run
     opts = TrainOptions(config=None if done else config, data=None if done else data, out=out / tag, resume=done,
                         stage=None if done else "all", epochs=None if done else args.epochs,
-                        seed=None if done else args.seed, device="cpu", show_progress=False)
+                        seed=None if done else args.seed, device="cpu", show_progress=False,
+                        overwrite=not done)   # not resuming: retrain from scratch
     result = run_training(opts)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()

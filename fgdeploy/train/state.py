@@ -152,8 +152,11 @@ def format_record(record: dict[str, Any], improved: bool = False) -> str:
     if "train_head_top1" in record:
         parts.append(f"train top1 head net {100 * record['train_head_top1']:.1f}% "
                      f"body net {100 * record.get('train_body_top1', 0.0):.1f}%")
-    if "val_top1" in record:
-        parts.append(f"val top1 {100 * record['val_top1']:.1f}%")
+    if "val_top1" in record:   # "–" while the stage does not train the classifier (stages 0-2): top-1 means nothing
+        from fgdeploy.train.stages import STAGES
+
+        trained = STAGES[record["stage"]].classification_loss if record["stage"] in STAGES else True
+        parts.append(f"val top1 {100 * record['val_top1']:.1f}%" if trained else "val top1 –")
     if "val_pck@0.1" in record:
         parts.append(f"val PCK@0.1 {100 * record['val_pck@0.1']:.1f}%")
     parts.append(f"lr {record['lr']:.3g}")
