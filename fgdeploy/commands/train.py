@@ -42,8 +42,10 @@ from fgdeploy.commands.options import device_option, output_path, threads_option
 def command(ctx: click.Context, config: str | None, data: Path | None, out: Path, stage: str | None, epochs: int | None,
             batch: int | None, lr: float | None, device: str | None, resume: bool, overwrite: bool, pretrained: Path | None,
             seed: int | None, workers: int | None, threads: int | None) -> None:
-    """Train a pose-normalized classifier in the paper's four stages, after stage 0 for part-net configs (runs
-    under torchrun too)."""
+    """Train a pose-normalized classifier in the paper's four stages (runs under torchrun too).
+
+    Part-net configs (demo_partnets, cub_vgg16_cbp_partnets) first fine-tune their head and body nets alone
+    (stage 0)."""
     from fgdeploy.train.run import TrainOptions, run_training
     from fgdeploy.train.state import format_record
 
