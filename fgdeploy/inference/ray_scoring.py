@@ -105,7 +105,8 @@ def import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401 - Ray Data comes with the ray[data] extra only
     except ImportError as exc:
-        raise FgdeployError(f"--ray needs Ray Data, which is not installed here ({exc}): {INSTALL_HINT}") from None
+        broken = f" ({exc})" if exc.name not in ("ray", "ray.data") else ""   # installed, but a dependency is not
+        raise FgdeployError(f"--ray needs Ray Data, which is not installed here{broken}: {INSTALL_HINT}") from None
     return ray
 
 
