@@ -124,6 +124,21 @@ def test_ray_infer_all_bad_exits_3_like_local(tmp_path, tiny_onnx, ray_address):
     assert read_results(tmp_path / "r.jsonl") == []
 
 
+@needs_ray
+def test_ray_infer_model_or_device_problems_are_one_line_errors(tmp_path, ray_address):
+    images = make_mixed_folder(tmp_path / "imgs")
+    (tmp_path / "bad.onnx").write_text("not a model")
+    with time_limit(120):
+        bad_model = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
+                            "--ray"])
+        no_gpu = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
+                         "--ray", "--device", "cuda"])
+    assert bad_model.exit_code == 1
+    assert bad_model.output.count("\n") == 1 and "cannot load the model" in bad_model.output, bad_model.output
+    assert no_gpu.exit_code == 1 and "the Ray cluster has no GPUs" in no_gpu.output, no_gpu.output
+    assert not list(tmp_path.glob("r.*"))
+
+
 # --------------------------------------------------------------------------------------------
 # nothing lost, nothing twice
 def _children(pid: int) -> list[int]:
@@ -291,6 +306,7 @@ def test_ray_missing_is_a_one_line_error_naming_what_to_install(tmp_path, monkey
     (["--ray", "--save-vis", "vis"], "--save-vis: not with --ray"),
     (["--actors", "2"], "--actors: only with --ray"),
     (["--ray", "photos/"], "is not a Ray address"),
+    (["--ray", "auto", "--cpus", "2"], "--cpus: for the local instance"),
 ])
 def test_ray_options_that_do_not_fit_are_usage_errors(tmp_path, tiny_onnx, extra, message):
     make_mixed_folder(tmp_path / "imgs")

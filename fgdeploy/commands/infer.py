@@ -100,6 +100,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
         raise click.UsageError(f"{', '.join(flags)}: for the torch backend (a checkpoint), not {kind}")
     if ray_address is None and (actors or cpus):
         raise click.UsageError(f"{'--actors' if actors else '--cpus'}: only with --ray")
+    if cpus and ray_address not in (None, "local"):
+        raise click.UsageError("--cpus: for the local instance that --ray starts with no address; a cluster has the "
+                               "CPUs its nodes were started with")
     if ray_address is not None and (workers or save_vis):
         raise click.UsageError(f"{'--workers' if workers else '--save-vis'}: not with --ray "
                                f"({'decoding runs in Ray tasks, one per CPU' if workers else 'run it without --ray'})")

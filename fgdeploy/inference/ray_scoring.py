@@ -188,9 +188,13 @@ def _fgdeploy_cause(exc: BaseException) -> FgdeployError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, FgdeployError):
+        inner = getattr(e, "cause", None)
+        if isinstance(inner, BaseException):   # a Ray error around what a task raised (it may subclass that too)
+            stack.append(inner)
+        elif isinstance(e, FgdeployError):
             return e
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        else:
+            stack += [e.__cause__, e.__context__]
     return None
 
 
