@@ -5,7 +5,9 @@
    command is: local `infer` and `infer --ray` (a local Ray instance with all cores) alternate --repeats
    times and the medians are kept. Compared: end-to-end img/s as each run reports it (images / seconds from
    the first image sent to decoding until OUT is written; for Ray that includes starting the model actors);
-   also recorded: wall time of the whole call including start-up (Ray instance, model probe, model load).
+   also recorded: wall time of the whole call including start-up (Ray instance, model probe, model load), and
+   the CPU time per image of each run's whole process tree (for Ray: driver, GCS, raylet, workers), which bounds
+   img/s when the cores are the limit and does not depend on what else runs on the machine.
    Target: Ray / local >= 0.8.
 2. Driver peak RSS: `infer --ray` over 500 and over 5,000 images (symlinks to 500 JPEGs under distinct
    names), each in a fresh process with a small-width model: the peak RSS of the driver during the run
@@ -32,6 +34,28 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def tree_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used by a process and all its descendants, living or already reaped (Linux /proc):
+    for Ray, the driver plus the instance it started (GCS, raylet, task and actor workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+    root = pid or os.getpid()
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, f in stats.items() if int(f[1]) == parent and p not in tree]
+        tree.update(kids)
+        frontier += kids
+    # fields after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based from state
+    return sum(sum(int(stats[p][i]) for i in (11, 12, 13, 14)) for p in tree if p in stats) / tick
+
+
 def child(args: argparse.Namespace) -> None:
     """One run (``--child local|ray``) over the list file; prints its numbers as JSON on stdout."""
     from bench_infer import _reset_peak_rss, _status_kib
@@ -49,16 +73,21 @@ def child(args: argparse.Namespace) -> None:
         if args.child == "local":
             with open_predictor(args.model, "ort", device="cpu", batch=args.batch) as loaded:
                 result["startup_s"] = time.perf_counter() - t0
+                cpu = tree_cpu_s()
                 report = run_inference(paths, loaded.predictor, out, options=options, model_id="bench")
+                result["cpu_s"] = tree_cpu_s() - cpu
         else:
             with ray_session(RayOptions(cpus=args.cpus)):
                 result["startup_s"] = time.perf_counter() - t0
                 before = _status_kib("VmRSS")
                 reset = _reset_peak_rss()   # the run's peak, not that of imports and ray.init
+                cpu = tree_cpu_s()
                 report = run_ray_inference(paths, ModelSpec(str(args.model), "ort", batch=args.batch), out,
                                            options=options, model_id="bench")
+                result["cpu_s"] = tree_cpu_s() - cpu   # before shutdown: the workers are still there to count
                 result.update({"rss_before_run_kib": before, "run_peak_rss_kib": _status_kib("VmHWM") if reset
                                else None})
+    result["cpu_ms_per_image"] = round(1e3 * result["cpu_s"] / len(paths), 3)
     result.update({"scored": report.scored, "failed": report.failed, "run_seconds": round(report.seconds, 2),
                    "images_per_s": round(report.images_per_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
                    "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
@@ -94,15 +123,20 @@ def throughput(model: Path, listing: Path, args: argparse.Namespace) -> dict[str
             runs[mode].append(run_child(mode, listing, model, args))
             r = runs[mode][-1]
             print(f"{mode:5s}: {r['images_per_s']:.1f} img/s over the run, wall {r['wall_s']:.1f} s "
-                  f"(start-up {r['startup_s']:.1f} s)", file=sys.stderr)
-    med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in ("images_per_s", "wall_s", "startup_s")}
-           for m in runs}
+                  f"(start-up {r['startup_s']:.1f} s), {r['cpu_ms_per_image']:.2f} CPU ms/image", file=sys.stderr)
+    keys = ("images_per_s", "wall_s", "startup_s", "cpu_ms_per_image")
+    med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in keys} for m in runs}
     ratio = med["ray"]["images_per_s"] / med["local"]["images_per_s"]
+    cpu_ratio = med["local"]["cpu_ms_per_image"] / med["ray"]["cpu_ms_per_image"]
     return {"images": runs["local"][0]["images"], "batch": args.batch, "cpus": args.cpus,
             "local_images_per_s": med["local"]["images_per_s"], "ray_images_per_s": med["ray"]["images_per_s"],
             "ratio": round(ratio, 3), "target": 0.8, "passed": ratio >= 0.8,
             "wall_s": {m: med[m]["wall_s"] for m in med}, "startup_s": {m: med[m]["startup_s"] for m in med},
-            "ratio_including_startup": round(med["local"]["wall_s"] / med["ray"]["wall_s"], 3), "runs": runs}
+            "ratio_including_startup": round(med["local"]["wall_s"] / med["ray"]["wall_s"], 3),
+            # CPU time per image of the whole process tree: what bounds img/s when the cores are the limit,
+            # whatever else runs on the machine (a loaded machine gives Ray's extra processes a larger share)
+            "cpu_ms_per_image": {m: med[m]["cpu_ms_per_image"] for m in med},
+            "cpu_cost_ratio_local_over_ray": round(cpu_ratio, 3), "runs": runs}
 
 
 def peak_rss(model: Path, folder: Path, counts: list[int], args: argparse.Namespace) -> dict[str, Any]:
@@ -162,7 +196,8 @@ def main() -> int:
     atomic_write_json(args.out, payload)
     t, r = payload["throughput"], payload.get("rss")
     print(f"--ray / local end-to-end: {t['ratio']:.3f} ({t['ray_images_per_s']:.1f} / {t['local_images_per_s']:.1f} "
-          f"img/s, {t['images']} images, batch {t['batch']}); including start-up: {t['ratio_including_startup']:.3f}")
+          f"img/s, {t['images']} images, batch {t['batch']}); including start-up: {t['ratio_including_startup']:.3f}; "
+          f"CPU ms per image local {t['cpu_ms_per_image']['local']:.2f}, ray {t['cpu_ms_per_image']['ray']:.2f}")
     if r:
         print(f"driver peak RSS {max(counts)} vs {min(counts)} images: {r['ratio']:.3f}x")
     print(f"wrote {args.out}")

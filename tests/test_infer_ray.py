@@ -115,6 +115,26 @@ def test_ray_infer_writes_what_local_infer_writes_bad_files_included(tmp_path, t
 
 
 @needs_ray
+def test_ray_resume_extends_a_finished_local_run(tmp_path, tiny_onnx, ray_address):
+    """Both write the same journal header and run record, so ``--resume`` carries either's results over."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    names = [f"img_{k}.png" for k in range(6)]
+    for k, name in enumerate(names[:3]):
+        (src / name).write_bytes(_encode(_bright_spot_image(30, 40, (k, 3), seed=k), ".png"))
+    out = tmp_path / "r.jsonl"
+    args = [str(src), "--model", str(tiny_onnx), "--out", str(out), "--batch", "2"]
+    with time_limit(120):
+        first = _infer(args)
+        for k, name in enumerate(names[3:], 3):
+            (src / name).write_bytes(_encode(_bright_spot_image(30, 40, (k, 3), seed=k), ".png"))
+        second = _infer([*args, "--ray", "--resume"])
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    assert "(3 from a previous run)" in second.output
+    assert sorted(Path(r["path"]).name for r in read_results(out)) == names
+
+
+@needs_ray
 def test_ray_infer_all_bad_exits_3_like_local(tmp_path, tiny_onnx, ray_address):
     (tmp_path / "a.jpg").write_bytes(b"")
     (tmp_path / "b.png").write_text("nope")

@@ -16,9 +16,12 @@ only Ray holds can be resumed; what the driver has fsync'd can. One writer also 
 merge, no writable shared filesystem needed on the workers and no half-written files from retried tasks, and
 ``--resume``, the errors file and the run record are the local run's code (a run started locally can be
 finished with ``--ray`` and the other way round). Ray retries a decode task or a model actor's batch when a
-worker dies (``max_retries``, ``max_restarts``/``max_task_retries``), and a retried batch may deliver an image
-a second time: the driver keeps each image's first result (by ``key_of``), and ``render_outputs`` again keeps
-one row per image. The price: every result passes through the driver (about 1.5 KB of JSON per image).
+worker dies: Ray Data's defaults, kept on purpose, are ``max_retries=-1`` for its tasks and ``max_restarts=-1``,
+``max_task_retries=-1`` for its actors (passing them explicitly goes through ``ray_remote_args``, which Ray
+deprecates, to be removed in 2.64). A retried batch may deliver an image a second time: the driver keeps each
+image's first result (by ``key_of``), and ``render_outputs`` again keeps one row per image. The price: every
+result passes through the driver (about 1.3 KB of JSON per image), and the driver's memory holds the path list
+and the keys done, so very large listings are run as shards (README, "Scale out").
 
 The local instance (no address) listens on 127.0.0.1 only, sends no usage statistics, runs no dashboard and
 uses the CPUs it is given; it is shut down when the run ends.
