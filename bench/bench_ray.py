@@ -7,7 +7,8 @@
    the first image sent to decoding until OUT is written; for Ray that includes starting the model actors);
    also recorded: wall time of the whole call including start-up (Ray instance, model probe, model load), and
    the CPU time per image of each run's whole process tree (for Ray: driver, GCS, raylet, workers), which bounds
-   img/s when the cores are the limit and does not depend on what else runs on the machine.
+   img/s when the cores are the limit and does not depend on what else runs on the machine. --ray with two
+   ONNX Runtime threads per actor (--compare-threads) is timed alongside, for the choice of one by default.
    Target: Ray / local >= 0.8.
 2. Driver peak RSS: `infer --ray` over 500 and over 5,000 images (symlinks to 500 JPEGs under distinct
    names), each in a fresh process with a small-width model: the peak RSS of the driver during the run
@@ -82,8 +83,8 @@ def child(args: argparse.Namespace) -> None:
                 before = _status_kib("VmRSS")
                 reset = _reset_peak_rss()   # the run's peak, not that of imports and ray.init
                 cpu = tree_cpu_s()
-                report = run_ray_inference(paths, ModelSpec(str(args.model), "ort", batch=args.batch), out,
-                                           options=options, model_id="bench")
+                spec = ModelSpec(str(args.model), "ort", batch=args.batch, threads=args.threads or None)
+                report = run_ray_inference(paths, spec, out, options=options, model_id="bench")
                 result["cpu_s"] = tree_cpu_s() - cpu   # before shutdown: the workers are still there to count
                 result.update({"rss_before_run_kib": before, "run_peak_rss_kib": _status_kib("VmHWM") if reset
                                else None})
@@ -95,8 +96,11 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(mode: str, listing: Path, model: Path, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", mode, "--list", str(listing), "--model", str(model),
-           "--batch", str(args.batch), "--cpus", str(args.cpus)]
+    """``mode``: local, ray (the default: one model thread per actor) or ray-threads-N (N ONNX Runtime threads)."""
+    threads = int(mode.rsplit("-", 1)[1]) if mode.startswith("ray-threads-") else 0
+    cpus = args.cpus + max(0, threads - 1)   # N threads reserve N CPUs: declare the extra ones (same cores)
+    cmd = [sys.executable, __file__, "--child", mode.split("-")[0], "--list", str(listing), "--model", str(model),
+           "--batch", str(args.batch), "--cpus", str(cpus), "--threads", str(threads)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -117,12 +121,13 @@ def link_list(folder: Path, real: list[Path], count: int) -> Path:
 
 
 def throughput(model: Path, listing: Path, args: argparse.Namespace) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
+    modes = ["local", "ray", *(f"ray-threads-{n}" for n in args.compare_threads)]
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for _ in range(args.repeats):
-        for mode in ("local", "ray"):
+        for mode in modes:
             runs[mode].append(run_child(mode, listing, model, args))
             r = runs[mode][-1]
-            print(f"{mode:5s}: {r['images_per_s']:.1f} img/s over the run, wall {r['wall_s']:.1f} s "
+            print(f"{mode:13s}: {r['images_per_s']:.1f} img/s over the run, wall {r['wall_s']:.1f} s "
                   f"(start-up {r['startup_s']:.1f} s), {r['cpu_ms_per_image']:.2f} CPU ms/image", file=sys.stderr)
     keys = ("images_per_s", "wall_s", "startup_s", "cpu_ms_per_image")
     med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in keys} for m in runs}
@@ -135,6 +140,7 @@ def throughput(model: Path, listing: Path, args: argparse.Namespace) -> dict[str
             "ratio_including_startup": round(med["local"]["wall_s"] / med["ray"]["wall_s"], 3),
             # CPU time per image of the whole process tree: what bounds img/s when the cores are the limit,
             # whatever else runs on the machine (a loaded machine gives Ray's extra processes a larger share)
+            "images_per_s": {m: med[m]["images_per_s"] for m in med},
             "cpu_ms_per_image": {m: med[m]["cpu_ms_per_image"] for m in med},
             "cpu_cost_ratio_local_over_ray": round(cpu_ratio, 3), "runs": runs}
 
@@ -161,6 +167,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local Ray instance")
     parser.add_argument("--rss-counts", default="500,5000", help="image counts of the RSS runs ('' to skip)")
+    parser.add_argument("--compare-threads", type=lambda v: [int(n) for n in v.split(",") if n], default=[2],
+                        help="also time --ray with these ONNX Runtime threads per actor (default one)")
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["local", "ray"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--list", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)

@@ -153,9 +153,12 @@ def test_ray_infer_model_or_device_problems_are_one_line_errors(tmp_path, ray_ad
                             "--ray"])
         no_gpu = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
                          "--ray", "--device", "cuda"])
+        no_cpu_left = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
+                              "--ray", "--threads", "2"])
     assert bad_model.exit_code == 1
     assert bad_model.output.count("\n") == 1 and "cannot load the model" in bad_model.output, bad_model.output
     assert no_gpu.exit_code == 1 and "the Ray cluster has no GPUs" in no_gpu.output, no_gpu.output
+    assert no_cpu_left.exit_code == 1 and "need 3 CPUs; the Ray cluster has 2" in no_cpu_left.output, no_cpu_left.output
     assert not list(tmp_path.glob("r.*"))
 
 

@@ -46,7 +46,7 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial.jsonl) or extend a "
               "finished OUT; images already scored are skipped.")
 @fast_path_options
-@click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads (--ray: per actor, default 1).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               callback=_ray_address,
               help="Score on Ray (pip install 'fgdeploy[ray]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "

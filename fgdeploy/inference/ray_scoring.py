@@ -71,7 +71,7 @@ class ModelSpec:
     fp16: bool = False
     batch: int = 64
     fast: Any = None                # fgdeploy.inference.fastpath.FastPathOptions (torch backend)
-    threads: int | None = None      # ONNX Runtime CPU threads per actor
+    threads: int | None = None      # model threads per CPU actor (ONNX Runtime; None: 1), each reserving a CPU
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,19 @@ def _placement(ray: Any, spec: ModelSpec, actors: int) -> tuple[ModelSpec, int]:
     actors = actors or (gpus if device == "cuda" else 1)
     if device == "cuda" and actors > gpus:
         raise FgdeployError(f"--actors {actors}: the cluster has {gpus} GPUs and each actor takes one")
-    return replace(spec, device=device), actors
+    spec = replace(spec, device=device, threads=spec.threads or (1 if device == "cpu" else None))
+    needed, cpus = actors * actor_cpus(spec) + 1, int(ray.cluster_resources().get("CPU", 0))
+    if needed > cpus:
+        raise FgdeployError(f"{actors} model actor(s) of {actor_cpus(spec)} CPU(s) and one decode task need {needed} "
+                            f"CPUs; the Ray cluster has {cpus}: pass fewer --actors or --threads (or more --cpus)")
+    return spec, actors
+
+
+def actor_cpus(spec: ModelSpec) -> int:
+    """CPUs a model actor reserves: its model threads on CPU (default 1: on 2 cores one ONNX Runtime thread per
+    actor costs less CPU per image than its default two, which spin and contend with the decode tasks;
+    ``bench/bench_ray.py``), one on a GPU (it prepares batches)."""
+    return (spec.threads or 1) if spec.device == "cpu" else 1
 
 
 def _probe(ray: Any, spec: ModelSpec) -> ModelInfo:
@@ -370,7 +382,7 @@ def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, op
     return decoded.map_batches(
         ModelActor, batch_size=options.batch, batch_format="numpy", zero_copy_batch=True,
         fn_constructor_kwargs={"spec": spec, "topk": options.topk}, compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=1, num_gpus=1 if spec.device == "cuda" else 0)
+        num_cpus=actor_cpus(spec), num_gpus=1 if spec.device == "cuda" else 0)
 
 
 class _JournalSink:
