@@ -320,7 +320,7 @@ def test_ray_missing_is_a_one_line_error_naming_what_to_install(tmp_path, monkey
     result = _infer([str(tmp_path / "imgs"), "--model", str(tiny_onnx), "--out", str(tmp_path / "r.csv"), "--ray"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "pip install 'fgdeploy[ray]'" in lines[0] and "--ray" in lines[0], result.output
+    assert len(lines) == 1 and "pip install 'ray[data]'" in lines[0] and "--ray" in lines[0], result.output
     assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r.csv.partial.jsonl").exists()
 
 

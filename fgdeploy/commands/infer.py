@@ -49,7 +49,7 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads (--ray: per actor, default 1).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               callback=_ray_address,
-              help="Score on Ray (pip install 'fgdeploy[ray]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
+              help="Score on Ray (pip install 'ray[data]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
                    "set, is joined instead); auto, ray://HOST:PORT or HOST:PORT join a running cluster. Decode runs "
                    "in CPU tasks, the model in --actors actors (one GPU each on CUDA).")
 @click.option("--actors", type=click.IntRange(1), default=None,

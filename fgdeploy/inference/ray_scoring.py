@@ -52,7 +52,7 @@ from fgdeploy.tensors import PART_NAMES
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'fgdeploy[ray]' (or: pip install 'ray[data]')"
+INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
 LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local instance
 # A decode task asks for this much memory plus twice its block of resized images (measured: a decode worker's
 # process peaks near 120 MiB with 64 images of 160 px). Asking for memory also keeps decoding in its own tasks:
