@@ -451,6 +451,28 @@ def test_cli_infer_mixed_folder_exit_0_with_errors_file(tmp_path, tiny_ckpt):
     assert len(list((tmp_path / "vis").glob("*.png"))) == len(GOOD)
 
 
+def test_cli_infer_takes_a_run_folder_and_q_after_the_command_silences_info(tmp_path, tiny_ckpt):
+    """Issue 17 #4 (a run folder stands for its best.pt) and #11 (-q after the subcommand, info lines silenced)."""
+    import shutil
+
+    from fgdeploy.cli import cli
+
+    run = tmp_path / "run1"
+    run.mkdir()
+    shutil.copy(tiny_ckpt, run / "best.pt")
+    images = make_mixed_folder(tmp_path / "imgs")
+    loud = CliRunner().invoke(cli, ["infer", str(images), "--model", str(run), "-o", str(tmp_path / "a.csv")])
+    assert loud.exit_code == 0, loud.output
+    assert f"model {run / 'best.pt'} on torch-cpu" in loud.output
+    quiet = CliRunner().invoke(cli, ["infer", str(images), "--model", str(run), "-o", str(tmp_path / "b.csv"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "model " not in quiet.output and f"scored {len(GOOD)}" in quiet.output   # the result stays
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(empty)])
+    assert result.exit_code == 1 and f"{empty} is a folder without best.pt or last.pt" in result.output
+
+
 def test_cli_infer_all_bad_exits_3(tmp_path, tiny_ckpt):
     from fgdeploy.cli import cli
 

@@ -211,6 +211,7 @@ def build_metadata(meta: Any, model: torch.nn.Module, options: ExportOptions, ou
         "outputs": list(outputs),
         "model_config": dict(meta.model_config),
         "source_checkpoint": source.name if source else "",
+        "source_path": str(source.resolve()) if source else "",
         "source_sha256": getattr(meta, "sha256", "") or "",
         "stage": int(getattr(meta, "stage", 0)),
         "epoch": int(getattr(meta, "epoch", 0)),
@@ -265,7 +266,7 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
     verified = verify_against_torch(model, data, size, options)
     out = Path(out)
     atomic_write_bytes(out, data)
-    logger.info("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data),
+    logger.debug("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data),
                 "fp16" if options.fp16 else "fp32", found)
     return ExportResult(path=out, precision="fp16" if options.fp16 else "fp32",
                         batch="dynamic" if options.batch is None else options.batch, opset=options.opset,

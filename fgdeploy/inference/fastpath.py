@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fgdeploy.errors import ConfigError
+from fgdeploy.errors import ConfigError, cuda_unavailable
 from fgdeploy.tensors import MODEL_OUTPUTS, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_LOGITS
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
     if mode not in COMPILE_MODES:
         raise ConfigError(f"compile mode {mode!r} is not one of {list(COMPILE_MODES)}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} requested but CUDA is not available here; use device 'cpu'")
+        raise ConfigError(cuda_unavailable(str(device)))
     if cuda_graphs and device.type != "cuda":
         raise ConfigError("cuda_graphs needs a CUDA device; drop --cuda-graphs or use --device cuda")
     dtype = torch.float16 if fp16 else torch.float32

@@ -92,11 +92,20 @@ class LoadedModel:
     class_names: list[str]
     part_names: list[str]
     visibility_threshold: float = 0.5   # keypoint score below which a part counts as not visible
+    recorded: dict[str, Any] | None = None   # an export's metadata (source checkpoint, ...); None for torch
 
 
 def resolve_backend(model: str | Path, backend: str = "auto") -> str:
-    """The backend for ``model``: ``backend`` unless "auto", else from the suffix (.onnx -> ort, .engine -> trt)."""
-    return BACKEND_BY_SUFFIX.get(Path(model).suffix.lower(), "torch") if backend == "auto" else backend
+    """The backend for ``model``: ``backend`` unless "auto", else from the suffix (.onnx -> ort, .engine -> trt),
+    and for another suffix from the file's first bytes (an ONNX model named model.bin -> ort); else torch."""
+    from fgdeploy.checkpoint import sniff_model_kind
+
+    if backend != "auto":
+        return backend
+    suffix = Path(model).suffix.lower()
+    if suffix in BACKEND_BY_SUFFIX:
+        return BACKEND_BY_SUFFIX[suffix]
+    return "ort" if suffix not in (".pt", ".pth") and sniff_model_kind(model) == "ort" else "torch"
 
 
 def resolve_device(backend: str, device: str = "auto") -> str:
@@ -149,4 +158,4 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         recorded = runner.metadata()
         threshold = (recorded.get("model_config") or {}).get("visibility_threshold", 0.5)
         yield LoadedModel(RunnerPredictor(runner), runner.name, list(recorded.get("class_names") or []),
-                          list(recorded.get("part_names") or []), float(threshold))
+                          list(recorded.get("part_names") or []), float(threshold), dict(recorded))

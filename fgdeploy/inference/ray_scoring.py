@@ -94,6 +94,7 @@ class ModelInfo:
     fixed_batch: int | None
     on_gpu: bool
     classes: int                    # class names the model records (0: none recorded)
+    stale_note: str | None = None   # an export no longer made from the checkpoint it names (stale_export_note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,11 +227,14 @@ def _open_model(spec: ModelSpec) -> tuple[contextlib.ExitStack, Any]:
 
 def probe_model(spec: ModelSpec) -> ModelInfo:
     """Open the model as an actor will (run as a Ray task where the actors run) and describe it."""
+    from fgdeploy.export.metadata import stale_export_note
+
     stack, loaded = _open_model(spec)
     with stack:
         predictor = loaded.predictor
         return ModelInfo(loaded.name, int(predictor.input_size), getattr(predictor, "fixed_batch", None),
-                         bool(getattr(predictor, "on_gpu", False)), len(loaded.class_names))
+                         bool(getattr(predictor, "on_gpu", False)), len(loaded.class_names),
+                         stale_export_note(spec.model, loaded.recorded or {}))
 
 
 class ModelActor:
