@@ -104,6 +104,7 @@ def test_ray_infer_writes_what_local_infer_writes_bad_files_included(tmp_path, t
         ray_result = _infer([*common, "--out", str(remote), "--ray"])
     assert local_result.exit_code == 0, local_result.output
     assert ray_result.exit_code == 0, ray_result.output
+    assert "x 1 Ray actor, batch 3" in ray_result.output and "Ray actor" not in local_result.output
     assert len(read_results(remote)) == len(GOOD)
     assert remote.read_bytes() == local.read_bytes()                                   # same rows, same order
     assert errors_path_for(remote).read_bytes() == errors_path_for(local).read_bytes()   # same bad files, reasons
@@ -322,6 +323,17 @@ def test_ray_missing_is_a_one_line_error_naming_what_to_install(tmp_path, monkey
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "pip install 'ray[data]'" in lines[0] and "--ray" in lines[0], result.output
     assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r.csv.partial.jsonl").exists()
+
+
+def test_bare_ray_joins_ray_address_if_set_else_starts_a_local_instance(monkeypatch):
+    from fgdeploy.inference.ray_scoring import RayOptions, target_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert target_address(RayOptions(address="")) == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert target_address(RayOptions(address="")) == "10.0.0.5:6379"     # what `--ray` with no address passes
+    assert target_address(RayOptions(address="local")) == "local"
+    assert target_address(RayOptions(address="auto")) == "auto"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -22,7 +22,7 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
 
 
 def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None or value in ("local", "auto") or value.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", value):
+    if value is None or value in ("", "local", "auto") or value.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", value):
         return value
     raise click.BadParameter(f"{value!r} is not a Ray address: give auto, ray://HOST:PORT or HOST:PORT, or nothing "
                              "for a local instance (then put --ray after IMAGES, or last)", ctx, param)
@@ -53,10 +53,11 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
 @fast_path_options
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="ort on CPU: intra-op threads (--ray: per actor, default 1).")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               callback=_ray_address,
               help="Score on Ray (pip install 'ray[data]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
-                   "set, is joined instead); auto, ray://HOST:PORT or HOST:PORT join a running cluster. Decode runs "
+                   "set, is joined instead; 'local' always starts one); auto, ray://HOST:PORT or HOST:PORT join a "
+                   "running cluster. Decode runs "
                    "in CPU tasks, the model in --actors actors (one GPU each on CUDA).")
 @click.option("--actors", type=click.IntRange(1), default=None,
               help="--ray: model actors [default: one per GPU of the cluster on CUDA, else 1].")
@@ -110,7 +111,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
         raise click.UsageError(f"{', '.join(flags)}: for the torch backend (a checkpoint), not {kind}")
     if ray_address is None and (actors or cpus):
         raise click.UsageError(f"{'--actors' if actors else '--cpus'}: only with --ray")
-    if cpus and ray_address not in (None, "local"):
+    if cpus and ray_address not in (None, "", "local"):
         raise click.UsageError("--cpus: for the local instance that --ray starts with no address; a cluster has the "
                                "CPUs its nodes were started with")
     if ray_address is not None and (workers or save_vis):

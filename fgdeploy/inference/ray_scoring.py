@@ -78,7 +78,7 @@ class ModelSpec:
 class RayOptions:
     """Where and how wide to run."""
 
-    address: str | None = None      # None/"": RAY_ADDRESS if set, else a local instance; or auto, ray://h:p, h:p
+    address: str | None = None      # None/"": RAY_ADDRESS if set, else a local instance; "local"; auto, ray://h:p, h:p
     actors: int = 0                 # model actors; 0: one per GPU when on CUDA, else 1
     cpus: int | None = None         # local instance: logical CPUs (None: all cores)
     object_store_bytes: int | None = None   # local instance: object store size (None: Ray's default)
@@ -129,7 +129,7 @@ def ray_session(options: RayOptions = RayOptions()) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    address = options.address or os.environ.get("RAY_ADDRESS") or ""
+    address = target_address(options)
     if not options.verbose:
         quiet_ray_logs()
     log_level = logging.INFO if options.verbose else logging.ERROR
@@ -146,6 +146,11 @@ def ray_session(options: RayOptions = RayOptions()) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def target_address(options: RayOptions) -> str:
+    """Where to run: ``options.address``; with none given, RAY_ADDRESS if set, else "local" (a new instance)."""
+    return options.address or os.environ.get("RAY_ADDRESS") or "local"
 
 
 def quiet_ray_logs() -> None:
