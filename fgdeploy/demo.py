@@ -21,7 +21,7 @@ from typing import Any
 
 from fgdeploy.errors import ConfigError
 from fgdeploy.fileio import atomic_write_json, file_sha256
-from fgdeploy.text import settings_text
+from fgdeploy.text import plural, settings_text
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +280,7 @@ def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
         report.dump(out / "parity" / f"{Path(name).stem}.json")
         verdicts.append({"ref": report.ref, "test": report.test, "precision": report.precision,
                          "passed": report.passed, "top1_agreement": report.task.top1_agreement,
+                         "class_near_ties": report.task.class_near_ties or 0,
                          "failed_checks": [c.name for c in report.checks if not c.passed]})
     return verdicts
 
@@ -326,8 +327,10 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
         rows.append((f"fgdeploy infer ({i['backend']})", f"{i['scored']} scored, {i['failed']} failed"))
     for p in s.get("parity", []):
         verdict = "PASS" if p["passed"] else "FAIL: " + "; ".join(p["failed_checks"])
+        ties = p.get("class_near_ties", 0)
+        tie_text = f", {plural(ties, 'near-tie')} of the reference's logits" if ties else ""
         rows.append((f"parity {p['ref']} vs {p['test']}", f"{verdict} (top-1 agreement "
-                                                          f"{100 * p['top1_agreement']:.1f} %)"))
+                                                          f"{100 * p['top1_agreement']:.1f} %{tie_text})"))
     by_backend: dict[str, dict[str, Any]] = {}
     for r in s.get("bench", {}).get("rows", []):
         by_backend.setdefault(r["backend"], {})[r["mode"]] = r

@@ -99,6 +99,7 @@ class ClassFlip:
     test_class: int
     ref_margin: float   # how far the reference preferred its class over the test's choice
     test_margin: float
+    near_tie: bool | None = None  # ref_margin within the tolerance: both classes are the reference's argmax
 
 
 @dataclass
@@ -129,6 +130,9 @@ class TaskComparison:
     accuracy_ref: float | None = None
     accuracy_test: float | None = None
     accuracy_diff_points: float | None = None        # (test - ref) * 100
+    class_near_ties: int | None = None               # class flips whose reference logits had a near-tie
+    top1_agreement_or_tie: float | None = None       # same class, or moved between near-tied classes
+    accuracy_diff_points_beyond_ties: float | None = None  # accuracy diff if near-tie flips kept ref's class
     pck_ref: float | None = None                     # PCK@0.1 of the bounding box, visible parts
     pck_test: float | None = None
     pck_diff_points: float | None = None
@@ -288,6 +292,9 @@ def _task_lines(task: TaskComparison) -> list[str]:
     if task.keypoint_near_ties:
         lines.append(f"keypoints: {task.keypoint_near_ties} moved between cells the reference scores within "
                      f"tolerance (near-ties); same cell or near-tie {_pct(task.keypoint_same_cell_or_tie)}")
+    if task.class_near_ties:
+        lines.append(f"top-1: {task.class_near_ties} image(s) moved between classes the reference scores within "
+                     f"tolerance (near-ties); same class or near-tie {_pct(task.top1_agreement_or_tie)}")
     if task.accuracy_ref is not None:
         lines.append(f"accuracy: ref {_pct(task.accuracy_ref)}, test {_pct(task.accuracy_test)}, "
                      f"diff {task.accuracy_diff_points:+.2f} points")
@@ -297,7 +304,8 @@ def _task_lines(task: TaskComparison) -> list[str]:
     for f in task.class_flips[:MAX_LISTED_FLIPS]:
         known = ", ".join(f"{k} {v}" for k, v in (("id", f.image_id), ("label", f.label)) if v is not None)
         lines.append(f"  class flip: image {f.index}{f' ({known})' if known else ''}: ref {f.ref_class} -> "
-                     f"test {f.test_class}; ref margin {f.ref_margin:.4g}, test margin {f.test_margin:.4g}")
+                     f"test {f.test_class}; ref margin {f.ref_margin:.4g}, test margin {f.test_margin:.4g}"
+                     f"{' (near-tie)' if f.near_tie else ''}")
     for k in task.keypoint_flips[:MAX_LISTED_FLIPS]:
         lines.append(f"  keypoint flip: image {k.index}{'' if k.image_id is None else f' (id {k.image_id})'} {k.part}: cell {k.ref_cell} -> "
                      f"{k.test_cell} ({k.cell_distance} cell(s)); ref margin {_g(k.ref_margin)}, "

@@ -201,7 +201,8 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
                              truth=source.truth, tie_tolerance=thresholds.tolerance)
     else:
         task = compare_tasks({OUTPUT_LOGITS: ref_out[OUTPUT_LOGITS]}, {OUTPUT_LOGITS: test_out[OUTPUT_LOGITS]},
-                             input_size=input_size, heatmap_hw=(1, 1), part_names=part_names, truth=source.truth)
+                             input_size=input_size, heatmap_hw=(1, 1), part_names=part_names, truth=source.truth,
+                             tie_tolerance=thresholds.tolerance)
     report = ParityReport(ref=ref_name, test=test_name, precision=precision, n_images=len(indices),
                           data=source.description, thresholds=dataclasses.asdict(thresholds), outputs=outputs,
                           task=task, batch=batch, checks=build_checks(outputs, task, batch, thresholds))
