@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
     if value.suffix.lower() not in (".csv", ".jsonl"):
         raise click.BadParameter(f"{value}: name the results file .csv or .jsonl", ctx, param)
     return output_path()(ctx, param, value)
+
+
+def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value in ("", "local", "auto") or value.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", value):
+        return value
+    raise click.BadParameter(f"{value!r} is not a Ray address: give auto, ray://HOST:PORT or HOST:PORT, or nothing "
+                             "for a local instance (then put --ray after IMAGES, or last)", ctx, param)
 
 
 @click.command("infer", short_help="Classify images and locate their parts (CSV/JSONL out).")
@@ -43,7 +51,18 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial.jsonl) or extend a "
               "finished OUT; images already scored are skipped.")
 @fast_path_options
-@click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="ort on CPU: intra-op threads (--ray: per actor, default 1).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              callback=_ray_address,
+              help="Score on Ray (pip install 'ray[data]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
+                   "set, is joined instead; 'local' always starts one); auto, ray://HOST:PORT or HOST:PORT join a "
+                   "running cluster. Decode runs "
+                   "in CPU tasks, the model in --actors actors (one GPU each on CUDA).")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="--ray: model actors [default: one per GPU of the cluster on CUDA, else 1].")
+@click.option("--cpus", type=click.IntRange(1), default=None,
+              help="--ray with no address: CPUs of the local instance [default: all cores].")
 @click.option("--fast-decode", is_flag=True,
               help="JPEGs at least twice the model input: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), "
                    "several times faster for large photos. Pixels then differ slightly from the full decode that "
@@ -52,7 +71,7 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
 def command(ctx: click.Context, images: str, model: str, backend: str, device: str, fp16: bool, batch: int,
             workers: int, topk: int, out: Path, save_vis: Path | None, resume: bool, channels_last: bool,
             compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
-            fast_decode: bool) -> None:
+            ray_address: str | None, actors: int | None, cpus: int | None, fast_decode: bool) -> None:
     """Classify IMAGES and locate the 15 parts in each, writing one result per image to OUT.
 
     IMAGES is a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case;
@@ -90,11 +109,26 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     check_model_kind(model, kind, lambda found: f"pass --backend {found}")
     if kind != "torch" and (flags := torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)):
         raise click.UsageError(f"{', '.join(flags)}: for the torch backend (a checkpoint), not {kind}")
+    if ray_address is None and (actors or cpus):
+        raise click.UsageError(f"{'--actors' if actors else '--cpus'}: only with --ray")
+    if cpus and ray_address not in (None, "", "local"):
+        raise click.UsageError("--cpus: for the local instance that --ray starts with no address; a cluster has the "
+                               "CPUs its nodes were started with")
+    if ray_address is not None and (workers or save_vis):
+        raise click.UsageError(f"{'--workers' if workers else '--save-vis'}: not with --ray "
+                               f"({'decoding runs in Ray tasks, one per CPU' if workers else 'run it without --ray'})")
     paths = discover_images(images)
     fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
                            conv_relu=fuse_conv_relu)
     options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis,
                            fast_decode=fast_decode)
+    if ray_address is not None:
+        from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions
+
+        spec = ModelSpec(model, kind, device, fp16, batch, fast, threads)
+        verbose = bool((ctx.find_root().obj or {}).get("verbose"))
+        _score_on_ray(ctx, paths, spec, out, options, RayOptions(ray_address, actors or 0, cpus, verbose=verbose))
+        return
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
         echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
         if note := stale_export_note(model, loaded.recorded or {}):
@@ -107,6 +141,27 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
                                    part_names=loaded.part_names, options=options,
                                    visibility_threshold=loaded.visibility_threshold,
                                    model_id=model_identity(model), on_start=bar.reset,
+                                   on_progress=bar.update)
+    click.echo("\n".join(report.summary_lines()))
+    ctx.exit(report.exit_code)
+
+
+def _score_on_ray(ctx: click.Context, paths: list[str], spec: Any, out: Path, options: Any, ray_options: Any) -> None:
+    """``infer --ray``: the same outputs, summary and exit codes as a local run."""
+    from fgdeploy.inference.local import model_identity
+    from fgdeploy.inference.ray_scoring import ModelInfo, run_ray_inference
+
+    def announce(info: ModelInfo, actors: int) -> None:
+        echo_info(ctx, f"{plural(len(paths), 'image')}, model {spec.model} on {info.name} x "
+                       f"{plural(actors, 'Ray actor')}, batch {spec.batch}")
+        if info.stale_note:
+            click.echo(f"warning: {info.stale_note}", err=True)
+        if info.classes and options.topk > info.classes:
+            echo_info(ctx, f"--topk {options.topk}: the model has {info.classes} classes; writing all of them")
+
+    with _progress_bar(ctx, len(paths)) as bar, _resumable_on_interrupt(ctx, out):
+        report = run_ray_inference(paths, spec, out, options=options, ray_options=ray_options,
+                                   model_id=model_identity(spec.model), on_model=announce, on_start=bar.reset,
                                    on_progress=bar.update)
     click.echo("\n".join(report.summary_lines()))
     ctx.exit(report.exit_code)

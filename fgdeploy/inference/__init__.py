@@ -4,4 +4,5 @@
 - ``predictors``: the ``Predictor`` interface and ``open_predictor`` (model file -> backend).
 - ``fastpath``: the torch fast path (fused conv+ReLU, channels-last, compile, CUDA graphs).
 - ``results``: per-image records, the fsync'd journal, CSV/JSONL output, errors file, run record.
+- ``ray_scoring``: ``infer --ray``, the same run on Ray (decode tasks, model actors, the driver's journal).
 """

@@ -354,11 +354,9 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(journal_path_for(out))
-    cwd = os.getcwd()
-    header = {"model": model_id, "topk": options.topk, "cwd": cwd, "fast_decode": options.fast_decode,
-              "relative_paths": any(not os.path.isabs(p) for p in paths)}
-    scored = _open_journal(journal, header, out, options.resume)
-    todo = [p for p in paths if key_of(p, cwd) not in scored]
+    header = run_header(paths, model_id, options)
+    scored = open_journal(journal, header, out, options.resume)
+    todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
     report = InferReport(total=len(paths), scored=0, failed=0, skipped=len(paths) - len(todo), attempted=0,
                          seconds=0.0, out=out, errors_file=errors_path_for(out), vis_dir=options.save_vis)
     if on_start:
@@ -393,7 +391,14 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
     return report
 
 
-def _open_journal(journal: Journal, header: dict[str, Any], out: Path, resume: bool) -> set[str]:
+def run_header(paths: Sequence[str], model_id: str, options: InferOptions) -> dict[str, Any]:
+    """What the journal and the run record say about a run; ``--resume`` refuses a run whose header differs
+    (``check_same_run``). Local and Ray runs write the same header, so either can finish the other's run."""
+    return {"model": model_id, "topk": options.topk, "cwd": os.getcwd(), "fast_decode": options.fast_decode,
+            "relative_paths": any(not os.path.isabs(p) for p in paths)}
+
+
+def open_journal(journal: Journal, header: dict[str, Any], out: Path, resume: bool) -> set[str]:
     """Start or reopen the run's journal; returns the keys of images already scored.
 
     With ``resume`` and a finished ``out`` (no journal), its results are carried over after checking

@@ -71,6 +71,15 @@ def _box_records(boxes: np.ndarray, sx: float, sy: float) -> list[dict[str, Any]
             for i, name in enumerate(PART_BOX_NAMES)]
 
 
+def default_labels(outputs: dict[str, np.ndarray], class_names: Sequence[str],
+                   part_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The labels to write: the model's, else "class_<i>" and the CUB part names (or "part_<i>")."""
+    classes = list(class_names) or [f"class_{i}" for i in range(outputs[OUTPUT_LOGITS].shape[1])]
+    p = outputs[OUTPUT_KEYPOINTS].shape[1]
+    parts = list(part_names) or (list(PART_NAMES) if p == len(PART_NAMES) else [f"part_{i}" for i in range(p)])
+    return classes, parts
+
+
 def key_of(path: str, cwd: str) -> str:
     """The identity of an image path across runs: absolute (relative to ``cwd``) and normalised."""
     return os.path.normcase(os.path.normpath(os.path.join(cwd, path)))
@@ -123,8 +132,12 @@ class Journal:
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Write records as one block, then flush and fsync so they survive a kill."""
-        if records:
-            self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self.append_lines([json.dumps(r, ensure_ascii=False) for r in records])
+
+    def append_lines(self, lines: Sequence[str]) -> None:
+        """``append`` for records already serialised (one JSON object per string, no newline)."""
+        if lines:
+            self._file.write("".join(line + "\n" for line in lines))
             self._file.flush()
             os.fsync(self._file.fileno())
 
@@ -379,11 +392,7 @@ class ResultWriter:
         good = [d for d in items if d.error is None]
         records: list[dict[str, Any]] = []
         if good:
-            if not self.class_names:
-                self.class_names = [f"class_{i}" for i in range(outputs[OUTPUT_LOGITS].shape[1])]
-            if not self.part_names:
-                p = outputs[OUTPUT_KEYPOINTS].shape[1]
-                self.part_names = list(PART_NAMES) if p == len(PART_NAMES) else [f"part_{i}" for i in range(p)]
+            self.class_names, self.part_names = default_labels(outputs, self.class_names, self.part_names)
             records = to_records(outputs, good, self.input_size, self.topk, self.class_names, self.part_names)
         failures = [{"path": d.path, "error": d.error} for d in items if d.error is not None]
         self.journal.append(records + failures)

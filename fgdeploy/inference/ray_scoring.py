@@ -1,0 +1,429 @@
+"""Scale-out batch scoring on Ray (`fgdeploy infer --ray`): Ray Data streaming, a pool of model actors.
+
+Pipeline (Ray Data's streaming executor; its backpressure bounds the images in flight):
+
+    driver: discover_images -> paths not yet journaled -> blocks of paths
+      -> CPU tasks (``decode_paths``): ``decode_one`` per path, the local run's per-image code: S x S uint8
+         images, the sizes as stored, and the reason for each bad file
+      -> model actors (``ModelActor``; ``actors`` of them, one GPU each when the model runs on CUDA): the
+         predictor on the good images, ``to_records``; one journal line per image (a result or an error)
+      -> driver: ``iter_batches``; each image's first line is appended to the journal and fsync'd.
+
+Where results are made durable, and why there: in the driver's journal (``OUT.partial.jsonl``), the same
+file, format and fsync-per-batch as the local run. Everything Ray holds in flight lives in the object store
+and belongs to the driver's job: when the driver dies, its tasks, actors and objects go with it, so nothing
+only Ray holds can be resumed; what the driver has fsync'd can. One writer also means no per-worker files to
+merge, no writable shared filesystem needed on the workers and no half-written files from retried tasks, and
+``--resume``, the errors file and the run record are the local run's code (a run started locally can be
+finished with ``--ray`` and the other way round). Ray retries a decode task or a model actor's batch when a
+worker dies: Ray Data's defaults, kept on purpose, are ``max_retries=-1`` for its tasks and ``max_restarts=-1``,
+``max_task_retries=-1`` for its actors (passing them explicitly goes through ``ray_remote_args``, which Ray
+deprecates, to be removed in 2.64). A retried batch may deliver an image a second time: the driver keeps each
+image's first result (by ``key_of``), and ``render_outputs`` again keeps one row per image. The price: every
+result passes through the driver (about 1.3 KB of JSON per image), and the driver's memory holds the path list
+and the keys done, so very large listings are run as shards (README, "Scale out").
+
+The local instance (no address) listens on 127.0.0.1 only, sends no usage statistics, runs no dashboard and
+uses the CPUs it is given; it is shut down when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgdeploy.errors import FgdeployError
+from fgdeploy.inference.local import (
+    Decoded, InferOptions, InferReport, decode_one, open_journal, run_header, single_threaded_cv2,
+)
+from fgdeploy.inference.results import (
+    Journal, default_labels, errors_path_for, journal_path_for, key_of, render_outputs, to_records,
+)
+from fgdeploy.tensors import PART_NAMES
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
+LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local instance
+# A decode task asks for this much memory plus twice its block of resized images (measured: a decode worker's
+# process peaks near 120 MiB with 64 images of 160 px). Asking for memory also keeps decoding in its own tasks:
+# Ray Data fuses a task stage into the actor stage after it when their resource requests are equal (CPU
+# actors), and a fused actor would decode and run the model one after the other instead of side by side.
+DECODE_WORKER_MEMORY = 160 << 20
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every model actor opens (``open_predictor``'s arguments); the model file must be readable there."""
+
+    model: str
+    backend: str = "auto"
+    device: str = "auto"            # auto: cuda when the cluster has GPUs, else cpu
+    fp16: bool = False
+    batch: int = 64
+    fast: Any = None                # fgdeploy.inference.fastpath.FastPathOptions (torch backend)
+    threads: int | None = None      # model threads per CPU actor (ONNX Runtime; None: 1), each reserving a CPU
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run."""
+
+    address: str | None = None      # None/"": RAY_ADDRESS if set, else a local instance; "local"; auto, ray://h:p, h:p
+    actors: int = 0                 # model actors; 0: one per GPU when on CUDA, else 1
+    cpus: int | None = None         # local instance: logical CPUs (None: all cores)
+    object_store_bytes: int | None = None   # local instance: object store size (None: Ray's default)
+    verbose: bool = False           # Ray's own log lines (else only its errors reach the console)
+
+
+@dataclass
+class ModelInfo:
+    """What the probe learnt from opening the model where the actors run."""
+
+    name: str
+    input_size: int
+    fixed_batch: int | None
+    on_gpu: bool
+    classes: int                    # class names the model records (0: none recorded)
+    stale_note: str | None = None   # an export no longer made from the checkpoint it names (stale_export_note)
+
+
+# --------------------------------------------------------------------------------------------
+# Ray itself
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data.
+
+    Raises:
+        FgdeployError: Ray is not installed, saying what to install.
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data comes with the ray[data] extra only
+    except ImportError as exc:
+        broken = f" ({exc})" if exc.name not in ("ray", "ray.data") else ""   # installed, but a dependency is not
+        raise FgdeployError(f"--ray needs Ray Data, which is not installed here{broken}: {INSTALL_HINT}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions = RayOptions()) -> Iterator[Any]:
+    """Connect to Ray for one run and disconnect at the end; yields the ``ray`` module.
+
+    A session that is already open (a notebook's, a test's) is used as it is and left open. Otherwise
+    ``options.address`` (or RAY_ADDRESS) names a cluster to join; with neither, a local instance is started:
+    loopback only, no usage statistics, no dashboard, ``options.cpus`` CPUs.
+
+    Raises:
+        FgdeployError: Ray is missing, or the cluster cannot be reached.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    address = target_address(options)
+    if not options.verbose:
+        quiet_ray_logs()
+    log_level = logging.INFO if options.verbose else logging.ERROR
+    try:
+        if address in LOCAL_ADDRESSES:
+            start_local_instance(ray, options.cpus, options.object_store_bytes, log_level)
+        else:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(address=address, logging_level=log_level, log_to_driver=options.verbose)
+    except ConnectionError as exc:
+        raise FgdeployError(f"cannot reach the Ray cluster at {address!r} ({_first_line(exc)}); start it with "
+                            "`ray start --head` or pass its address (auto, ray://HOST:10001, HOST:6379)") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def target_address(options: RayOptions) -> str:
+    """Where to run: ``options.address``; with none given, RAY_ADDRESS if set, else "local" (a new instance)."""
+    return options.address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's routine log lines (execution plans, "finished in", advice on settings, the C++ core's notes)
+    off the console: errors still come through, as exceptions. ``-v`` leaves them on."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")   # the driver's C++ core worker, read at ray.init
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def start_local_instance(ray: Any, cpus: int | None = None, object_store_bytes: int | None = None,
+                         log_level: int = logging.WARNING) -> None:
+    """``ray.init`` of a one-machine instance that talks to nobody else.
+
+    127.0.0.1 as the node address makes Ray's servers listen on loopback only. Ray turns a given 127.0.0.1
+    into the machine's outward address unless its single-machine mode is on (the mode macOS and Windows run
+    in, switched by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when Ray is imported); it is set both ways here
+    so that an already imported Ray obeys too. Usage statistics and the dashboard are off.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    context = ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False,
+                       _node_ip_address="127.0.0.1", object_store_memory=object_store_bytes,
+                       logging_level=log_level, log_to_driver=log_level <= logging.INFO)
+    node_ip = context.address_info.get("node_ip_address")
+    if node_ip != "127.0.0.1":
+        logger.warning("the local Ray instance runs on %s, not loopback only", node_ip)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fgdeploy_cause(exc: BaseException) -> FgdeployError | None:
+    """The FgdeployError a Ray error carries (raised in a task or actor), if any."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        inner = getattr(e, "cause", None)
+        if isinstance(inner, BaseException):   # a Ray error around what a task raised (it may subclass that too)
+            stack.append(inner)
+        elif isinstance(e, FgdeployError):
+            return e
+        else:
+            stack += [e.__cause__, e.__context__]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the work on the cluster
+def decode_paths(batch: dict[str, np.ndarray], input_size: int, fast_decode: bool) -> dict[str, np.ndarray]:
+    """A decode task: ``decode_one`` for each path (never raises for a bad file; its reason is kept)."""
+    with single_threaded_cv2():   # one task per CPU is the parallelism
+        items = [decode_one(str(p), input_size, False, fast_decode) for p in batch["path"]]
+    blank = np.zeros((input_size, input_size, 3), np.uint8)
+    return {"path": np.array([d.path for d in items], dtype=object),
+            "image": np.stack([blank if d.image is None else d.image for d in items]),
+            "height": np.array([d.size_hw[0] for d in items], np.int64),
+            "width": np.array([d.size_hw[1] for d in items], np.int64),
+            "error": np.array([d.error or "" for d in items], dtype=object)}
+
+
+def _open_model(spec: ModelSpec) -> tuple[contextlib.ExitStack, Any]:
+    from fgdeploy.inference.predictors import open_predictor
+
+    stack = contextlib.ExitStack()
+    loaded = stack.enter_context(open_predictor(spec.model, spec.backend, device=spec.device, fp16=spec.fp16,
+                                                batch=spec.batch, fast=spec.fast, threads=spec.threads))
+    return stack, loaded
+
+
+def probe_model(spec: ModelSpec) -> ModelInfo:
+    """Open the model as an actor will (run as a Ray task where the actors run) and describe it."""
+    from fgdeploy.export.metadata import stale_export_note
+
+    stack, loaded = _open_model(spec)
+    with stack:
+        predictor = loaded.predictor
+        return ModelInfo(loaded.name, int(predictor.input_size), getattr(predictor, "fixed_batch", None),
+                         bool(getattr(predictor, "on_gpu", False)), len(loaded.class_names),
+                         stale_export_note(spec.model, loaded.recorded or {}))
+
+
+class ModelActor:
+    """One model instance: turns batches of decoded images into journal lines (a result or an error each)."""
+
+    def __init__(self, spec: ModelSpec, topk: int) -> None:
+        self._stack, loaded = _open_model(spec)
+        self.predictor = loaded.predictor
+        self.class_names, self.part_names = loaded.class_names, loaded.part_names
+        self.topk = topk
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = [Decoded(str(p), None if e else image, (int(h), int(w)), error=str(e) or None)
+                 for p, image, h, w, e in zip(batch["path"], batch["image"], batch["height"], batch["width"],
+                                              batch["error"])]
+        good = [d for d in items if d.error is None]
+        records: Iterator[dict[str, Any]] = iter(())
+        if good:
+            outputs = self.predictor.predict(self.predictor.prepare([d.image for d in good]), len(good))
+            self.class_names, self.part_names = default_labels(outputs, self.class_names, self.part_names)
+            records = iter(to_records(outputs, good, self.predictor.input_size, self.topk, self.class_names,
+                                      self.part_names))
+        lines = [json.dumps(next(records) if d.error is None else {"path": d.path, "error": d.error},
+                            ensure_ascii=False) for d in items]
+        return {"path": np.array([d.path for d in items], dtype=object), "line": np.array(lines, dtype=object),
+                "failed": np.array([d.error is not None for d in items])}
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *, options: InferOptions = InferOptions(),
+                      ray_options: RayOptions = RayOptions(), model_id: str = "",
+                      on_model: Callable[[ModelInfo, int], None] | None = None,
+                      on_start: Callable[[int], None] | None = None,
+                      on_progress: Callable[[int], None] | None = None) -> InferReport:
+    """Score ``paths`` on a Ray cluster and write ``out``, its errors file and run record as ``run_inference`` does.
+
+    Args:
+        paths: images, e.g. from ``discover_images``; every node must read them under these names.
+        spec: the model and backend options each actor opens.
+        out: results file (.csv or .jsonl); the journal ``OUT.partial.jsonl`` lives beside it until the end.
+        options: batch, topk, resume, fast_decode as for the local run (``workers`` and ``save_vis`` unused).
+        ray_options: cluster address, number of model actors, local instance size.
+        model_id: identifies the model in the journal; resuming with another model is refused.
+        on_model: called with the probed model and the number of actors before the run starts.
+        on_start, on_progress: as for ``run_inference``.
+
+    Raises:
+        FgdeployError: Ray missing or unreachable, the model cannot be opened on the cluster, an unfinished
+            journal without ``resume``, a resume with another model or options, a batch too large for a
+            static-batch model, or the run stopped (what was journaled is kept; ``--resume`` goes on).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(journal_path_for(out))
+    header = run_header(paths, model_id, options)
+    if journal.path.exists() and not options.resume:
+        open_journal(journal, header, out, resume=False)   # raises: say so before starting Ray
+    with ray_session(ray_options) as ray:
+        spec, actors = _placement(ray, spec, ray_options.actors)
+        info = _probe(ray, spec)
+        if info.fixed_batch and options.batch > info.fixed_batch:
+            raise FgdeployError(f"the model takes batches of exactly {info.fixed_batch} images (a static-shape "
+                                f"export); pass --batch {info.fixed_batch} or less (smaller batches are padded)")
+        if on_model:
+            on_model(info, actors)
+        if info.classes and options.topk > info.classes:   # write all classes, as the local run does
+            options = replace(options, topk=info.classes)
+            header = run_header(paths, model_id, options)
+        scored = open_journal(journal, header, out, options.resume)
+        todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
+        report = InferReport(total=len(paths), scored=0, failed=0, skipped=len(paths) - len(todo), attempted=0,
+                             seconds=0.0, out=out, errors_file=errors_path_for(out))
+        if on_start:
+            on_start(len(todo))
+        start = time.perf_counter()
+        try:
+            sink = _JournalSink(journal, header["cwd"], scored, on_progress)
+            if todo:
+                for block in _dataset(ray, todo, spec, info, options, actors).iter_batches(
+                        batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+                    sink.write(block.column("path").to_pylist(), block.column("line").to_pylist(),
+                               block.column("failed").to_pylist())
+        except ray.exceptions.RayError as exc:
+            cause = _fgdeploy_cause(exc)
+            raise cause or FgdeployError(f"the Ray run stopped: {_first_line(exc)}; the images finished so far are "
+                                         f"in {journal.path}: rerun with --resume to go on") from None
+        finally:
+            journal.close()
+            report.seconds = time.perf_counter() - start
+    report.errors, report.attempted = sink.errors(), sink.attempted
+    report.scored, report.failed = render_outputs(journal, out, options.topk, sink.part_names or PART_NAMES)
+    journal.path.unlink()
+    return report
+
+
+def _placement(ray: Any, spec: ModelSpec, actors: int) -> tuple[ModelSpec, int]:
+    """Resolve device "auto" against the cluster (cuda when it has GPUs) and the number of actors."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = spec.device if spec.device != "auto" else ("cuda" if gpus else "cpu")
+    if device.startswith("cuda:"):
+        raise FgdeployError(f"--device {device}: with --ray each actor gets its own GPU; pass --device cuda")
+    if device == "cuda" and not gpus:
+        raise FgdeployError("--device cuda: the Ray cluster has no GPUs (ray status lists its resources); "
+                            "pass --device cpu or join a cluster with GPUs")
+    actors = actors or (gpus if device == "cuda" else 1)
+    if device == "cuda" and actors > gpus:
+        raise FgdeployError(f"--actors {actors}: the cluster has {gpus} GPUs and each actor takes one")
+    spec = replace(spec, device=device, threads=spec.threads or (1 if device == "cpu" else None))
+    needed, cpus = actors * actor_cpus(spec) + 1, int(ray.cluster_resources().get("CPU", 0))
+    if needed > cpus:
+        raise FgdeployError(f"{actors} model actor(s) of {actor_cpus(spec)} CPU(s) and one decode task need {needed} "
+                            f"CPUs; the Ray cluster has {cpus}: pass fewer --actors or --threads (or more --cpus)")
+    return spec, actors
+
+
+def actor_cpus(spec: ModelSpec) -> int:
+    """CPUs a model actor reserves: its model threads on CPU (default 1: on 2 cores one ONNX Runtime thread per
+    actor costs less CPU per image than its default two, which spin and contend with the decode tasks;
+    ``bench/bench_ray.py``), one on a GPU (it prepares batches)."""
+    return (spec.threads or 1) if spec.device == "cpu" else 1
+
+
+def _probe(ray: Any, spec: ModelSpec) -> ModelInfo:
+    """Open the model once where the actors will run: a bad model fails here, in one line, before any work."""
+    task = ray.remote(probe_model).options(num_cpus=1, num_gpus=1 if spec.device == "cuda" else 0, max_retries=2)
+    try:
+        return ray.get(task.remote(spec))
+    except ray.exceptions.RayError as exc:
+        raise _fgdeploy_cause(exc) or FgdeployError(f"cannot open {spec.model} on the Ray cluster: "
+                                                    f"{_first_line(exc)}") from None
+
+
+def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, options: InferOptions,
+             actors: int) -> Any:
+    """The Ray Data pipeline: path blocks -> decode tasks -> model actors -> (path, line, failed) rows."""
+    import pyarrow as pa
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False        # the CLI draws its own bar
+    context.print_on_execution_start = False
+    context.execution_options.preserve_order = True   # OUT in the order of the paths, as a local run writes it
+    per_block = 4 * options.batch               # paths per block = per decode task
+    blocks = [pa.table({"path": list(todo[i:i + per_block])}) for i in range(0, len(todo), per_block)]
+    decoded = ray.data.from_arrow(blocks).map_batches(
+        decode_paths, batch_size=None, batch_format="numpy", zero_copy_batch=True,
+        fn_kwargs={"input_size": info.input_size, "fast_decode": options.fast_decode},
+        num_cpus=1, memory=DECODE_WORKER_MEMORY + 2 * per_block * 3 * info.input_size ** 2)
+    return decoded.map_batches(
+        ModelActor, batch_size=options.batch, batch_format="numpy", zero_copy_batch=True,
+        fn_constructor_kwargs={"spec": spec, "topk": options.topk}, compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus(spec), num_gpus=1 if spec.device == "cuda" else 0)
+
+
+class _JournalSink:
+    """The driver's side: appends each image's first line to the journal (fsync'd) and counts."""
+
+    def __init__(self, journal: Journal, cwd: str, already_scored: set[str],
+                 on_progress: Callable[[int], None] | None) -> None:
+        self.journal, self.cwd, self.on_progress = journal, cwd, on_progress
+        self.scored = set(already_scored)             # keys with a result in the journal
+        self.failed: dict[str, tuple[str, str]] = {}  # key -> (path, reason) of this run's failures
+        self.attempted = 0
+        self.part_names: list[str] = []
+
+    def write(self, paths: Sequence[str], lines: Sequence[str], failed: Sequence[bool]) -> None:
+        new, fresh = [], 0
+        for path, line, bad in zip(paths, lines, failed):
+            key = key_of(path, self.cwd)
+            if key in self.scored or (bad and key in self.failed):
+                continue                              # delivered again by a retried batch
+            fresh += key not in self.failed
+            if bad:
+                self.failed[key] = (path, json.loads(line)["error"])
+            else:
+                self.scored.add(key)
+                if not self.part_names:
+                    self.part_names = [k["part"] for k in json.loads(line)["keypoints"]]
+            new.append(line)
+        self.journal.append_lines(new)
+        self.attempted += fresh
+        if self.on_progress and fresh:
+            self.on_progress(fresh)
+
+    def errors(self) -> list[tuple[str, str]]:
+        """(path, reason) of the images this run could not score."""
+        return [v for k, v in self.failed.items() if k not in self.scored]

@@ -1,0 +1,349 @@
+"""``fgdeploy infer --ray`` on a local Ray instance (2 CPUs, loopback only, one per module).
+
+Must show: the same OUT, errors file and run record as local ``infer`` on a folder with bad files; a model
+actor's process SIGKILLed mid-run -> the run finishes with each image once; the driver SIGKILLed mid-run ->
+``--resume`` finishes with each image once; without Ray, ``--ray`` is a one-line error naming what to install;
+every socket of the Ray processes is on loopback. Each test runs under a time limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fgdeploy.cli import cli
+from fgdeploy.inference.results import errors_path_for, read_results, run_record_path
+from test_infer import BAD, GOOD, _bright_spot_image, _encode, _tiny_checkpoint, make_mixed_folder
+
+RAY_INSTALLED = True
+try:
+    import ray.data  # noqa: F401
+except ImportError:
+    RAY_INSTALLED = False
+needs_ray = pytest.mark.skipif(not RAY_INSTALLED, reason="Ray is not installed: pip install -e '.[ray]'")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail the test (instead of hanging CI) if the block runs longer than ``seconds``."""
+    def expire(signum, frame):
+        raise TimeoutError(f"test took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """One local Ray instance for the module: 2 CPUs, a small object store; shut down afterwards."""
+    if not RAY_INSTALLED:
+        pytest.skip("Ray is not installed: pip install -e '.[ray]'")
+    from fgdeploy.inference.ray_scoring import RayOptions, ray_session
+
+    with ray_session(RayOptions(cpus=2, object_store_bytes=256 << 20)) as ray:
+        yield ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    from fgdeploy.export.onnx_export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("ray_model")
+    onnx_path = folder / "tiny.onnx"
+    export_checkpoint(_tiny_checkpoint(folder / "tiny.pt"), onnx_path)
+    return onnx_path
+
+
+def _infer(args: list[str]):
+    return CliRunner().invoke(cli, ["infer", *args])
+
+
+def _run_record(out: Path) -> dict:
+    record = json.loads(run_record_path(out).read_text(encoding="utf-8"))
+    return {k: v for k, v in record.items() if k not in ("out", "finished")}
+
+
+def _photo_folder(root: Path, count: int, size: tuple[int, int] = (900, 1200)) -> Path:
+    """JPEGs large enough that decoding them takes a while (so a run can be interrupted half-way)."""
+    root.mkdir(parents=True)
+    h, w = size
+    for k in range(count):
+        image = cv2.resize(_bright_spot_image(h // 8, w // 8, (k % 20, 3), seed=k), (w, h))
+        noise = np.random.default_rng(k).integers(0, 60, image.shape, dtype=np.uint8)
+        (root / f"photo_{k:03d}.jpg").write_bytes(_encode(cv2.add(image, noise), ".jpg"))
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# same results as local
+@needs_ray
+def test_ray_infer_writes_what_local_infer_writes_bad_files_included(tmp_path, tiny_onnx, ray_address):
+    images = make_mixed_folder(tmp_path / "imgs")
+    local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
+    common = [str(images), "--model", str(tiny_onnx), "--batch", "3", "--topk", "3"]
+    with time_limit(180):
+        local_result = _infer([*common, "--out", str(local)])
+        ray_result = _infer([*common, "--out", str(remote), "--ray"])
+    assert local_result.exit_code == 0, local_result.output
+    assert ray_result.exit_code == 0, ray_result.output
+    assert "x 1 Ray actor, batch 3" in ray_result.output and "Ray actor" not in local_result.output
+    assert len(read_results(remote)) == len(GOOD)
+    assert remote.read_bytes() == local.read_bytes()                                   # same rows, same order
+    assert errors_path_for(remote).read_bytes() == errors_path_for(local).read_bytes()   # same bad files, reasons
+    assert len(errors_path_for(remote).read_text(encoding="utf-8").splitlines()) == 1 + len(BAD)
+    assert _run_record(remote) == _run_record(local)
+    summary = f"scored {len(GOOD)}/{len(GOOD) + len(BAD)} images (0 from a previous run), failed {len(BAD)}"
+    assert summary in local_result.output and summary in ray_result.output
+    assert f"errors:  {errors_path_for(remote)} ({len(BAD)} images)" in ray_result.output
+
+
+@needs_ray
+def test_ray_resume_extends_a_finished_local_run(tmp_path, tiny_onnx, ray_address):
+    """Both write the same journal header and run record, so ``--resume`` carries either's results over."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    names = [f"img_{k}.png" for k in range(6)]
+    for k, name in enumerate(names[:3]):
+        (src / name).write_bytes(_encode(_bright_spot_image(30, 40, (k, 3), seed=k), ".png"))
+    out = tmp_path / "r.jsonl"
+    args = [str(src), "--model", str(tiny_onnx), "--out", str(out), "--batch", "2"]
+    with time_limit(120):
+        first = _infer(args)
+        for k, name in enumerate(names[3:], 3):
+            (src / name).write_bytes(_encode(_bright_spot_image(30, 40, (k, 3), seed=k), ".png"))
+        second = _infer([*args, "--ray", "--resume"])
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    assert "(3 from a previous run)" in second.output
+    assert sorted(Path(r["path"]).name for r in read_results(out)) == names
+
+
+@needs_ray
+def test_ray_infer_all_bad_exits_3_like_local(tmp_path, tiny_onnx, ray_address):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.png").write_text("nope")
+    with time_limit(120):
+        result = _infer([str(tmp_path), "--model", str(tiny_onnx), "--out", str(tmp_path / "r.jsonl"), "--ray"])
+    assert result.exit_code == 3, result.output
+    assert read_results(tmp_path / "r.jsonl") == []
+
+
+@needs_ray
+def test_ray_infer_model_or_device_problems_are_one_line_errors(tmp_path, ray_address):
+    images = make_mixed_folder(tmp_path / "imgs")
+    (tmp_path / "bad.onnx").write_text("not a model")
+    with time_limit(120):
+        bad_model = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
+                            "--ray"])
+        no_gpu = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
+                         "--ray", "--device", "cuda"])
+        no_cpu_left = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
+                              "--ray", "--threads", "2"])
+    assert bad_model.exit_code == 1
+    assert bad_model.output.count("\n") == 1 and "cannot load the model" in bad_model.output, bad_model.output
+    assert no_gpu.exit_code == 1 and "the Ray cluster has no GPUs" in no_gpu.output, no_gpu.output
+    assert no_cpu_left.exit_code == 1 and "need 3 CPUs; the Ray cluster has 2" in no_cpu_left.output, no_cpu_left.output
+    assert not list(tmp_path.glob("r.*"))
+
+
+# --------------------------------------------------------------------------------------------
+# nothing lost, nothing twice
+def _children(pid: int) -> list[int]:
+    """All descendants of ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return ""
+
+
+@needs_ray
+def test_ray_infer_survives_a_killed_model_actor_each_image_once(tmp_path, tiny_onnx, ray_address):
+    """The model actor's process is SIGKILLed after the first results arrive; Ray restarts it and retries
+    its batch; OUT holds every image once, with the values a local run writes."""
+    from fgdeploy.inference.local import InferOptions, discover_images, run_inference
+    from fgdeploy.inference.predictors import open_predictor
+    from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions, run_ray_inference
+
+    paths = discover_images(_photo_folder(tmp_path / "photos", 40))
+    options = InferOptions(batch=2, topk=3)
+    killed: list[int] = []
+    after_kill: list[int] = []
+
+    def kill_actor_once(n: int) -> None:
+        if killed:
+            after_kill.append(n)
+            return
+        actors = [p for p in _children(os.getpid()) if "ModelActor" in _cmdline(p)]
+        assert len(actors) == 1, [_cmdline(p) for p in actors]
+        os.kill(actors[0], signal.SIGKILL)
+        killed.append(actors[0])
+
+    with time_limit(240):
+        report = run_ray_inference(paths, ModelSpec(str(tiny_onnx), "ort", batch=2), tmp_path / "ray.jsonl",
+                                   options=options, ray_options=RayOptions(), model_id="tiny",
+                                   on_progress=kill_actor_once)
+        with open_predictor(tiny_onnx, "ort", device="cpu", batch=2) as loaded:
+            run_inference(paths, loaded.predictor, tmp_path / "local.jsonl", class_names=loaded.class_names,
+                          part_names=loaded.part_names, options=options, model_id="tiny")
+    assert killed and not Path(f"/proc/{killed[0]}").exists()
+    assert sum(after_kill) >= len(paths) // 2                  # most of the run came after the kill
+    records = read_results(tmp_path / "ray.jsonl")
+    assert sorted(r["path"] for r in records) == sorted(paths)   # each image exactly once
+    assert report.scored == len(paths) and report.attempted == len(paths) and not report.errors
+    assert records == read_results(tmp_path / "local.jsonl")
+
+
+@needs_ray
+def test_ray_infer_driver_killed_then_resume_scores_each_image_once(tmp_path, tiny_onnx, ray_address):
+    """The CLI (a subprocess joining the running instance, slowed after each journal write) is SIGKILLed
+    once results are journaled; ``--resume`` finishes the run: every image once, the same as local."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for k in range(24):
+        (src / f"img_{k:02d}.png").write_bytes(_encode(_bright_spot_image(30, 40, (k, 3), seed=k), ".png"))
+    out, journal = tmp_path / "r.jsonl", tmp_path / "r.jsonl.partial.jsonl"
+    args = ["infer", str(src), "--model", str(tiny_onnx), "--out", str(out), "--batch", "2"]
+    slowed = ("import sys, time, fgdeploy.inference.results as m\n"
+              "real = m.Journal.append_lines\n"
+              "def append_lines(self, lines):\n"
+              "    real(self, lines)\n"
+              "    time.sleep(0.3)\n"
+              "m.Journal.append_lines = append_lines\n"
+              "from fgdeploy.cli import cli\n"
+              f"cli({[*args, '--ray', ray_address]!r})\n")
+    with time_limit(240):
+        proc = subprocess.Popen([sys.executable, "-c", slowed], cwd=tmp_path, stderr=subprocess.PIPE)
+        try:
+            while proc.poll() is None:
+                if journal.exists() and journal.read_text(encoding="utf-8").count("\n") >= 1 + 4:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1][-2000:]!r}"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        done_before = journal.read_text(encoding="utf-8").count("\n") - 1
+        assert 4 <= done_before < 24 and not out.exists()
+        result = CliRunner().invoke(cli, [*args, "--ray", "--resume"])
+        local = CliRunner().invoke(cli, [*args[:-4], "--out", str(tmp_path / "local.jsonl"), "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"({done_before} from a previous run)" in result.output
+    records = read_results(out)
+    assert sorted(Path(r["path"]).name for r in records) == [f"img_{k:02d}.png" for k in range(24)]
+    assert local.exit_code == 0, local.output
+    by_path = {r["path"]: r for r in read_results(tmp_path / "local.jsonl")}
+    assert {r["path"]: r for r in records} == by_path
+    assert not journal.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# loopback only
+def _tcp_sockets(pids: list[int]) -> list[tuple[str, str, str]]:
+    """(local address, remote address, state) of the TCP sockets the processes hold (Linux /proc)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    found.append((_hex_ip(fields[1]), _hex_ip(fields[2]), "LISTEN" if fields[3] == "0A" else fields[3]))
+    return found
+
+
+def _hex_ip(field: str) -> str:
+    """/proc/net/tcp's hex address (little-endian 32-bit words) as text, without the port."""
+    raw = bytes.fromhex(field.split(":")[0])
+    packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(packed)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+@needs_ray
+def test_local_ray_instance_listens_and_talks_on_loopback_only_and_reports_nothing(ray_address):
+    from ray._common.usage.usage_lib import usage_stats_enabled
+
+    assert ray_address.startswith("127.0.0.1:")
+    sockets = _tcp_sockets([os.getpid(), *_children(os.getpid())])
+    assert any(state == "LISTEN" for _, _, state in sockets)        # the scan sees Ray's servers
+    outside = [s for s in sockets if not ipaddress.ip_address(s[0]).is_loopback
+               or (s[2] != "LISTEN" and not ipaddress.ip_address(s[1]).is_loopback)]
+    assert not outside, outside
+    assert not usage_stats_enabled()
+
+
+# --------------------------------------------------------------------------------------------
+# options and a missing Ray
+def test_ray_missing_is_a_one_line_error_naming_what_to_install(tmp_path, monkeypatch, tiny_onnx):
+    make_mixed_folder(tmp_path / "imgs")
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)      # `import ray` now fails as if it were not installed
+    result = _infer([str(tmp_path / "imgs"), "--model", str(tiny_onnx), "--out", str(tmp_path / "r.csv"), "--ray"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'ray[data]'" in lines[0] and "--ray" in lines[0], result.output
+    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r.csv.partial.jsonl").exists()
+
+
+def test_bare_ray_joins_ray_address_if_set_else_starts_a_local_instance(monkeypatch):
+    from fgdeploy.inference.ray_scoring import RayOptions, target_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert target_address(RayOptions(address="")) == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert target_address(RayOptions(address="")) == "10.0.0.5:6379"     # what `--ray` with no address passes
+    assert target_address(RayOptions(address="local")) == "local"
+    assert target_address(RayOptions(address="auto")) == "auto"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ray", "--workers", "2"], "--workers: not with --ray"),
+    (["--ray", "--save-vis", "vis"], "--save-vis: not with --ray"),
+    (["--actors", "2"], "--actors: only with --ray"),
+    (["--ray", "photos/"], "is not a Ray address"),
+    (["--ray", "auto", "--cpus", "2"], "--cpus: for the local instance"),
+])
+def test_ray_options_that_do_not_fit_are_usage_errors(tmp_path, tiny_onnx, extra, message):
+    make_mixed_folder(tmp_path / "imgs")
+    result = _infer([str(tmp_path / "imgs"), "--model", str(tiny_onnx), "--out", str(tmp_path / "r.csv"), *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
