@@ -40,6 +40,9 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
                    "split) or a folder of images.")
 @click.option("--calib-images", type=click.IntRange(min=8), default=64, show_default=True,
               help="--int8: calibration images used (spread over --calib).")
+@click.option("--int8-target", type=click.Choice(["cpu", "tensorrt"]), default=None,
+              help="--int8: cpu = uint8 activations (fastest ONNX Runtime CPU path on AVX2); tensorrt = signed "
+                   "symmetric int8 (what TensorRT's explicit quantization takes). Default: cpu, tensorrt with --engine.")
 @click.option("--guard", type=click.Path(path_type=Path), default=None,
               help="Held-out images (CUB-format dataset: its test split, with accuracy; or a folder) to check the "
                    "reduced model's task metrics against fp32 and keep float the nodes that miss them. Default "
@@ -58,19 +61,28 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
               help="Also build a TensorRT engine (OUT with .engine, plus a .json sidecar) with the fgdeploy plugin; "
                    "needs TensorRT and a GPU.")
 def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int, opset: int,
-            heatmaps: bool, int8: bool, calib: Path | None, calib_images: int, guard: Path | None, no_guard: bool,
+            heatmaps: bool, int8: bool, calib: Path | None, calib_images: int, int8_target: str | None,
+            guard: Path | None, no_guard: bool,
             guard_images: int, min_top1_agree: float, min_kp_agree: float, max_acc_drop: float,
             engine: bool) -> None:
     """Export CHECKPOINT (written by fgdeploy train) to ONNX for ONNX Runtime and TensorRT."""
     from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
 
+    if int8 and fp16:
+        raise click.UsageError("--int8 and --fp16 exclude each other: export one precision per file")
+    if int8_target is not None and not int8:
+        raise click.UsageError("--int8-target is for --int8 exports")
     guard_options = _guard_options(int8, fp16, calib, calib_images, guard, no_guard, guard_images,
                                    (min_top1_agree, min_kp_agree, max_acc_drop))
     calibration = None
     if calib is not None:
+        from fgdeploy.export.int8 import Int8Settings
         from fgdeploy.export.precision import CalibrationOptions
 
-        calibration = CalibrationOptions(calib, calib_images)
+        if engine and int8_target == "cpu":
+            raise click.UsageError("--engine needs --int8-target tensorrt (TensorRT takes only symmetric signed INT8)")
+        target = int8_target or ("tensorrt" if engine else "cpu")
+        calibration = CalibrationOptions(calib, calib_images, Int8Settings.for_target(target))
     options = ExportOptions(fp16=fp16, int8=int8, calibration=calibration, guard=guard_options, batch=batch,
                             max_batch=max_batch, opset=opset, heatmaps=heatmaps)
     result = export_checkpoint(checkpoint, out, options)

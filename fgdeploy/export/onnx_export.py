@@ -279,18 +279,7 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
     kept: list[str] = []
     reduced = None
     if options.int8 or (options.fp16 and options.guard is not None):
-        from fgdeploy.export.precision import GuardFailed, reduce_to_fp16_guarded, reduce_to_int8
-
-        try:
-            if options.int8:
-                assert calibration is not None and options.calibration is not None
-                reduced = reduce_to_int8(proto, size, calibration, options.calibration, options.guard)
-            else:
-                assert options.guard is not None
-                reduced = reduce_to_fp16_guarded(proto, size, options.guard)
-        except GuardFailed as exc:
-            path = write_guard_report(exc.report, Path(out))
-            raise ExportError(f"{exc} (report: {path}); nothing written to {out}") from exc
+        reduced = reduce_precision(proto, size, options, calibration, Path(out))
     elif options.fp16:
         from fgdeploy.export.fp16 import convert_to_mixed_fp16
 
@@ -312,12 +301,99 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
                           outputs=outputs, coordinate_transfer_nodes=found, sha256=hashlib.sha256(data).hexdigest(),
                           size_bytes=len(data), verified=verified, fp16_summary=summary)
     if reduced is not None:
-        result.precision_summary = reduced.summary
-        if reduced.report is not None:
-            result.guard_report, result.guard_passed = write_guard_report(reduced.report, out), reduced.report.passed
-            result.guard_kept = reduced.report.kept_names
+        _add_reduction(result, reduced, out)
     logger.info("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data), options.precision, found)
     return result
+
+
+def reduce_precision(fp32: onnx.ModelProto, size: int, options: ExportOptions, calibration: Any,
+                     out: Path) -> Any:
+    """INT8 (``options.int8``) or guarded FP16 of the fp32 graph (``fgdeploy.export.precision``); when the
+    guard fails even with every candidate float, its report is written beside ``out`` and ExportError raised."""
+    from fgdeploy.export.precision import GuardFailed, reduce_to_fp16_guarded, reduce_to_int8
+
+    try:
+        if options.int8:
+            assert calibration is not None and options.calibration is not None
+            return reduce_to_int8(fp32, size, calibration, options.calibration, options.guard)
+        assert options.guard is not None
+        return reduce_to_fp16_guarded(fp32, size, options.guard)
+    except GuardFailed as exc:
+        path = write_guard_report(exc.report, out)
+        raise ExportError(f"{exc} (report: {path}); nothing written to {out}") from exc
+
+
+def _add_reduction(result: ExportResult, reduced: Any, out: Path) -> None:
+    result.precision_summary = reduced.summary
+    if reduced.report is not None:
+        result.guard_report, result.guard_passed = write_guard_report(reduced.report, out), reduced.report.passed
+        result.guard_kept = reduced.report.kept_names
+
+
+def reduce_exported(fp32_onnx: str | Path, out: str | Path, options: ExportOptions) -> ExportResult:
+    """INT8 (``--int8``) or task-driven FP16 (``--fp16`` with a guard) from an fp32 ``fgdeploy export``,
+    without tracing the checkpoint again (what ``fgdeploy demo`` does). Checked like an export, and run in
+    ONNX Runtime once (finite outputs of the fp32 model's shapes) before it is written.
+
+    Raises:
+        ExportError: ``fp32_onnx`` is not an fp32 fgdeploy export, or reduction/checks failed.
+        ImageError: bad calibration or guard images.
+    """
+    import onnx
+
+    from fgdeploy.export.metadata import decode_metadata
+    from fgdeploy.export.onnx_function import register_coordinate_transfer_schema
+    from fgdeploy.export.precision import load_calibration
+    from fgdeploy.fileio import atomic_write_bytes
+
+    if not (options.int8 or (options.fp16 and options.guard is not None)):
+        raise ConfigError("reduce_exported makes int8 or guarded fp16 models; the options ask for neither")
+    register_coordinate_transfer_schema()
+    try:
+        proto = onnx.load(str(fp32_onnx))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise ExportError(f"{fp32_onnx}: cannot read it as ONNX ({exc}); export one with `fgdeploy export`") from exc
+    meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
+    if meta.get("precision") != "fp32" or "input_size" not in meta:
+        raise ExportError(f"{fp32_onnx}: not an fp32 fgdeploy export (precision {meta.get('precision')!r}); "
+                          "reduce the fp32 export of the checkpoint")
+    size = int(meta["input_size"])
+    calibration = load_calibration(options.calibration, size) if options.int8 and options.calibration else None
+    reference = proto.SerializeToString()
+    reduced = reduce_precision(proto, size, options, calibration, Path(out))
+    model = reduced.model
+    model.ir_version = IR_VERSION
+    _set_metadata(model, {**meta, "precision": options.precision, "fp32_kept": reduced.kept, **reduced.metadata})
+    check_onnx(model)
+    data = model.SerializeToString()
+    verified = _verify_runs(data, reference, size)
+    out = Path(out)
+    atomic_write_bytes(out, data)
+    result = ExportResult(path=out, precision=options.precision, batch=meta.get("batch", "dynamic"),
+                          opset=int(meta.get("opset", options.opset)), outputs=[o.name for o in model.graph.output],
+                          coordinate_transfer_nodes=len(coordinate_transfer_nodes(model)),
+                          sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), verified=verified)
+    _add_reduction(result, reduced, out)
+    logger.info("wrote %s (%d bytes, %s, from %s)", out, len(data), options.precision, fp32_onnx)
+    return result
+
+
+def _verify_runs(data: bytes, reference: bytes, size: int) -> dict[str, float]:
+    """Run the reduced model and its fp32 source on the same random images: shapes must match, outputs be
+    finite; returns the max |logit diff| (information: the guard or ``fgdeploy parity`` judges)."""
+    from fgdeploy.backends.ort_runner import OrtRunner
+
+    images = np.random.default_rng(2).random((2, 3, size, size), dtype=np.float32)
+    outs = []
+    for model, name in ((reference, "fp32"), (data, "reduced")):
+        with OrtRunner(model, providers=["cpu"], name=name) as runner:
+            outs.append(runner.infer({INPUT_IMAGES: images}))
+    want, got = outs
+    for name, value in got.items():
+        if value.shape != want[name].shape or not np.all(np.isfinite(value)):
+            raise ExportError(f"reduced ONNX output {name}: shape {value.shape} (fp32 {want[name].shape}) or "
+                              "non-finite values")
+    return {"batch 2 max |logit diff| vs fp32 ONNX": float(np.abs(got[OUTPUT_LOGITS] - want[OUTPUT_LOGITS]).max())}
 
 
 def _set_metadata(proto: onnx.ModelProto, values: dict[str, Any]) -> None:
