@@ -329,7 +329,7 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
     elif int8:
         kept = ", ".join(int8.get("guard_kept") or []) or "none"
         verdict = "PASS" if int8.get("guard_passed") else "not run" if int8.get("guard_passed") is None else "FAIL"
-        rows.append(("export int8 (guard vs fp32, test split)", f"{verdict}; convs kept float by the guard: {kept}"))
+        rows.append(("int8 guard (vs fp32, test split)", f"{verdict}; convs kept float by the guard: {kept}"))
     if "infer" in s:
         i = s["infer"]
         rows.append((f"fgdeploy infer ({i['backend']})", f"{i['scored']} scored, {i['failed']} failed"))
