@@ -289,3 +289,14 @@ def test_calibration_images_are_the_infer_pixels(data):
     np.testing.assert_array_equal(batch[0], first.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0))
     with pytest.raises(ImageError, match="at least 100"):
         load_image_set(data, SIZE, None, "train", minimum=100)
+
+
+def test_parity_cli_compares_an_int8_model_on_its_calibration_dataset(ckpt, int8_onnx, data, tmp_path):
+    report = tmp_path / "parity.json"
+    result = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"onnx:{int8_onnx}",
+                                      "--report", str(report)])
+    assert "comparing on its test split" in result.output, result.output
+    saved = json.loads(report.read_text())
+    assert saved["precision"] == "int8" and "test images" in saved["data"] and saved["n_images"] == 18
+    assert saved["task"]["accuracy_ref"] is not None      # the dataset's labels, not random noise
+    assert result.exit_code == (0 if saved["passed"] else 1)
