@@ -31,24 +31,27 @@ from fgdeploy.models import create_model, load_model_config, with_backbone_optio
 from fgdeploy.parity import DatasetImages, ParityConfig, Tolerance, default_thresholds, run_parity
 
 SIZE = 64
-CLASSES = [f"{i + 1:03d}.Bird_{i}" for i in range(3)]
+CLASSES = 3
 STRICT_KEYPOINTS = Tolerance(atol=0.0, rtol=0.0)  # no near-tie allowance: every keypoint must keep its cell
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth") / "birds"
-    generate_synth_birds(root, classes=len(CLASSES), images_per_class=12, size=64, seed=0)
+    generate_synth_birds(root, classes=CLASSES, images_per_class=12, size=64, seed=0)
     return root
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(tmp_path_factory, data):
+    from fgdeploy.data.cub import CubDataset
+
+    classes = list(CubDataset(data, "train").class_names)   # parity checks the model's classes are the data's
     torch.manual_seed(0)
     cfg = with_backbone_options(load_model_config("demo"), {"widths": [4, 8, 8, 16, 16]}, input_size=SIZE)
-    model = create_model(cfg, len(CLASSES)).eval()
+    model = create_model(cfg, len(classes)).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model, CheckpointMeta.for_config(cfg, CLASSES, stage=4, epoch=1))
+    save_checkpoint(path, model, CheckpointMeta.for_config(cfg, classes, stage=4, epoch=1))
     return path
 
 
@@ -296,6 +299,7 @@ def test_parity_cli_compares_an_int8_model_on_its_calibration_dataset(ckpt, int8
     result = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"onnx:{int8_onnx}",
                                       "--report", str(report)])
     assert "comparing on its test split" in result.output, result.output
+    assert report.is_file(), result.output
     saved = json.loads(report.read_text())
     assert saved["precision"] == "int8" and "test images" in saved["data"] and saved["n_images"] == 18
     assert saved["task"]["accuracy_ref"] is not None      # the dataset's labels, not random noise
