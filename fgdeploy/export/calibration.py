@@ -107,7 +107,7 @@ def load_image_set(source: str | Path, size: int, n: int | None, split: str, min
     if bad:
         raise ImageError(f"{what} image {bad[0].path}: {bad[0].error} ({len(bad)} of {len(decoded)} picked files "
                          "cannot be decoded); remove or replace them")
-    images = np.stack([d.image for d in decoded]).astype(np.uint8, copy=False)
+    images = np.stack([d.image for d in decoded if d.image is not None]).astype(np.uint8, copy=False)
     chosen = labels[picks] if labels is not None else None
     logger.info("%s: %d images (%s)", what, len(images), description)
     return ImageSet(images, [d.path for d in decoded], f"{len(images)} of {len(paths)} {description}", chosen)
