@@ -76,7 +76,7 @@ def _cpu_ms_per_image(run: Any, images: int) -> tuple[Any, float]:
 def fast_decode_photos(model: Path, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """End-to-end img/s on photo-sized JPEGs with and without ``--fast-decode`` (same predictor, alternating)."""
     from fgdeploy.bench import bench_end_to_end
-    from fgdeploy.predictors import open_predictor
+    from fgdeploy.inference.predictors import open_predictor
 
     runs: dict[str, list[float]] = {"full_decode": [], "fast_decode": []}
     with open_predictor(model, args.backend, device="cpu", batch=args.batch, threads=args.threads) as loaded:
@@ -94,7 +94,7 @@ def fast_decode_photos(model: Path, folder: Path, args: argparse.Namespace) -> d
 def stage_costs(images: Path, predictor: Any, batch: int) -> dict[str, float]:
     """CPU ms per image of each preprocessing stage of `fgdeploy infer`: decode, resize (one OpenCV thread),
     and the predictor's own ``prepare`` of a batch."""
-    from fgdeploy.infer import read_rgb, resize_input, single_threaded_cv2
+    from fgdeploy.inference.local import read_rgb, resize_input, single_threaded_cv2
 
     paths = sorted(str(p) for p in images.glob("*.jpg"))[:64]
     with single_threaded_cv2():
@@ -121,7 +121,7 @@ def throughput(model: Path, images: Path, args: argparse.Namespace) -> dict[str,
     import torch
 
     from fgdeploy.bench import bench_end_to_end, bench_model
-    from fgdeploy.predictors import open_predictor
+    from fgdeploy.inference.predictors import open_predictor
 
     runs: dict[str, list[float]] = {"model_only": [], "end_to_end": [], "model_one_thread_ms": [], "ceiling": [],
                                     "model_only_process_ms": [], "end_to_end_process_ms": []}
@@ -168,8 +168,8 @@ def throughput(model: Path, images: Path, args: argparse.Namespace) -> dict[str,
 
 def rss_child(args: argparse.Namespace) -> None:
     """Run inference over the list; print peak RSS (KiB) as JSON on stdout."""
-    from fgdeploy.infer import InferOptions, discover_images, run_inference
-    from fgdeploy.predictors import open_predictor
+    from fgdeploy.inference.local import InferOptions, discover_images, run_inference
+    from fgdeploy.inference.predictors import open_predictor
 
     paths = discover_images(args.rss_child)
     with tempfile.TemporaryDirectory() as tmp, \

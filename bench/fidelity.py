@@ -71,7 +71,8 @@ def holistic_config(name: str, path: Path) -> Path:
 def train_and_eval(tag: str, config: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = run_training(TrainOptions(config=config, data=data, out=out / tag, stage="all", epochs=args.epochs,
-                                       seed=args.seed, device="cpu", show_progress=False))
+                                       seed=args.seed, device="cpu", show_progress=False,
+                                       overwrite=True))  # a rerun of the benchmark retrains
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     ev = evaluate_checkpoint(out / tag / "best.pt", data, "test", out / tag / "eval-test", device="cpu")

@@ -34,7 +34,7 @@ def main() -> int:
         return 2
     from gpu_speed import time_variant  # type: ignore[import-not-found]
 
-    from fgdeploy.fastpath import CudaGraphed, build_inference_fn, with_cudnn_benchmark
+    from fgdeploy.inference.fastpath import CudaGraphed, build_inference_fn, with_cudnn_benchmark
     from fgdeploy.models import create_model, load_model_config
 
     torch.backends.cudnn.benchmark_limit = args.limit

@@ -31,7 +31,7 @@ timed with CUDA events; img/s = batch / median latency. "fgdeploy-fastest" is th
 option set per batch; its ratio to fp16-cl-compile is the target (>= 1.3x).
 
 End-to-end: JPEGs (CUB-like 500x375) are generated into a temp folder and scored by
-`fgdeploy.infer.run_inference` with the fastest option set at the largest batch (decode threads,
+`fgdeploy.inference.local.run_inference` with the fastest option set at the largest batch (decode threads,
 pinned uint8 batches copied ahead on a side stream, results journaled); compared with the model-only
 throughput of the same predictor (target >= 90 %). "input_pipeline_images_per_s" is the same pipeline
 with no model (decode, resize, pinned batch, copy to the GPU): the ceiling the CPU side sets.
@@ -174,7 +174,7 @@ def main() -> int:
         return 2
     cuda = args.device.startswith("cuda")
 
-    from fgdeploy.fastpath import CudaGraphed, build_inference_fn, with_cudnn_benchmark
+    from fgdeploy.inference.fastpath import CudaGraphed, build_inference_fn, with_cudnn_benchmark
     from fgdeploy.models import create_model, load_model_config
 
     budget = Budget(args.budget_s)
@@ -368,9 +368,9 @@ def end_to_end(name: str, fn: Callable[[torch.Tensor], Any], cfg: Any, args: arg
     """`run_inference` over generated JPEGs with ``fn`` (variant ``name``, CUDA-graphed) vs the same predictor
     model-only, plus the input pipeline alone (no model): the CPU side's ceiling."""
     from fgdeploy.bench import bench_end_to_end, bench_model
-    from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
-    from fgdeploy.infer import InferOptions, discover_images, iterate_batches
-    from fgdeploy.predictors import default_workers
+    from fgdeploy.inference.fastpath import FastPathOptions, TorchFastPredictor
+    from fgdeploy.inference.local import InferOptions, discover_images, iterate_batches
+    from fgdeploy.inference.predictors import default_workers
 
     batch = max(batches)
     predictor = TorchFastPredictor(None, args.device, FastPathOptions(cuda_graphs=True), cfg.input_size, batch, fn=fn)

@@ -2,7 +2,7 @@
 
 Model-only times ``predictor.predict`` on a batch already in host memory (random pixels, prepared
 once): the runner call including host<->device copies, without decoding. End-to-end times
-``fgdeploy.infer.run_inference`` over a folder: decode, resize, batch, predict, write results.
+``fgdeploy.inference.local.run_inference`` over a folder: decode, resize, batch, predict, write results.
 Both go through the same predictor, so their ratio is the pipeline's efficiency.
 
 Each measurement runs ``warmup`` untimed calls first (lazy init, cuDNN autotuning, compilation).
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.fileio import atomic_write_json
-from fgdeploy.infer import InferOptions, discover_images, run_inference
-from fgdeploy.predictors import Predictor
+from fgdeploy.inference.local import InferOptions, discover_images, run_inference
+from fgdeploy.inference.predictors import Predictor
 
 
 @dataclass(frozen=True)

@@ -117,33 +117,77 @@ def save_checkpoint(
     return digest
 
 
+ONNX_MODEL = "an ONNX model"
+RUN_CHECKPOINTS = ("best.pt", "last.pt")   # what a run folder given as a checkpoint stands for, in this order
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path``, or for a run folder its ``best.pt`` (``last.pt`` when no epoch has finished a stage yet).
+
+    Every command that takes a checkpoint goes through here, so ``runs/NAME`` works wherever ``runs/NAME/best.pt``
+    does.
+
+    Raises:
+        CheckpointError: a folder with neither file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in RUN_CHECKPOINTS:
+        if (path / name).is_file():
+            log.debug("%s is a run folder: using its %s", path, name)
+            return path / name
+    raise CheckpointError(f"{path} is a folder without best.pt or last.pt, so not a run folder of fgdeploy train; "
+                          "pass a checkpoint file (runs/NAME/best.pt) or a run folder")
+
+
+def check_checkpoint_file(path: str | Path, what: str = "") -> Path:
+    """The checkpoint file ``path`` stands for (a run folder: its best.pt), after a look at its first bytes;
+    cheap, so commands call it before other work. ``what`` prefixes the message (e.g. "--pretrained").
+
+    Raises:
+        CheckpointError: missing, or plainly not a ``torch.save`` file (empty, text, ONNX, other binary).
+    """
+    path = resolve_checkpoint(path)
+    prefix = f"{what} " if what else ""
+    if not path.is_file():
+        raise CheckpointError(f"{prefix}checkpoint {path} does not exist; pass the path of a .pt file written by "
+                              "fgdeploy train")
+    with open(path, "rb") as handle:
+        kind = _not_a_torch_file(path, handle.read(512))
+    if kind == ONNX_MODEL:
+        raise CheckpointError(f"{prefix}{path} is not a PyTorch checkpoint ({kind}); here give the checkpoint it was "
+                              "exported from (infer and bench run an ONNX model with --backend ort, parity as "
+                              "onnx:PATH)")
+    if kind:
+        raise CheckpointError(f"{prefix}{path} is not a PyTorch checkpoint ({kind}); use a checkpoint written by "
+                              "fgdeploy train (runs/NAME/best.pt or last.pt)"
+                              + (" or torchvision-format backbone weights" if what == "--pretrained" else ""))
+    return path
+
+
 def read_checkpoint(path: str | Path) -> CheckpointData:
     """Read a checkpoint file safely (``weights_only=True``) without building the model.
+
+    ``path`` may be a run folder (see ``resolve_checkpoint``).
 
     Raises:
         CheckpointError: the file is missing, unreadable, unsafe to unpickle, or not an fgdeploy checkpoint.
     """
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file written by fgdeploy train")
+    path = check_checkpoint_file(path)
     use = "use a checkpoint written by fgdeploy train (runs/NAME/best.pt or last.pt)"
-    with open(path, "rb") as handle:
-        kind = _not_a_torch_file(path, handle.read(512))
-    if kind:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}); {use}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file can raise almost anything from the unpickler (IndexError seen)
         text = str(exc)
+        log.debug("torch.load(%s) failed: %s: %s", path, type(exc).__name__, text)
         if "unsupported global" in text.lower():   # the weights-only unpickler met a class or function
             reason = "it holds objects other than tensors and plain data, which are not loaded for safety"
-        elif "Weights only load failed" in text:
-            reason = "torch.load failed: the data is corrupt or was not written by torch.save"
-        else:
-            reason = f"torch.load failed: {text.splitlines()[0][:200] if text else type(exc).__name__}"
-        raise CheckpointError(f"{path} is not a loadable fgdeploy checkpoint ({reason}); {use}") from exc
+        else:   # torch's own text is long and multi-line (it was cut mid-sentence here): -v shows it
+            reason = "torch.load cannot read it: the file is truncated or corrupt (-v shows torch's message)"
+        raise CheckpointError(f"{path} is not a loadable fgdeploy checkpoint: {reason}; {use}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
@@ -172,12 +216,27 @@ def _not_a_torch_file(path: Path, head: bytes) -> str | None:
     if not head:
         return "an empty file"
     if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":   # ONNX protobuf: field 1 (ir_version) first
-        return "it looks like an ONNX model; run those with `fgdeploy infer/bench --model` or parity onnx:PATH"
+        return ONNX_MODEL
     try:
         head.decode("utf-8")
         return "a text file"
     except UnicodeDecodeError:
         return "unrecognised binary data; the file may be corrupt"
+
+
+def sniff_model_kind(path: str | Path) -> str | None:
+    """The backend a model file's first bytes say it is for: "torch" (a torch.save zip or pickle), "ort" (an
+    ONNX protobuf), or None (unknown, missing, or a folder)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if head[:1] == b"\x08":   # ONNX ModelProto: field 1 (ir_version, a varint) comes first
+        return "ort"
+    return None
 
 
 def model_config_from_meta(meta: CheckpointMeta) -> Any:

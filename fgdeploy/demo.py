@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,12 +21,14 @@ from typing import Any
 
 from fgdeploy.errors import ConfigError
 from fgdeploy.fileio import atomic_write_json, file_sha256
+from fgdeploy.text import settings_text
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "demo_state.json"
+VIS_IMAGES = 4   # test images the infer step also draws (OUT/infer/vis)
 STEPS: tuple[str, ...] = ("data", "train", "eval", "export", "infer", "parity", "bench")
-NOT_SETTINGS = ("out", "device")  # where the demo runs and on what: the results do not depend on them
+NOT_SETTINGS = ("out", "device", "threads")  # where the demo runs and on what: the results do not depend on them
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class DemoOptions:
     batch: int = 16                        # infer/parity/bench batch size
     bench_iters: int | None = None         # timed model-only calls per backend (None: 10, quick 2)
     seed: int = 0
+    threads: int | None = None             # CPU threads (None: the cores this process may use)
 
     def resolved(self) -> dict[str, Any]:
         q = self.quick
@@ -61,6 +65,7 @@ class DemoResult:
     out: Path
     steps: dict[str, Any] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)        # steps run now (others came from the state file)
+    seconds: dict[str, float] = field(default_factory=dict)   # wall time of each step when it ran
 
     @property
     def passed(self) -> bool:
@@ -77,14 +82,18 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
     """
     from fgdeploy.train.distributed import resolve_device
 
+    from fgdeploy.cpu import set_threads
+
     resolve_device(options.device)   # a CUDA device this machine lacks fails now, not after the data step
+    set_threads(options.threads)
     settings = demo_settings(options)
     out = Path(options.out)
     state_path = out / STATE_FILE
     state = _load_steps(state_path, settings)
+    seconds = _load_seconds(state_path)
     out.mkdir(parents=True, exist_ok=True)
-    _save_state(state_path, settings, state)  # the settings are claimed before the first step writes anything
-    result = DemoResult(out, steps=state)
+    _save_state(state_path, settings, state, seconds)  # the settings are claimed before the first step writes
+    result = DemoResult(out, steps=state, seconds=seconds)
     sizes = options.resolved()
     actions: dict[str, Callable[[], Any]] = {
         "data": lambda: _step_data(out, sizes, options.seed),
@@ -100,9 +109,11 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = logger.info) ->
             echo(f"[{name}] done before, skipped")
             continue
         echo(f"[{name}] running")
+        started = time.perf_counter()
         state[name] = actions[name]()
+        seconds[name] = round(time.perf_counter() - started, 1)
         result.ran.append(name)
-        _save_state(state_path, settings, state)
+        _save_state(state_path, settings, state, seconds)
     return result
 
 
@@ -137,9 +148,19 @@ def _load_steps(state_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     theirs = state["settings"]
     differ = [k for k in settings | theirs if theirs.get(k) != settings.get(k)]
     if differ:
-        raise ConfigError(f"{folder} holds a demo made with {_shown(theirs, differ)}, not {_shown(settings, differ)}; "
+        raise ConfigError(f"{folder} holds a demo made with {settings_text(_shown(theirs, differ))}, not "
+                          f"{settings_text(_shown(settings, differ))}; "
                           f"use another --out or delete {folder}")
     return dict(state["steps"])
+
+
+def _load_seconds(state_path: Path) -> dict[str, float]:
+    """Each finished step's recorded wall time ({} for a new demo or an older state file)."""
+    try:
+        seconds = json.loads(state_path.read_text(encoding="utf-8")).get("seconds", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: float(v) for k, v in seconds.items()} if isinstance(seconds, dict) else {}
 
 
 def _shown(settings: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -156,8 +177,9 @@ def _outputs_exist(step: Any) -> bool:
     return all(Path(p).exists() for p in paths)
 
 
-def _save_state(path: Path, settings: dict[str, Any], steps: dict[str, Any]) -> None:
-    atomic_write_json(path, {"settings": settings, "steps": steps})
+def _save_state(path: Path, settings: dict[str, Any], steps: dict[str, Any],
+                seconds: dict[str, float] | None = None) -> None:
+    atomic_write_json(path, {"settings": settings, "steps": steps, "seconds": seconds or {}})
 
 
 # --- steps -------------------------------------------------------------------------------------
@@ -180,7 +202,7 @@ def _step_train(out: Path, options: DemoOptions, sizes: dict[str, Any]) -> dict[
     train = TrainOptions(config=options.config, out=run_dir, data=out / "synth-birds", epochs=sizes["epochs"],
                          seed=options.seed, batch=sizes["train_batch"],
                          device=None if options.device == "auto" else options.device,
-                         resume=(run_dir / "last.pt").is_file(), show_progress=False)
+                         resume=(run_dir / "last.pt").is_file(), show_progress=False, threads=options.threads)
     trained = run_training(train)
     best = run_dir / "best.pt"
     checkpoint = best if best.is_file() else run_dir / "last.pt"
@@ -247,8 +269,8 @@ def _test_image_list(out: Path) -> Path:
 
 
 def _step_infer(out: Path, batch: int) -> dict[str, Any]:
-    from fgdeploy.infer import InferOptions, discover_images, model_identity, run_inference
-    from fgdeploy.predictors import open_predictor
+    from fgdeploy.inference.local import InferOptions, discover_images, model_identity, run_inference
+    from fgdeploy.inference.predictors import open_predictor
 
     paths = discover_images(_test_image_list(out))
     results = out / "infer" / "results.csv"
@@ -257,8 +279,14 @@ def _step_infer(out: Path, batch: int) -> dict[str, Any]:
                                part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3, resume=True),
                                visibility_threshold=loaded.visibility_threshold,
                                model_id=model_identity(out / "model.onnx"))  # resume: a killed demo goes on
+        # a few pictures with the keypoints, part labels and top-1 class drawn (as `infer --save-vis` writes them)
+        vis = out / "infer" / "vis"
+        run_inference(paths[:VIS_IMAGES], loaded.predictor, vis / "results.csv", class_names=loaded.class_names,
+                      part_names=loaded.part_names, options=InferOptions(batch=batch, topk=3, save_vis=vis),
+                      visibility_threshold=loaded.visibility_threshold, model_id=model_identity(out / "model.onnx"))
     return {"backend": loaded.name, "scored": report.scored, "failed": report.failed,
-            "images_per_s": round(report.images_per_s, 2), "results": str(results), "files": [str(results)]}
+            "images_per_s": round(report.images_per_s, 2), "results": str(results), "vis": str(vis),
+            "files": [str(results)]}
 
 
 def _onnx_models(out: Path) -> list[str]:
@@ -292,7 +320,7 @@ def _step_bench(out: Path, batch: int, iters: int) -> dict[str, Any]:
     rows = []
     listing = _test_image_list(out)
     for model in [_checkpoint(out)] + [out / name for name in _onnx_models(out)]:
-        from fgdeploy.predictors import open_predictor
+        from fgdeploy.inference.predictors import open_predictor
 
         with open_predictor(model, "auto", device="cpu", batch=None) as loaded:
             rows.append(bench_model(loaded.predictor, loaded.name, batch, iters=iters, warmup=1))
@@ -345,6 +373,31 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
         text = f"model {m['images_per_s']:.1f} img/s (batch {m['batch']}, p50 {m['p50_ms']:.1f} ms)" if m else ""
         text += f", end-to-end {e2e['images_per_s']:.1f} img/s" if e2e else ""
         rows.append((f"throughput {backend}", text))
+    if result.seconds:
+        rows.append(("time per step", ", ".join(f"{name} {result.seconds[name]:.1f} s" for name in STEPS
+                                                if name in result.seconds)))
+    rows += _artefact_rows(result)
+    return rows
+
+
+def _artefact_rows(result: DemoResult) -> list[tuple[str, str]]:
+    """Where the demo's results are, for people to open."""
+    s, out = result.steps, result.out
+    rows = []
+    if "train" in s:
+        rows.append(("trained model", str(s["train"]["checkpoint"])))
+    if "eval" in s:
+        rows.append(("eval grid (GT vs predicted parts)", str(out / "eval" / "eval_grid.png")))
+    if "infer" in s:
+        rows.append(("infer results", str(s["infer"]["results"])))
+        if s["infer"].get("vis"):
+            rows.append(("pictures (infer --save-vis)", str(s["infer"]["vis"])))
+    if "export" in s:
+        rows.append(("ONNX models", ", ".join(s["export"]["onnx"].values())))
+    if "parity" in s:
+        rows.append(("parity reports", str(out / "parity")))
+    if "bench" in s:
+        rows.append(("benchmark", str(out / "bench.json")))
     return rows
 
 

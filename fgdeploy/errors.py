@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def cuda_unavailable(device: str, detail: str = "") -> str:
+    """The one wording, in every command and backend, of "this --device needs CUDA, which is not here"."""
+    return f"--device {device}: CUDA is not available on this machine{detail}; use --device cpu or auto"
+
+
 class FgdeployError(Exception):
     """Base class of fgdeploy's errors; the CLI turns it into a message and exit code 1."""
 

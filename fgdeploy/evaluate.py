@@ -173,7 +173,8 @@ def format_table(result: EvalResult, part_names: Sequence[str]) -> str:
     lines = [f"images: {result.num_images}",
              f"top-1 accuracy:          {100 * result.top1:6.2f} %",
              f"mean per-class accuracy: {100 * result.mean_class_acc:6.2f} %",
-             f"visibility accuracy:     {100 * result.visibility_acc:6.2f} %",
+             f"visibility accuracy:     {100 * result.visibility_acc:6.2f} %   (parts called visible or hidden "
+             "as annotated)",
              "", f"PCK (%), normalised by {result.normaliser}",
              f"{'part':<12} {'n':>5} " + " ".join(f"{k:>9}" for k in keys)]
     for name in [*part_names, "mean"]:
@@ -218,7 +219,7 @@ def render_grid(
     predicted invisible: score below ``visibility_threshold``) and the predicted class, green when
     correct, red when wrong.
     """
-    from fgdeploy.visualize import draw_caption, draw_keypoints, make_grid, resize_for_display, side_by_side
+    from fgdeploy.visualize import draw_caption, draw_keypoints, legend, make_grid, resize_for_display, side_by_side
 
     picks: list[int] = []
     if len(preds):
@@ -235,7 +236,8 @@ def render_grid(
                              f"pred: {_short(class_names[preds.predicted[k]])}",
                              (120, 230, 120) if ok else (255, 110, 110))
         tiles.append(side_by_side(left, right))
-    return make_grid(tiles, cols)
+    grid = make_grid(tiles, cols)
+    return np.concatenate([grid, legend(grid.shape[1], part_names, abbreviated=False)])   # colour -> part
 
 
 def _short(name: str, width: int = 22) -> str:
@@ -302,5 +304,5 @@ def evaluate_checkpoint(
         grid = render_grid(preds, dataset, meta.class_names, meta.part_names, max_items=grid_items,
                            visibility_threshold=threshold)
         grid_path = save_image(out / "eval_grid.png", grid)
-        log.info("wrote %s and %s", json_path, grid_path)
+        log.debug("wrote %s and %s", json_path, grid_path)
     return EvalOutput(result, json_path, grid_path, table)

@@ -1,7 +1,9 @@
 """File helpers shared by every writer: atomic writes and file hashes (no torch import).
 
 Atomic: write a temporary file beside the target, fsync it, then ``os.replace`` it into place, so
-readers see the old file or the whole new one, never a part.
+readers see the old file or the whole new one, never a part. The file gets the mode ``open()`` would
+give it (0o666 less the umask), not the 0600 of a ``mkstemp`` temp file, so other users can read a
+model written for them to serve.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:   # name the file the user asked for, not the temp file beside it
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -35,6 +41,25 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """This process's umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

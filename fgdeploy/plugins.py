@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fgdeploy.errors import FgdeployError
-from fgdeploy.fileio import file_sha256
+from fgdeploy.fileio import current_umask, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ def _build(spec: BuildSpec, out_dir: Path | None, force: bool) -> Path:
         if proc.returncode != 0:
             raise PluginBuildError(f"nvcc failed (exit {proc.returncode}) building {output.name}:\n"
                                    f"{(proc.stderr or proc.stdout)[-4000:]}\ncommand: {' '.join(cmd)}")
+        os.chmod(tmp, 0o777 & ~current_umask())   # a shared library: readable and executable as the umask allows
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

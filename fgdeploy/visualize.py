@@ -15,6 +15,32 @@ import cv2
 import numpy as np
 
 _SHIFT = 4  # cv2 fractional bits for sub-pixel drawing
+# Two-letter labels of CUB's 15 parts (as `data synth --preview` draws them); other names get their initials.
+CUB_PART_LABELS: dict[str, str] = {
+    "back": "Bk", "beak": "Bq", "belly": "By", "breast": "Br", "crown": "Cr", "forehead": "Fh", "left_eye": "LE",
+    "left_leg": "LL", "left_wing": "LW", "nape": "Na", "right_eye": "RE", "right_leg": "RL", "right_wing": "RW",
+    "tail": "Ta", "throat": "Th",
+}
+
+
+def text_scale(image_shape: Sequence[int]) -> float:
+    """One OpenCV font scale for every label, caption and legend of an image: in proportion to its size
+    (0.45 at a 500 px long side), never below 0.35 (still readable on a 160 px tile)."""
+    return max(0.35, 0.45 * max(image_shape[:2]) / 500)
+
+
+def part_labels(part_names: Sequence[str]) -> list[str]:
+    """Short labels drawn beside the dots (a legend names them): "Bk" for back, ...; unknown names: initials,
+    made unique with a number."""
+    labels: list[str] = []
+    for name in part_names:
+        label = CUB_PART_LABELS.get(name) or "".join(w[:1].upper() for w in name.replace("-", "_").split("_") if w)
+        label = label or "?"
+        base, k = label, 2
+        while label in labels:
+            label, k = f"{base}{k}", k + 1
+        labels.append(label)
+    return labels
 
 
 def part_colors(num_parts: int) -> list[tuple[int, int, int]]:
@@ -44,7 +70,7 @@ def draw_keypoints(
         visible: (P,) bool; None = all drawn.
         part_names: names for ``labels``.
         radius: dot radius in pixels; default scales with the image (about 1.2 % of the long side).
-        labels: write each part's name beside its dot.
+        labels: write each part's label beside its dot (``part_labels``: two letters; ``legend`` names them).
         hollow: (P,) bool; True draws a ring instead of a filled dot (e.g. predicted-invisible parts).
 
     Returns:
@@ -57,7 +83,8 @@ def draw_keypoints(
     if radius is None:
         radius = max(2, int(round(0.012 * max(out.shape[:2]))))
     colors = part_colors(len(kp))
-    font_scale = max(0.3, 0.0012 * max(out.shape[:2]))
+    font_scale = text_scale(out.shape)
+    short = part_labels(part_names) if part_names is not None else []
     for p, (u, v) in enumerate(kp):
         if not vis[p] or not np.isfinite(u) or not np.isfinite(v):
             continue
@@ -66,9 +93,9 @@ def draw_keypoints(
         cv2.circle(out, centre, (radius + 1) << _SHIFT, (0, 0, 0), -1 if thickness < 0 else thickness + 2,
                    cv2.LINE_AA, _SHIFT)
         cv2.circle(out, centre, radius << _SHIFT, colors[p], thickness, cv2.LINE_AA, _SHIFT)
-        if labels and part_names is not None and p < len(part_names):
+        if labels and p < len(short):
             org = (int(u) + radius + 2, int(v) + radius // 2)
-            draw_text(out, part_names[p], org, font_scale, colors[p], inplace=True)
+            draw_text(out, short[p], org, font_scale, colors[p], inplace=True)
     return out
 
 
@@ -87,14 +114,49 @@ def draw_text(
     return out
 
 
-def draw_caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """Add a dark band with ``text`` above the image (returns a taller image)."""
-    h, w = image.shape[:2]
-    scale = max(0.35, min(0.6, w / 500))
-    band_h = int(28 * scale / 0.6) + 6
-    band = np.full((band_h, w, 3), 24, np.uint8)
-    draw_text(band, text, (4, band_h - 8), scale, color, inplace=True)
+def draw_caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (255, 255, 255),
+                 scale: float | None = None) -> np.ndarray:
+    """Add a dark band with ``text`` above the image (returns a taller image); text as large as the labels."""
+    scale = text_scale(image.shape) if scale is None else scale
+    band_h = _line_height(scale) + 6
+    band = np.full((band_h, image.shape[1], 3), 24, np.uint8)
+    draw_text(band, text, (4, band_h - 4 - _baseline(scale)), scale, color, inplace=True)
     return np.concatenate([band, image], axis=0)
+
+
+def _line_height(scale: float) -> int:
+    (_, height), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(round(scale * 2))))
+    return height + baseline + 2
+
+
+def _baseline(scale: float) -> int:
+    return cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(round(scale * 2))))[1]
+
+
+def legend(width: int, part_names: Sequence[str], scale: float = 0.45, abbreviated: bool = True) -> np.ndarray:
+    """A dark band, ``width`` wide, naming each part in its colour ("Bk back  Bq beak ..."), wrapped over as
+    many lines as needed; ``abbreviated`` False lists the full names only (a legend of colours)."""
+    colors = part_colors(len(part_names))
+    entries = [f"{label} {name}" if abbreviated else name for label, name in zip(part_labels(part_names), part_names)]
+    thickness = max(1, int(round(scale * 2)))
+    gap = cv2.getTextSize("  ", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+    line_h = _line_height(scale)
+    rows: list[list[tuple[str, int]]] = [[]]
+    x = 6
+    for k, entry in enumerate(entries):
+        w = cv2.getTextSize(entry, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+        if rows[-1] and x + w > width - 6:
+            rows.append([])
+            x = 6
+        rows[-1].append((entry, k))
+        x += w + gap
+    band = np.full((len(rows) * line_h + 8, width, 3), 24, np.uint8)
+    for r, row in enumerate(rows):
+        x = 6
+        for entry, k in row:
+            draw_text(band, entry, (x, 4 + (r + 1) * line_h - _baseline(scale)), scale, colors[k], inplace=True)
+            x += cv2.getTextSize(entry, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] + gap
+    return band
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -131,6 +193,17 @@ def resize_for_display(image: np.ndarray, keypoints: np.ndarray, max_side: int) 
     out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
     kp = np.asarray(keypoints, np.float64) * np.array([nw / w, nh / h])
     return out, kp
+
+
+def enlarge_for_display(image: np.ndarray, keypoints: np.ndarray, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Enlarge (never shrink) so the long side is at least ``min_side``: labels and legend then have room."""
+    h, w = image.shape[:2]
+    scale = max(1.0, min_side / max(h, w))
+    if scale == 1.0:
+        return image, np.asarray(keypoints, np.float64)
+    nw, nh = int(round(w * scale)), int(round(h * scale))
+    out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return out, np.asarray(keypoints, np.float64) * np.array([nw / w, nh / h])
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -86,7 +86,7 @@ def test_bench_end_to_end_scores_every_image_of_the_folder(tmp_path):
 def test_bench_end_to_end_fast_decode_reaches_the_decoder_and_names_the_row(tmp_path, monkeypatch):
     import cv2
 
-    import fgdeploy.infer as infer
+    import fgdeploy.inference.local as infer
 
     real, asked = infer.read_rgb_sized, []
 

@@ -92,7 +92,7 @@ def test_checkpoint_garbage_and_missing_files_raise_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(unrecognised binary data"):
         read_checkpoint(path)
     path.write_bytes(b"\x80\x02" + bytes(range(256)))   # a pickle header, then garbage: the unpickler fails
-    with pytest.raises(CheckpointError, match="not a loadable fgdeploy checkpoint .torch.load failed"):
+    with pytest.raises(CheckpointError, match="not a loadable fgdeploy checkpoint: torch.load cannot read it"):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pt")
@@ -123,7 +123,7 @@ def test_load_checkpoint_rebuilds_the_model_with_equal_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, kind", [
-    ("model.onnx", b"\x08\x08\x12\x07pytorch", "it looks like an ONNX model"),
+    ("model.onnx", b"\x08\x08\x12\x07pytorch", "an ONNX model"),
     ("notes.pt", b"just some text\n", "a text file"),
     ("empty.pt", b"", "an empty file"),
 ])
@@ -142,3 +142,19 @@ def test_cli_eval_of_an_onnx_file_points_at_parity(tmp_path):
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "model.onnx")])
     assert result.exit_code == 1 and "eval takes a .pt checkpoint" in result.output and "fgdeploy parity" in \
         result.output
+
+
+def test_truncated_checkpoint_message_is_whole(tmp_path):
+    """Issue 17 #6: torch's text was cut mid-sentence ("...your checkpoint file is); use ...")."""
+    import torch
+
+    full = tmp_path / "full.pt"
+    torch.save({"format": "fgdeploy-checkpoint", "w": torch.arange(10000.0)}, full)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(full.read_bytes()[:20000])
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(cut)
+    message = str(info.value)
+    assert message == (f"{cut} is not a loadable fgdeploy checkpoint: torch.load cannot read it: the file is truncated "
+                       "or corrupt (-v shows torch's message); use a checkpoint written by fgdeploy train "
+                       "(runs/NAME/best.pt or last.pt)")

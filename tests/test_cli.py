@@ -45,18 +45,25 @@ def test_cli_bad_device_is_a_usage_error_naming_the_choices(tmp_path, monkeypatc
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_cli_parity_device_has_no_auto(tmp_path):
-    result = CliRunner().invoke(cli, ["parity", "--ref", "torch:a", "--test", "onnx:b", "--device", "auto"])
-    assert result.exit_code == 2 and "use cpu, cuda or cuda:N" in result.output
+@pytest.mark.parametrize("name", ["demo", "train", "eval", "parity", "infer", "bench"])
+def test_cli_device_default_is_auto_on_every_command(name):
+    """Issue 17 #11: parity defaulted to cpu and rejected auto; train's None means auto."""
+    import click
+
+    command = cli.get_command(click.Context(cli), name)
+    device = next(p for p in command.params if p.name == "device")
+    assert device.default in ("auto", None) and "auto" in device.help
+    assert device.callback(None, device, "auto") == "auto"
 
 
 def test_cli_output_under_a_file_is_one_line_error_with_the_path(tmp_path):
     (tmp_path / "notdir").write_text("a file, not a folder")
     result = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "notdir" / "set"), "--classes", "2",
                                       "--images-per-class", "1", "--size", "64"])
-    assert result.exit_code == 1, result.output
-    assert str(tmp_path / "notdir") in result.output and "Traceback" not in result.output
-    assert "check that the path" in result.output
+    assert result.exit_code == 2, result.output   # issue 17 #7: checked as a bad option, before any work
+    assert f"{tmp_path / 'notdir'} is a file, so {tmp_path / 'notdir' / 'set'} cannot be created under it" \
+        in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not isinstance(result.exception, OSError)   # turned into a ClickException, not raised
 
 
@@ -94,6 +101,67 @@ def test_cli_export_opset_out_of_range_is_a_usage_error(tmp_path):
 
 def test_compile_choices_of_the_cli_are_the_fast_path_modes():
     from fgdeploy.commands.options import COMPILE_CHOICES
-    from fgdeploy.fastpath import COMPILE_MODES
+    from fgdeploy.inference.fastpath import COMPILE_MODES
 
     assert COMPILE_CHOICES == COMPILE_MODES
+
+
+# --------------------------------------------------------------------------------------------
+# issue 17: one consistent CLI
+def test_cli_help_shows_each_command_description_whole():
+    result = CliRunner().invoke(cli, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "Train a pose-normalized classifier in the paper's four stages (runs under torchrun too)." in result.output
+    commands = result.output.split("Commands:")[1]
+    assert "..." not in commands   # click cut each description at 45 characters with "..."
+
+
+@pytest.mark.parametrize("args", [["eval", "--bogus"], ["data", "synth"], ["--bogus"], ["infer", "x", "--model"]])
+def test_cli_usage_errors_are_one_line_with_exit_2(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--help" in lines[0], result.output
+
+
+def test_cli_verbosity_after_the_command_is_accepted(tmp_path):
+    for flag in ("-q", "-v"):
+        result = CliRunner().invoke(cli, ["data", "check", str(tmp_path), flag])
+        assert result.exit_code == 1 and "No such option" not in result.output, result.output
+
+
+def test_cli_eval_names_a_bad_checkpoint_before_asking_for_data(tmp_path):
+    """#8: `eval notes.txt` without --data complained about the data first."""
+    (tmp_path / "notes.txt").write_text("some notes\n")
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "notes.txt")])
+    assert result.exit_code == 1 and "is not a PyTorch checkpoint (a text file)" in result.output, result.output
+    assert "--data" not in result.output
+
+
+def test_cli_train_pretrained_text_file_says_so_before_any_work(tmp_path):
+    """#8: `train --pretrained notes.txt` printed "(KeyError: 101) ... download it again" after generating data."""
+    (tmp_path / "notes.txt").write_text("some notes\n")
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--pretrained",
+                                      str(tmp_path / "notes.txt")])
+    assert result.exit_code == 1, result.output
+    assert "--pretrained" in result.output and "is not a PyTorch checkpoint (a text file)" in result.output
+    assert "KeyError" not in result.output and not (tmp_path / "run" / "synth-birds").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cli_cuda_unavailable_has_one_wording(tmp_path):
+    """#9: infer/bench with an ONNX model and --device cuda suggested a parity option."""
+    from fgdeploy.errors import cuda_unavailable
+
+    expected = cuda_unavailable("cuda").split(" on this machine")[0]
+    from fgdeploy.data.images import encode_image
+
+    (tmp_path / "a.png").write_bytes(encode_image(__import__("numpy").zeros((8, 8, 3), "uint8"), ".png"))
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\x08\x08")
+    for args in (["train", "--out", str(tmp_path / "run"), "--device", "cuda"],
+                 ["bench", "--model", str(onnx), "--device", "cuda"],
+                 ["infer", str(tmp_path), "--model", str(onnx), "--device", "cuda"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and expected in result.output, (args, result.output)
+        assert "--providers" not in result.output and "use --device cpu or auto" in result.output

@@ -46,8 +46,13 @@ def test_summary_table_shows_failed_parity_checks_and_throughput():
         "bench": {"rows": [{"backend": "ort", "mode": "model", "batch": 8, "p50_ms": 2.0, "images_per_s": 4000.0},
                            {"backend": "ort", "mode": "end-to-end", "batch": 8, "p50_ms": 3.0,
                             "images_per_s": 900.0}]},
-    })
+    }, seconds={"eval": 2.04, "parity": 3.0, "bench": 1.0})
     table = summary_table(result)
+    # issue 17 #15: the table ends with each step's time and where the artefacts are
+    assert [line.split("  ")[0] for line in table.splitlines()[-4:]] == [
+        "time per step", "eval grid (GT vs predicted parts)", "parity reports", "benchmark"]
+    assert table.splitlines()[-4].endswith("eval 2.0 s, parity 3.0 s, bench 1.0 s")
+    assert table.splitlines()[-3].endswith(str(Path("x/eval/eval_grid.png")))
     assert "top-1 accuracy (torch, 10 test images)" in table and "50.0 %" in table and "80.0 %" in table
     assert "FAIL: logits within atol=0.01 (top-1 agreement 90.0 %)" in table
     assert "model 4000.0 img/s (batch 8, p50 2.0 ms), end-to-end 900.0 img/s" in table
@@ -79,6 +84,8 @@ def test_demo_quick_runs_every_step_then_resumes_without_redoing_them(tmp_path):
     assert (out / "model.onnx").is_file() and (out / "model_fp16.onnx").is_file()
     assert (out / "model_int8.onnx").is_file() and (out / "model_int8.guard.json").is_file()
     assert len((out / "infer" / "results.csv").read_text().splitlines()) == 1 + 12
+    assert len(list((out / "infer" / "vis").glob("*.png"))) == 4 and "pictures (infer --save-vis)" in table
+    assert "time per step" in table and "train " in table.split("time per step")[1]
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == first.exit_code, second.output
     assert all(f"[{name}] done before, skipped" in second.output for name in STEPS)
@@ -111,15 +118,15 @@ def test_demo_rerun_with_same_settings_skips_steps_and_other_settings_are_refuse
     assert fake_steps == list(STEPS)
     again = run_demo(DemoOptions(out=out, quick=True, config=str(config), device="cpu"))  # device may change
     assert again.ran == [] and fake_steps == list(STEPS)
-    for changed, match in [({"quick": False}, r"made with \{'quick': True\}, not \{'quick': False\}"),
-                           ({"epochs": 2}, r"\{'epochs': None\}, not \{'epochs': 2\}"),
-                           ({"batch": 4}, r"\{'batch': 16\}, not \{'batch': 4\}"),
-                           ({"config": "demo"}, r"'config': '.*tiny.yaml', 'config_sha256'")]:
+    for changed, match in [({"quick": False}, r"made with quick True, not quick False"),   # no dict reprs (#10)
+                           ({"epochs": 2}, r"made with epochs default, not epochs 2"),
+                           ({"batch": 4}, r"made with batch 16, not batch 4"),
+                           ({"config": "demo"}, r"config .*tiny.yaml, config_sha256 [0-9a-f]{12}, not config demo")]:
         options = DemoOptions(out=out, **({"quick": True, "config": str(config)} | changed))
         with pytest.raises(ConfigError, match=match + r".*; use another --out or delete "):
             run_demo(options)
     config.write_text(TINY_CONFIG.replace("visibility_threshold: 0.5", "visibility_threshold: 0.4"))
-    with pytest.raises(ConfigError, match=r"made with \{'config_sha256': '[0-9a-f]{12}'\}, not"):
+    with pytest.raises(ConfigError, match=r"made with config_sha256 [0-9a-f]{12}, not"):
         run_demo(DemoOptions(out=out, quick=True, config=str(config)))
     assert fake_steps == list(STEPS)  # nothing ran after the first demo
 

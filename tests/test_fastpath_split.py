@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fgdeploy.errors import ConfigError
-from fgdeploy.fastpath import ConvReLU, optimize_for_inference
+from fgdeploy.inference.fastpath import ConvReLU, optimize_for_inference
 from fgdeploy.models import create_model, load_model_config
 
 

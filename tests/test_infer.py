@@ -28,9 +28,9 @@ from click.testing import CliRunner
 
 from fgdeploy.backends.base import Runner, TensorSpec
 from fgdeploy.errors import FgdeployError, ImageError
-from fgdeploy.infer import EXIT_ALL_FAILED, InferOptions, discover_images, run_inference
-from fgdeploy.predictors import RunnerPredictor
-from fgdeploy.infer_results import Journal, errors_path_for, read_results, to_records
+from fgdeploy.inference.local import EXIT_ALL_FAILED, InferOptions, discover_images, run_inference
+from fgdeploy.inference.predictors import RunnerPredictor
+from fgdeploy.inference.results import Journal, errors_path_for, read_results, to_records
 
 S = 32  # fake model input size
 
@@ -211,7 +211,7 @@ def test_discover_images_missing_source_names_it(tmp_path):
 # --------------------------------------------------------------------------------------------
 # results
 def test_to_records_maps_keypoints_to_original_pixels_and_sorts_topk():
-    from fgdeploy.infer import Decoded
+    from fgdeploy.inference.local import Decoded
 
     logits = np.array([[0.0, 2.0, 1.0], [3.0, 3.0, -1.0]], np.float32)
     kp = np.zeros((2, 15, 2), np.float32)
@@ -282,7 +282,7 @@ def test_infer_csv_and_jsonl_hold_the_same_results(tmp_path):
 
 def test_infer_decoded_images_in_flight_stay_bounded(tmp_path, monkeypatch):
     """While the predictor is slow, the decoders run ahead by a bounded number of images, not all of them."""
-    import fgdeploy.infer as infer_mod
+    import fgdeploy.inference.local as infer_mod
 
     image = _encode(_bright_spot_image(16, 16, (1, 1)), ".png")
     for k in range(120):
@@ -451,6 +451,28 @@ def test_cli_infer_mixed_folder_exit_0_with_errors_file(tmp_path, tiny_ckpt):
     assert len(list((tmp_path / "vis").glob("*.png"))) == len(GOOD)
 
 
+def test_cli_infer_takes_a_run_folder_and_q_after_the_command_silences_info(tmp_path, tiny_ckpt):
+    """Issue 17 #4 (a run folder stands for its best.pt) and #11 (-q after the subcommand, info lines silenced)."""
+    import shutil
+
+    from fgdeploy.cli import cli
+
+    run = tmp_path / "run1"
+    run.mkdir()
+    shutil.copy(tiny_ckpt, run / "best.pt")
+    images = make_mixed_folder(tmp_path / "imgs")
+    loud = CliRunner().invoke(cli, ["infer", str(images), "--model", str(run), "-o", str(tmp_path / "a.csv")])
+    assert loud.exit_code == 0, loud.output
+    assert f"model {run / 'best.pt'} on torch-cpu" in loud.output
+    quiet = CliRunner().invoke(cli, ["infer", str(images), "--model", str(run), "-o", str(tmp_path / "b.csv"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "model " not in quiet.output and f"scored {len(GOOD)}" in quiet.output   # the result stays
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, ["infer", str(images), "--model", str(empty)])
+    assert result.exit_code == 1 and f"{empty} is a folder without best.pt or last.pt" in result.output
+
+
 def test_cli_infer_all_bad_exits_3(tmp_path, tiny_ckpt):
     from fgdeploy.cli import cli
 
@@ -463,7 +485,8 @@ def test_cli_infer_all_bad_exits_3(tmp_path, tiny_ckpt):
 
 
 def _direct_model(backend: str, ckpt: Path, tmp_path: Path):
-    """(model file for the CLI, fn(x (1, 3, S, S) float32) -> outputs) calling the model without fgdeploy.infer."""
+    """(model file for the CLI, fn(x (1, 3, S, S) float32) -> outputs) calling the model without
+    fgdeploy.inference.local."""
     import torch
 
     from fgdeploy.checkpoint import load_checkpoint
@@ -529,7 +552,7 @@ def test_cli_infer_sigkill_then_resume_scores_each_image_exactly_once(tmp_path, 
         (src / f"img_{k:02d}.png").write_bytes(_encode(_bright_spot_image(30, 40, (k, 3), seed=k), ".png"))
     out, journal = tmp_path / "r.jsonl", tmp_path / "r.jsonl.partial.jsonl"
     args = ["infer", str(src), "--model", str(tiny_ckpt), "--out", str(out), "--batch", "2", "--workers", "1"]
-    slowed = ("import sys, time, fgdeploy.infer as m\n"
+    slowed = ("import sys, time, fgdeploy.inference.local as m\n"
               "real = m.Journal.append\n"
               "def append(self, records):\n"
               "    real(self, records)\n"
@@ -563,7 +586,7 @@ def cli_group():
 
 
 # --------------------------------------------------------------------------------------------
-# the torch fast path (fgdeploy.fastpath)
+# the torch fast path (fgdeploy.inference.fastpath)
 def _tiny_model(size: int = 32):
     import torch
 
@@ -580,7 +603,7 @@ def test_fastpath_compile_fullgraph_traces_coordinate_transfer_and_pads_last_bat
 
     import torch
 
-    from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
+    from fgdeploy.inference.fastpath import FastPathOptions, TorchFastPredictor
 
     model = _tiny_model()
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
@@ -600,7 +623,7 @@ def test_fastpath_compile_fullgraph_traces_coordinate_transfer_and_pads_last_bat
 def test_fastpath_uint8_nhwc_input_equals_float_nchw_input():
     import torch
 
-    from fgdeploy.fastpath import optimize_for_inference
+    from fgdeploy.inference.fastpath import optimize_for_inference
 
     fn = optimize_for_inference(_tiny_model(), "cpu")
     u8 = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
@@ -616,7 +639,7 @@ def test_fastpath_uint8_nhwc_input_equals_float_nchw_input():
 ])
 def test_fastpath_rejects_bad_options(kwargs, message):
     from fgdeploy.errors import ConfigError
-    from fgdeploy.fastpath import optimize_for_inference
+    from fgdeploy.inference.fastpath import optimize_for_inference
 
     with pytest.raises(ConfigError, match=message):
         optimize_for_inference(_tiny_model(), "cpu", **kwargs)
@@ -639,7 +662,7 @@ def test_fastpath_cuda_fp16_channels_last_graphs_match_fp32_eager(compile_mode):
 
     import torch
 
-    from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
+    from fgdeploy.inference.fastpath import FastPathOptions, TorchFastPredictor
 
     model = _tiny_model()
     images = list(np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
@@ -716,7 +739,7 @@ def test_read_image_reduced_is_close_to_area_resizing_the_full_decode(tmp_path):
 
 
 def test_decode_one_fast_keeps_the_file_size_and_small_or_odd_files_unchanged(tmp_path):
-    from fgdeploy.infer import decode_one
+    from fgdeploy.inference.local import decode_one
 
     big = tmp_path / "big.jpg"
     big.write_bytes(_encode(_photo(600, 800), ".jpg"))
@@ -771,7 +794,7 @@ def test_cli_infer_fast_decode_flag_scores_the_mixed_folder(tmp_path, tiny_ckpt)
 def test_default_workers_use_every_core_only_for_a_gpu_model(monkeypatch):
     from types import SimpleNamespace
 
-    from fgdeploy.predictors import RunnerPredictor, default_workers
+    from fgdeploy.inference.predictors import RunnerPredictor, default_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_workers(SimpleNamespace(on_gpu=True)) == 16
@@ -799,7 +822,7 @@ def test_open_predictor_carries_the_models_visibility_threshold(tmp_path, backen
     import dataclasses
 
     from fgdeploy.checkpoint import load_checkpoint, save_checkpoint
-    from fgdeploy.predictors import open_predictor
+    from fgdeploy.inference.predictors import open_predictor
 
     model, meta = load_checkpoint(_tiny_checkpoint(tmp_path / "t.pt"))
     model.config = dataclasses.replace(model.config, visibility_threshold=0.37)
@@ -856,7 +879,7 @@ def test_infer_extending_a_finished_run_keeps_earlier_errors_and_counts_this_run
 
 
 def test_cli_infer_ctrl_c_keeps_finished_batches_exits_130_and_resume_finishes(tmp_path, tiny_ckpt, monkeypatch):
-    import fgdeploy.infer_results as results
+    import fgdeploy.inference.results as results
 
     images = make_mixed_folder(tmp_path / "imgs")
     out = tmp_path / "r.csv"

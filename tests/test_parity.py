@@ -138,6 +138,9 @@ def test_run_parity_identical_runners_pass_and_report_renders(tmp_path):
     assert report.divergence is None
     text = report.render()
     assert "RESULT: PASS" in text and "top-1 agreement: 100.00%" in text
+    # issue 17 #10: fractions as percentages, a yes/no check without "1 == 1", no "partial batch of 0"
+    assert "  PASS  top-1 agreement: 100.00% >= " in text and "  PASS  batch invariance\n" in text
+    assert "partial batch of 0" not in text and ">= 0.99" not in text
     report.dump(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["passed"] is True and data["precision"] == "fp32" and len(data["checks"]) == len(report.checks)
@@ -170,6 +173,7 @@ def test_run_parity_locates_divergence_in_heatmaps_and_lists_keypoint_flips():
     assert not report and report.divergence.first_stage == "heatmaps"
     assert report.task.keypoint_flips and all(f.part == "a" for f in report.task.keypoint_flips)
     assert all(f.test_cell == [3, 3] for f in report.task.keypoint_flips)
+    assert "(id None" not in report.render() and "  keypoint flip: image 0 a: cell" in report.render()
     assert all(f.test_margin is not None and f.test_margin > 0 for f in report.task.keypoint_flips)
     assert report.task.keypoint_near_ties == 0 and not any(f.near_tie for f in report.task.keypoint_flips)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from fgdeploy.visualize import draw_caption, draw_keypoints, make_grid, part_colors, save_image, side_by_side
 
@@ -37,3 +38,34 @@ def test_grid_and_captions_layout_and_png_roundtrip(tmp_path):
     path = save_image(tmp_path / "g.png", grid)
     back = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(back, grid)
+
+
+# issue 17 #15: text scales with the picture; parts are labelled with short names and a legend
+def test_part_labels_are_short_unique_and_cub_ones_match_the_preview():
+    from fgdeploy.data.preview import PART_LABELS
+    from fgdeploy.tensors import PART_NAMES
+    from fgdeploy.visualize import part_labels
+
+    assert part_labels(PART_NAMES) == list(PART_LABELS)
+    assert part_labels(["left_fin", "left_foot", "tail"]) == ["LF", "LF2", "Ta"]
+
+
+def test_caption_and_labels_grow_together_with_the_image():
+    from fgdeploy.visualize import text_scale
+
+    small, big = np.zeros((256, 256, 3), np.uint8), np.zeros((1536, 1536, 3), np.uint8)
+    assert text_scale((1536, 1024)) == pytest.approx(3 * text_scale((512, 300)), rel=0.01)
+    assert text_scale(small.shape) == 0.35   # readable floor
+    band_small = draw_caption(small, "003.Bird p=0.5").shape[0] - 256
+    band_big = draw_caption(big, "003.Bird p=0.5").shape[0] - 1536
+    assert band_big > 2.5 * band_small   # the header used to stay at scale 0.6 (same band) while labels grew
+
+
+def test_legend_names_every_part_in_its_colour_and_wraps():
+    from fgdeploy.tensors import PART_NAMES
+    from fgdeploy.visualize import legend
+
+    wide, narrow = legend(2000, PART_NAMES), legend(250, PART_NAMES)
+    assert wide.shape[1] == 2000 and narrow.shape[1] == 250 and narrow.shape[0] > 3 * wide.shape[0]
+    for color in part_colors(len(PART_NAMES)):
+        assert (np.abs(wide.astype(int) - color).sum(-1) < 30).any(), color

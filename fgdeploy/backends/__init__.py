@@ -42,7 +42,7 @@ def _canonical(kind: str) -> str:
     kind = BACKEND_ALIASES.get(kind, kind)
     if kind not in BACKENDS:
         valid = sorted(set(BACKENDS) | set(BACKEND_ALIASES))
-        raise ConfigError(f"unknown backend {kind!r}; valid backends: {valid}")
+        raise ConfigError(f"unknown backend {kind!r}; valid backends: {', '.join(valid)}")
     return kind
 
 
@@ -87,8 +87,8 @@ def open_runner(
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     if missing:
         raise BackendUnavailable(
-            f"backend {name!r} needs the Python package(s) {missing}, which are not installed here; "
-            f"installed backends: {available_backends()}"
+            f"backend {name!r} needs the Python package(s) {', '.join(missing)}, which are not installed here; "
+            f"installed backends: {', '.join(available_backends())}"
         )
     cls = getattr(importlib.import_module(module_name), class_name)
     kwargs: dict[str, Any] = dict(options)

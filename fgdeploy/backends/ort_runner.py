@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.backends.base import Runner, RunnerError, TensorSpec
-from fgdeploy.errors import BackendUnavailable
+from fgdeploy.errors import BackendUnavailable, cuda_unavailable
+from fgdeploy.text import listed, sentence
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +101,12 @@ class OrtRunner(Runner):
         ort = _import_onnxruntime()
         installed = ort.get_available_providers()
         missing = [p for p in self.providers if p not in installed]
+        if missing and self.device.startswith("cuda") and "CUDAExecutionProvider" not in installed:
+            raise BackendUnavailable(cuda_unavailable(self.device, " for ONNX Runtime (install onnxruntime-gpu)"))
         if missing:
             raise BackendUnavailable(
-                f"ONNX Runtime execution provider(s) {missing} are not installed; available providers are: "
-                f"{installed}. Install onnxruntime-gpu for CUDA/TensorRT, or run on the CPU (--device cpu; "
-                f"`fgdeploy parity`: --providers cpu)."
-            )
+                f"ONNX Runtime execution provider(s) {', '.join(missing)} are not installed here (available providers "
+                f"are: {', '.join(installed)}); install onnxruntime-gpu for CUDA/TensorRT, or use the CPU provider")
         model_bytes = self._load_bytes()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -116,13 +117,13 @@ class OrtRunner(Runner):
             session = ort.InferenceSession(model_bytes, sess_options=options, providers=self._provider_list())
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise RunnerError(
-                f"{self._label()}: ONNX Runtime cannot load the model: {_first_line(exc)}. "
+                f"{self._label()}: ONNX Runtime cannot load the model: {sentence(_first_line(exc))} "
                 "The file is corrupt or not an ONNX model; re-export it with `fgdeploy export`."
             ) from exc
         dropped = [p for p in self.providers if p not in session.get_providers()]
         if dropped:
             raise BackendUnavailable(
-                f"{self._label()}: execution provider(s) {dropped} are installed but failed to start "
+                f"{self._label()}: execution provider(s) {listed(dropped)} are installed but failed to start "
                 f"(no GPU, or missing CUDA/TensorRT libraries); session has {session.get_providers()}"
             )
         from fgdeploy.export.metadata import decode_metadata

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgdeploy.backends.base import Runner, RunnerError, TensorSpec
-from fgdeploy.errors import BackendUnavailable
+from fgdeploy.errors import BackendUnavailable, cuda_unavailable
 from fgdeploy.tensors import INPUT_IMAGES, OP_DOMAIN
 
 if TYPE_CHECKING:
@@ -66,10 +66,11 @@ class TorchRunner(Runner):
     def _activate(self) -> None:
         torch = _import_torch()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable(f"{self.name}: device {self.device!r} requested but CUDA is not available here")
+            raise BackendUnavailable(cuda_unavailable(self.device))
         if isinstance(self.source, Path):
-            from fgdeploy.checkpoint import load_checkpoint
+            from fgdeploy.checkpoint import load_checkpoint, resolve_checkpoint
 
+            self.source = resolve_checkpoint(self.source)   # a run folder: its best.pt
             model, meta = load_checkpoint(self.source)
             self._meta = _checkpoint_metadata(meta, self.source)
         elif isinstance(self.source, torch.nn.Module):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.options import BACKEND_CHOICES, device_option, fast_path_options, torch_only_flags
+from fgdeploy.commands.options import (BACKEND_CHOICES, check_model_kind, device_option, echo_info,
+                                      fast_path_options, output_path, resolve_model, torch_only_flags)
 
 
 def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -21,8 +22,9 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int
 
 
 @click.command("bench", short_help="Latency (p50/p90/p99) and throughput per backend and batch.")
-@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint, .onnx or .engine; repeat to compare backends (e.g. --model m.pt --model m.onnx).")
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True),
+              help="Checkpoint (or run folder), .onnx or .engine; repeat to compare backends (e.g. --model m.pt "
+                   "--model m.onnx).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Runtime for every --model; auto picks it from each file's suffix.")
 @device_option("auto")
@@ -33,13 +35,17 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int
 @click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed calls first.")
 @click.option("--images", type=str, default=None,
               help="Also time end-to-end inference (decode + model + results) over this folder/glob/list.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Decode threads (end-to-end).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the results and the environment as JSON here.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="End-to-end: threads decoding images (in this process); 0 = as `fgdeploy infer` (every core "
+                   "for a GPU model, else min(8, CPU count)).")
+@click.option("--out", "-o", "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_path(suffixes=(".json",)),
+              help="Write the results and the environment as JSON here (.json).")
 @fast_path_options
 @click.option("--threads", type=click.IntRange(1), default=None, help="ort on CPU: intra-op threads.")
 @click.option("--fast-decode", is_flag=True, help="End-to-end: as `fgdeploy infer --fast-decode`.")
-def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batches: list[int], iters: int,
+@click.pass_context
+def command(ctx: click.Context, models: tuple[str, ...], backend: str, device: str, fp16: bool, batches: list[int], iters: int,
             warmup: int, images: str | None, workers: int, json_out: Path | None, channels_last: bool,
             compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
             fast_decode: bool) -> None:
@@ -51,10 +57,13 @@ def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batc
     The torch flags (--channels-last, --compile, ...) apply to the checkpoints among the models.
     """
     from fgdeploy.bench import bench_end_to_end, bench_model, render_table, write_json
-    from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import discover_images
-    from fgdeploy.predictors import open_predictor, resolve_backend
+    from fgdeploy.inference.fastpath import FastPathOptions
+    from fgdeploy.inference.local import discover_images
+    from fgdeploy.inference.predictors import open_predictor, resolve_backend
 
+    models = tuple(resolve_model(m) for m in models)   # a run folder: its best.pt
+    for model in models:
+        check_model_kind(model, resolve_backend(model, backend), lambda found: f"pass --backend {found}")
     flags = torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)
     if flags and all(resolve_backend(m, backend) != "torch" for m in models):
         raise click.UsageError(f"{', '.join(flags)}: for torch models (checkpoints); no --model here runs on torch")
@@ -69,10 +78,10 @@ def command(models: tuple[str, ...], backend: str, device: str, fp16: bool, batc
                             threads=threads) as loaded:
             for batch in batches:
                 results.append(bench_model(loaded.predictor, loaded.name, batch, iters, warmup))
-                click.echo(render_table(results[-1:]).splitlines()[-1], err=True)
+                echo_info(ctx, render_table(results[-1:]).splitlines()[-1])
             if images:
                 results.append(bench_end_to_end(loaded.predictor, loaded.name, images, max(batches), workers,
                                                 fast_decode=fast_decode))
     click.echo(render_table(results))
     if json_out:
-        click.echo(f"wrote {write_json(json_out, results, {'models': list(models)})}", err=True)
+        echo_info(ctx, f"wrote {write_json(json_out, results, {'models': list(models)})}")

@@ -7,6 +7,9 @@ from typing import Any
 
 import click
 
+from fgdeploy.commands.options import output_path
+from fgdeploy.text import plural
+
 
 def _progress(ctx: click.Context, desc: str) -> Any:
     """A ``progress(iterable, total)`` callback drawing a bar unless --quiet."""
@@ -22,7 +25,7 @@ def command() -> None:
 
 
 @command.command("synth", short_help="Write a synth-birds dataset in CUB-200-2011 layout.")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False), callback=output_path(folder=True))
 @click.option("--classes", default=20, show_default=True, type=click.IntRange(1, 200), help="Number of classes.")
 @click.option("--images-per-class", default=30, show_default=True, type=click.IntRange(1),
               help="Images per class (about half train, half test).")
@@ -31,7 +34,7 @@ def command() -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Random seed.")
 @click.option("--preview", is_flag=True, help="Also write OUT_DIR/preview.png with keypoints drawn.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
-              help="Processes drawing images (output does not depend on it).")
+              help="Processes drawing images; 1 = in this process (the output does not depend on it).")
 @click.pass_context
 def synth(ctx: click.Context, out_dir: str, classes: int, images_per_class: int, size: int, seed: int,
           preview: bool, workers: int) -> None:
@@ -44,7 +47,7 @@ def synth(ctx: click.Context, out_dir: str, classes: int, images_per_class: int,
 
     root = generate_synth_birds(out_dir, classes=classes, images_per_class=images_per_class, size=size, seed=seed,
                                 preview=preview, progress=_progress(ctx, "synth"), workers=workers)
-    click.echo(f"wrote {classes * images_per_class} images in {classes} classes to {root}")
+    click.echo(f"wrote {plural(classes * images_per_class, 'image')} in {plural(classes, 'class', 'classes')} to {root}")
     if preview:
         click.echo(f"preview: {root / PREVIEW}")
 
@@ -61,7 +64,8 @@ def check(ctx: click.Context, root: str, as_json: bool, decode: bool) -> None:
 
     report = check_dataset(root, decode=decode, progress=_progress(ctx, "check"))
     _echo(report.to_dict() if as_json else report.render(), as_json)
-    report.raise_if_unusable()
+    if not report.ok:   # the report lists the errors already: no second copy of the first one
+        ctx.exit(1)
 
 
 def _echo(payload: Any, as_json: bool) -> None:

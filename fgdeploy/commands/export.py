@@ -7,6 +7,15 @@ from typing import Any
 
 import click
 
+from fgdeploy.commands.options import check_model_kind, output_path, resolve_model, unwritable_reason
+
+
+def _onnx_out(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    if value.suffix.lower() == ".engine":
+        raise click.BadParameter(f"{value}: -o names the ONNX file; give {value.with_suffix('.onnx')} --engine to "
+                                 f"also build {value}", ctx, param)
+    return output_path(suffixes=(".onnx",))(ctx, param, value)
+
 
 def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
     if value.strip().lower() == "dynamic":
@@ -21,9 +30,9 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the .onnx file.")
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=_onnx_out,
+              help="Where to write the .onnx file (with --engine, the engine goes beside it as .engine).")
 @click.option("--fp16", is_flag=True, help="Mixed fp16 (backbones fp16; heatmaps, decode, pooling, logits fp32).")
 @click.option("--batch", default="dynamic", show_default=True, callback=_parse_batch,
               help="Fixed batch size N, or 'dynamic' (1..--max-batch).")
@@ -65,9 +74,15 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
             guard: Path | None, no_guard: bool,
             guard_images: int, min_top1_agree: float, min_kp_agree: float, max_acc_drop: float,
             engine: bool) -> None:
-    """Export CHECKPOINT (written by fgdeploy train) to ONNX for ONNX Runtime and TensorRT."""
+    """Export CHECKPOINT (written by fgdeploy train; a run folder means its best.pt) to ONNX for ONNX Runtime
+    and TensorRT."""
     from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
 
+    checkpoint = Path(resolve_model(checkpoint))
+    check_model_kind(checkpoint, "torch", lambda found: "export takes the checkpoint written by fgdeploy train "
+                                                        "(runs/NAME/best.pt or the run folder)")
+    if engine and (reason := unwritable_reason(out.with_suffix(".engine"))):
+        raise click.UsageError(f"--engine: {reason}; choose another -o")
     if int8 and fp16:
         raise click.UsageError("--int8 and --fp16 exclude each other: export one precision per file")
     if int8_target is not None and not int8:

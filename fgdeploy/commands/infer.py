@@ -9,31 +9,36 @@ from typing import Any
 
 import click
 
-from fgdeploy.commands.options import BACKEND_CHOICES, device_option, fast_path_options, torch_only_flags
+from fgdeploy.commands.options import (BACKEND_CHOICES, check_model_kind, device_option, echo_info,
+                                      fast_path_options, output_path, resolve_model, torch_only_flags)
+from fgdeploy.text import plural
 
 
 def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     if value.suffix.lower() not in (".csv", ".jsonl"):
         raise click.BadParameter(f"{value}: name the results file .csv or .jsonl", ctx, param)
-    return value
+    return output_path()(ctx, param, value)
 
 
 @click.command("infer", short_help="Classify images and locate their parts (CSV/JSONL out).")
 @click.argument("images", type=str)
-@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint (.pt, torch backend), ONNX (.onnx, ort) or TensorRT engine (.engine, trt).")
+@click.option("--model", "model", required=True, type=click.Path(exists=True),
+              help="Checkpoint (.pt, torch backend; a run folder means its best.pt), ONNX (.onnx, ort) or "
+                   "TensorRT engine (.engine, trt).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Runtime; auto picks it from the model file's suffix.")
 @device_option("auto")
 @click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Images per model call.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Decode threads; 0 = every CPU core when the model runs on a GPU, else min(8, CPU count).")
+              help="Threads decoding and resizing images (in this process); 0 = every CPU core when the model runs "
+                   "on a GPU, else min(8, CPU count).")
 @click.option("--topk", type=click.IntRange(1), default=5, show_default=True, help="Classes written per image.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.csv"),
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.csv"),
               show_default=True, callback=_results_suffix,
               help="Results file: .csv (one row per image) or .jsonl (one object per line).")
 @click.option("--save-vis", type=click.Path(file_okay=False, path_type=Path), default=None,
+              callback=output_path(folder=True),
               help="Folder for copies of the images with keypoints, part names and top-1 class drawn.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial.jsonl) or extend a "
               "finished OUT; images already scored are skipped.")
@@ -74,11 +79,15 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     """
     from dataclasses import replace
 
-    from fgdeploy.fastpath import FastPathOptions
-    from fgdeploy.infer import InferOptions, discover_images, model_identity, run_inference
-    from fgdeploy.predictors import open_predictor, resolve_backend
+    from fgdeploy.inference.fastpath import FastPathOptions
+    from fgdeploy.inference.local import InferOptions, discover_images, model_identity, run_inference
+    from fgdeploy.inference.predictors import open_predictor, resolve_backend
 
+    from fgdeploy.export.metadata import stale_export_note
+
+    model = resolve_model(model)
     kind = resolve_backend(model, backend)
+    check_model_kind(model, kind, lambda found: f"pass --backend {found}")
     if kind != "torch" and (flags := torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)):
         raise click.UsageError(f"{', '.join(flags)}: for the torch backend (a checkpoint), not {kind}")
     paths = discover_images(images)
@@ -87,9 +96,11 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis,
                            fast_decode=fast_decode)
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
-        click.echo(f"{len(paths)} images, model {model} on {loaded.name}, batch {batch}", err=True)
+        echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
+        if note := stale_export_note(model, loaded.recorded or {}):
+            click.echo(f"warning: {note}", err=True)
         if loaded.class_names and topk > len(loaded.class_names):
-            click.echo(f"--topk {topk}: the model has {len(loaded.class_names)} classes; writing all of them", err=True)
+            echo_info(ctx, f"--topk {topk}: the model has {len(loaded.class_names)} classes; writing all of them")
             options = replace(options, topk=len(loaded.class_names))
         with _progress_bar(ctx, len(paths)) as bar, _resumable_on_interrupt(ctx, out):
             report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
@@ -104,14 +115,14 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 @contextlib.contextmanager
 def _resumable_on_interrupt(ctx: click.Context, out: Path) -> Iterator[None]:
     """Ctrl-C: say how much is saved and how to go on, and exit 130 (as a shell does for SIGINT)."""
-    from fgdeploy.infer_results import journal_path_for
+    from fgdeploy.inference.results import journal_path_for
 
     try:
         yield
     except KeyboardInterrupt:
         journal = journal_path_for(out)
         saved = max(0, journal.read_text(encoding="utf-8").count("\n") - 1) if journal.exists() else 0
-        click.echo(f"\ninterrupted: {saved} images are saved in {journal} (scored or failed); rerun the same "
+        click.echo(f"\ninterrupted: {plural(saved, 'image')} are saved in {journal} (scored or failed); rerun the same "
                    "command with --resume to finish", err=True)
         ctx.exit(130)
 

@@ -7,15 +7,27 @@ from typing import Any
 
 import click
 
-from fgdeploy.commands.options import device_option
+from fgdeploy.commands.options import check_model_kind, device_option, output_path, resolve_model
+
+SPEC_KINDS = {"torch": "torch", "ort": "onnx", "trt": "trt"}   # backend -> how a KIND:PATH spec names it
 
 
 def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str]:
-    """'kind:path' -> (kind, path); kinds are the backend names (torch, onnx/ort, trt)."""
+    """'kind:path' -> (kind, path); kinds are the backend names (torch, onnx/ort, trt); a run folder -> best.pt."""
+    from fgdeploy.backends import BACKEND_ALIASES, BACKENDS
+
     kind, sep, path = value.partition(":")
+    kind = kind.strip().lower()
     if not sep or not kind or not path:
-        raise click.BadParameter(f"{value!r}: use KIND:PATH, e.g. torch:runs/demo/best.pt or onnx:model.onnx")
-    return kind.strip().lower(), path
+        raise click.BadParameter(f"{value}: use KIND:PATH, e.g. torch:runs/demo/best.pt or onnx:model.onnx")
+    if BACKEND_ALIASES.get(kind, kind) not in BACKENDS:
+        raise click.BadParameter(f"{value}: unknown kind {kind}; use torch, onnx or trt")
+    if not Path(path).exists():
+        raise click.BadParameter(f"{path} does not exist")
+    if BACKEND_ALIASES.get(kind, kind) == "torch":
+        path = resolve_model(path)   # a run folder: its best.pt
+    check_model_kind(path, kind, lambda found: f"give it as {SPEC_KINDS[found]}:{path}")
+    return kind, path
 
 
 @click.command("parity")
@@ -26,14 +38,16 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="CUB-format dataset (adds accuracy and PCK). Default: random images; for an INT8 --test, "
                    "the dataset it was calibrated on, if it still exists.")
-@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True,
+              help="With --data: the dataset split the images are taken from.")
 @click.option("--n", "count", type=click.IntRange(min=1), default=None,
               help="Images to compare (spread over the split). Default: 500 with --data, 32 random.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch size.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write JSON here.")
+@click.option("--out", "-o", "--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_path(suffixes=(".json",)), help="Write the report as JSON here (.json).")
 @click.option("--atol", type=click.FloatRange(min=0), default=None, help="Absolute tolerance (default by precision).")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Relative tolerance (default by precision).")
-@device_option("cpu", allow_auto=False, what="Device of torch/trt runners: ")
+@device_option("auto", what="Device of the runners (ONNX Runtime: CUDA provider for cuda): ")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma separated (cpu, cuda, tensorrt).")
 @click.option("--ref-fp16", is_flag=True, help="Run a torch reference in fp16.")
 @click.option("--test-fp16", is_flag=True, help="Run a torch runner under test in fp16 (ONNX carries its own).")
@@ -48,9 +62,13 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
 
     ref = _factory(ref_spec, device, providers, ref_fp16)
     test = _factory(test_spec, device, providers, test_fp16)
-    size, classes = _same_model(_signature(ref), _signature(test))
+    ref_signature, test_signature = _signature(ref), _signature(test)
+    size, classes = _same_model(ref_signature, test_signature)
+    notes = _provenance_notes(ref_spec, ref_signature[2], test_spec, test_signature[2])
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
     if data is None:
-        data = _calibration_dataset(test)
+        data = _calibration_dataset(test_signature[2])
     source = (DatasetImages(data, split, size, count or 500) if data is not None
               else RandomImages(count or 32, size, seed))
     if data is not None and classes and list(source.class_names) != classes:
@@ -60,29 +78,29 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
     result = run_parity(ref, test, source, ParityConfig(batch_size=batch, atol=atol, rtol=rtol),
                         progress=_progress(2 * len(source), quiet))
     click.echo(result.render())
+    for note in notes if not result else []:   # repeated where the failing result is read
+        click.echo(f"warning: {note}", err=True)
     if report is not None:
         result.dump(report)
         click.echo(f"wrote {report}")
     ctx.exit(0 if result else 1)
 
 
-def _signature(make: Any) -> tuple[int, list[str]]:
-    """(input size, class names) a runner's artifact records (names may be empty)."""
+def _signature(make: Any) -> tuple[int, list[str], dict[str, Any]]:
+    """(input size, class names, all metadata) a runner's artifact records (names may be empty)."""
     from fgdeploy.backends.base import image_input_spec
 
     with make(False) as runner:
         spec = image_input_spec(runner)
         meta = runner.metadata()
-        return int(meta.get("input_size") or spec.shape[-1]), list(meta.get("class_names") or [])
+        return int(meta.get("input_size") or spec.shape[-1]), list(meta.get("class_names") or []), dict(meta)
 
 
-def _calibration_dataset(make: Any) -> Path | None:
+def _calibration_dataset(meta: dict[str, Any]) -> Path | None:
     """An INT8 model's calibration dataset when it is a CUB-format dataset that still exists (random noise says
     little about a model whose activation ranges were calibrated on photos); None otherwise."""
     from fgdeploy.export.calibration import is_cub_dataset
 
-    with make(False) as runner:
-        meta = runner.metadata()
     source = (meta.get("quantization") or {}).get("source") if meta.get("precision") == "int8" else None
     if not source or not Path(source).is_dir() or not is_cub_dataset(source):
         return None
@@ -91,7 +109,28 @@ def _calibration_dataset(make: Any) -> Path | None:
     return Path(source)
 
 
-def _same_model(ref: tuple[int, list[str]], test: tuple[int, list[str]]) -> tuple[int, list[str]]:
+def _provenance_notes(ref_spec: tuple[str, str], ref_meta: dict[str, Any], test_spec: tuple[str, str],
+                      test_meta: dict[str, Any]) -> list[str]:
+    """Exports that were not made from the checkpoint they are compared with (or whose run was retrained)."""
+    from fgdeploy.backends import BACKEND_ALIASES
+    from fgdeploy.export.metadata import stale_export_note
+
+    sides = [(spec, meta) for spec, meta in ((ref_spec, ref_meta), (test_spec, test_meta))]
+    checkpoints = [(path, meta) for (kind, path), meta in sides if BACKEND_ALIASES.get(kind, kind) == "torch"]
+    notes = []
+    for (kind, path), meta in sides:
+        if BACKEND_ALIASES.get(kind, kind) == "torch":
+            continue
+        if len(checkpoints) == 1:
+            note = stale_export_note(path, meta, checkpoints[0][0], str(checkpoints[0][1].get("source_sha256", "")))
+        else:
+            note = stale_export_note(path, meta)
+        if note:
+            notes.append(note)
+    return notes
+
+
+def _same_model(ref: tuple[Any, ...], test: tuple[Any, ...]) -> tuple[int, list[str]]:
     """The common (input size, class names); a clear error when --ref and --test are different models."""
     if ref[0] != test[0]:
         raise click.ClickException(f"--ref takes {ref[0]} px images but --test {test[0]} px: they are not the same "
@@ -105,10 +144,11 @@ def _same_model(ref: tuple[int, list[str]], test: tuple[int, list[str]]) -> tupl
 
 def _factory(spec: tuple[str, str], device: str, providers: str | None, fp16: bool) -> Any:
     """debug -> a new runner for ``spec`` (kind, path)."""
-    from fgdeploy.backends import open_runner
+    from fgdeploy.backends import BACKEND_ALIASES, open_runner
+    from fgdeploy.inference.predictors import resolve_device
 
     kind, path = spec
-    options: dict[str, Any] = {"device": device}
+    options: dict[str, Any] = {"device": resolve_device(BACKEND_ALIASES.get(kind, kind), device)}
     if kind in ("onnx", "ort", "onnxruntime"):
         options["providers"] = [p.strip() for p in providers.split(",")] if providers else None
     elif fp16:

@@ -65,7 +65,8 @@ class CheckReport:
         lines += [f"error: {e}" for e in self.errors]
         if self.error_count > len(self.errors):
             lines.append(f"... and {self.error_count - len(self.errors)} more errors")
-        lines.append("usable" if self.ok else f"NOT usable: {self.error_count} error(s)")
+        count = f"{self.error_count} error{'' if self.error_count == 1 else 's'}"
+        lines.append("usable" if self.ok else f"NOT usable: {count}; fix the lines named above and check again")
         return "\n".join(lines)
 
     def raise_if_unusable(self) -> None:

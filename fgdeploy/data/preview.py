@@ -11,10 +11,11 @@ from fgdeploy.data.cub import CubDataset
 from fgdeploy.data.images import encode_image
 from fgdeploy.data.sample import Sample
 from fgdeploy.fileio import atomic_write_bytes
+from fgdeploy.tensors import PART_NAMES
+from fgdeploy.visualize import CUB_PART_LABELS
 
-# Two-letter labels in PART_NAMES order.
-PART_LABELS: tuple[str, ...] = ("Bk", "Bq", "By", "Br", "Cr", "Fh", "LE", "LL", "LW", "Na", "RE", "RL", "RW",
-                                "Ta", "Th")
+# Two-letter labels in PART_NAMES order (the ones infer --save-vis and eval grids draw).
+PART_LABELS: tuple[str, ...] = tuple(CUB_PART_LABELS[name] for name in PART_NAMES)
 _LEFT, _RIGHT, _MID = (0, 230, 255), (255, 40, 220), (255, 255, 255)   # RGB
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

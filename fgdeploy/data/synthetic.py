@@ -96,7 +96,7 @@ def generate_synth_birds(out_dir: str | Path, classes: int = 20, images_per_clas
     rows = sorted(results, key=lambda r: r[0])
     write_annotations(_annotations(root, config, class_list, rows))
     _write_manifest(root, config, class_list, complete=True)
-    logger.info("wrote %d synth-birds images (%d classes) to %s", total, classes, root)
+    logger.debug("wrote %d synth-birds images (%d classes) to %s", total, classes, root)
     if preview:
         from fgdeploy.data.preview import write_preview
 

@@ -3,7 +3,7 @@
 A source is a CUB-format dataset (a folder holding images.txt, e.g. synth-birds) or a plain folder of
 images (searched recursively, as ``fgdeploy infer`` does). Calibration reads a dataset's train split;
 the guard (``fgdeploy.export.guard``) holds out its test split. Every image goes through
-``fgdeploy.infer.decode_one`` (the project's decoder, anisotropic resize to S x S) and becomes model
+``fgdeploy.inference.local.decode_one`` (the project's decoder, anisotropic resize to S x S) and becomes model
 input as ``RunnerPredictor.prepare`` makes it (RGB / 255, NCHW float32).
 """
 
@@ -58,7 +58,7 @@ def source_paths(source: str | Path, split: str) -> tuple[list[str], np.ndarray 
         ImageError: ``source`` does not exist or holds no images.
         DatasetError: a CUB-format dataset's annotation files are malformed.
     """
-    from fgdeploy.infer import discover_images
+    from fgdeploy.inference.local import discover_images
 
     if is_cub_dataset(source):
         from fgdeploy.data.cub import CubDataset
@@ -95,7 +95,7 @@ def load_image_set(source: str | Path, size: int, n: int | None, split: str, min
         ImageError: no images, fewer than ``minimum``, or a file that cannot be decoded (named, with
             the count of bad files: calibration must not silently depend on which files happened to load).
     """
-    from fgdeploy.infer import decode_one
+    from fgdeploy.inference.local import decode_one
 
     paths, labels, description = source_paths(source, split)
     picks = spread(len(paths), n)

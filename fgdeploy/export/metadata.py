@@ -25,6 +25,7 @@ ONNX tool shows it and ``decode_metadata`` gets the Python values back. Keys wri
 ``outputs``            list[str] of output names in order
 ``model_config``       dict: the resolved model config
 ``source_checkpoint``  file name of the checkpoint
+``source_path``        absolute path of the checkpoint when exported (to notice a retrained run)
 ``source_sha256``      sha256 of the checkpoint file
 ``stage`` / ``epoch``  training stage and epoch of the checkpoint
 ``opset``              default-domain opset
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 METADATA_FORMAT = 1
@@ -54,3 +56,33 @@ def decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
         except (TypeError, ValueError):
             out[key] = text
     return out
+
+
+def stale_export_note(model: str | Path, recorded: Mapping[str, Any], checkpoint: str | Path | None = None,
+                      checkpoint_sha256: str = "") -> str | None:
+    """One line when the export ``model`` (its decoded metadata ``recorded``) does not come from the checkpoint.
+
+    With ``checkpoint_sha256`` (of ``checkpoint``): the export must have been made from that file. Without it:
+    the checkpoint the export records (``source_path``) must still hold the weights it was exported from, i.e.
+    the run was not retrained since. None when they match or nothing can be compared.
+    """
+    from fgdeploy.fileio import file_sha256
+
+    exported_from = str(recorded.get("source_sha256") or "")
+    if not exported_from:
+        return None
+    if not checkpoint_sha256:
+        checkpoint = recorded.get("source_path") or None
+        if checkpoint is None or not Path(checkpoint).is_file():
+            return None
+        checkpoint_sha256 = file_sha256(checkpoint)
+        if checkpoint_sha256 == exported_from:
+            return None
+        return (f"{model} was exported from {checkpoint} (sha256 {exported_from[:12]}), which now holds other "
+                f"weights (sha256 {checkpoint_sha256[:12]}): the run was retrained after the export; export it "
+                f"again with `fgdeploy export {checkpoint} -o {model}`")
+    if checkpoint_sha256 == exported_from:
+        return None
+    return (f"{model} was not exported from {checkpoint}: it records checkpoint sha256 {exported_from[:12]}, "
+            f"{checkpoint} has {checkpoint_sha256[:12]} (retrained since?), so the two are different models; "
+            f"export it again with `fgdeploy export {checkpoint} -o {model}`")

@@ -232,6 +232,7 @@ def build_metadata(meta: Any, model: torch.nn.Module, options: ExportOptions, ou
         "outputs": list(outputs),
         "model_config": dict(meta.model_config),
         "source_checkpoint": source.name if source else "",
+        "source_path": str(source.resolve()) if source else "",
         "source_sha256": getattr(meta, "sha256", "") or "",
         "stage": int(getattr(meta, "stage", 0)),
         "epoch": int(getattr(meta, "epoch", 0)),
@@ -302,7 +303,7 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
                           size_bytes=len(data), verified=verified, fp16_summary=summary)
     if reduced is not None:
         _add_reduction(result, reduced, out)
-    logger.info("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data), options.precision, found)
+    logger.debug("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data), options.precision, found)
     return result
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from fgdeploy.text import plural
+
 PCK_ALPHA = 0.1
 MAX_LISTED_FLIPS = 20  # in the rendered table; the JSON has them all
 
@@ -246,7 +248,7 @@ def _json_safe(value: Any) -> Any:
 def render_report(report: ParityReport) -> str:
     """The report as plain-text tables."""
     lines = [f"parity: {report.ref} (ref) vs {report.test} (test), {report.precision} thresholds, "
-             f"{report.n_images} images ({report.data})", ""]
+             f"{plural(report.n_images, 'image')} ({report.data})", ""]
     head = ("output", "max_abs", "mean_abs", "p99_abs", "max_rel", "p99_rel", "cosine", "range", "within",
             "min_atol", "min_rtol", "verdict")
     rows = [head] + [(o.name, _g(o.max_abs), _g(o.mean_abs), _g(o.p99_abs), _g(o.max_rel), _g(o.p99_rel),
@@ -261,8 +263,7 @@ def render_report(report: ParityReport) -> str:
         lines.append(f"batch invariance ({b.runner}): {b.note}; max |logit diff| {_g(b.max_abs_logit_diff)}, "
                      f"top-1 changes {b.top1_changes}, keypoint changes {b.keypoint_changes}: {verdict}")
     lines += ["", "checks:"]
-    lines += [f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {_g(c.value, 6)} {c.op} {_g(c.threshold, 6)}"
-              for c in report.checks]
+    lines += [_check_line(c) for c in report.checks]
     if report.divergence is not None:
         d = report.divergence
         where = d.first_stage or "nowhere beyond tolerance (on the rerun images)"
@@ -273,6 +274,15 @@ def render_report(report: ParityReport) -> str:
     lines.append(f"RESULT: {'PASS' if report else 'FAIL'} ({len(report.checks) - failed}/{len(report.checks)} "
                  "checks passed)")
     return "\n".join(lines)
+
+
+def _check_line(check: Check) -> str:
+    """'  PASS  top-1 agreement: 100.00% >= 99.00%' (">=" checks are fractions of images; "==" a yes/no check)."""
+    verdict = "PASS" if check.passed else "FAIL"
+    if check.op == "==":
+        return f"  {verdict}  {check.name}"
+    shown = _pct if check.op == ">=" else (lambda v: _g(v, 6))
+    return f"  {verdict}  {check.name}: {shown(check.value)} {check.op} {shown(check.threshold)}"
 
 
 def _task_lines(task: TaskComparison) -> list[str]:
@@ -292,10 +302,11 @@ def _task_lines(task: TaskComparison) -> list[str]:
         lines.append(f"PCK@{PCK_ALPHA:g}: ref {_pct(task.pck_ref)}, test {_pct(task.pck_test)}, "
                      f"diff {task.pck_diff_points:+.2f} points")
     for f in task.class_flips[:MAX_LISTED_FLIPS]:
-        lines.append(f"  class flip: image {f.index} (id {f.image_id}, label {f.label}): ref {f.ref_class} -> "
+        known = ", ".join(f"{k} {v}" for k, v in (("id", f.image_id), ("label", f.label)) if v is not None)
+        lines.append(f"  class flip: image {f.index}{f' ({known})' if known else ''}: ref {f.ref_class} -> "
                      f"test {f.test_class}; ref margin {f.ref_margin:.4g}, test margin {f.test_margin:.4g}")
     for k in task.keypoint_flips[:MAX_LISTED_FLIPS]:
-        lines.append(f"  keypoint flip: image {k.index} (id {k.image_id}) {k.part}: cell {k.ref_cell} -> "
+        lines.append(f"  keypoint flip: image {k.index}{'' if k.image_id is None else f' (id {k.image_id})'} {k.part}: cell {k.ref_cell} -> "
                      f"{k.test_cell} ({k.cell_distance} cell(s)); ref margin {_g(k.ref_margin)}, "
                      f"test margin {_g(k.test_margin)}{' (near-tie)' if k.near_tie else ''}")
     hidden = sum(max(0, len(f) - MAX_LISTED_FLIPS) for f in (task.class_flips, task.keypoint_flips))

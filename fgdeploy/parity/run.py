@@ -12,6 +12,7 @@ import numpy as np
 
 from fgdeploy.backends.base import Runner
 from fgdeploy.geometry import point_to_cell
+from fgdeploy.text import plural
 from fgdeploy.parity.compare import build_checks, compare_output, compare_tasks
 from fgdeploy.parity.report import (
     BatchInvariance, Divergence, ParityReport, StageDiff, TaskComparison, Thresholds, Tolerance,
@@ -95,7 +96,8 @@ def check_batch_invariance(runner: Runner, source: ImageSource, batch_size: int,
         kp = int(np.any(single[OUTPUT_KEYPOINTS] != batched[OUTPUT_KEYPOINTS], axis=-1).sum())
     passed = bool(logits.passed) and top1 == 0 and kp == 0
     return BatchInvariance(runner.name, full, n, n - full, logits.max_abs, top1, kp, passed,
-                           note=f"{n} images alone vs a batch of {full} and a partial batch of {n - full}")
+                           note=f"{plural(n, 'image')} alone vs a batch of {full}"
+                                + (f" and a partial batch of {n - full}" if n > full else ""))
 
 
 # --- divergence localisation -----------------------------------------------------------------------

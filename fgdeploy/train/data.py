@@ -132,9 +132,12 @@ def make_loader(dataset: Dataset, batches: list[list[ItemKey]], workers: int) ->
     It gets its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG
     each epoch, which would shift the dropout stream of a resumed run by one draw.
     """
+    from fgdeploy.data.torch_dataset import worker_init
+
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_items,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=worker_init if workers > 0 else None)   # one torch thread per worker
 
 
 def build_train_data(root: str | Path, input_size: int, seed: int, val_fraction: float, augment: bool = True,

@@ -54,10 +54,10 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
-        from fgdeploy.errors import ConfigError
+        from fgdeploy.errors import ConfigError, cuda_unavailable
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+            raise ConfigError(cuda_unavailable(name))
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
@@ -97,8 +97,10 @@ def wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Modul
     if not any(p.requires_grad for p in module.parameters()):
         return module
     ids = [device.index] if device.type == "cuda" else None
-    # find_unused_parameters: a stage may compute outputs whose loss is off (e.g. logits in stage 2).
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    # static_graph: each stage (wrapped anew) uses the same parameters every step, so DDP learns in the first step
+    # which ones get no gradient (if any) instead of searching the autograd graph every step, which
+    # find_unused_parameters=True did, warning on every rank that it found none (issue 17).
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, static_graph=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

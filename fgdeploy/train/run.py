@@ -45,9 +45,11 @@ class TrainOptions:
     lr: float | None = None             # every stage's base LR (head LR keeps its ratio)
     device: str | None = None
     resume: bool = False
+    overwrite: bool = False             # replace a run already in ``out`` (else: refused, see check_run_folder)
     pretrained: Path | None = None      # backbone weights, or an fgdeploy checkpoint to start from
     seed: int | None = None
     workers: int | None = None
+    threads: int | None = None          # CPU threads (None: fgdeploy.cpu.default_threads())
     show_progress: bool | None = None   # None = when stderr is a terminal
     synth_classes: int = 20             # generated data set, when data is None
     synth_images_per_class: int = 30
@@ -69,6 +71,12 @@ def run_training(opts: TrainOptions) -> TrainResult:
     """Train as ``fgdeploy train`` does (also under torchrun: rank 0 writes files)."""
     from fgdeploy.train import distributed as D
 
+    from fgdeploy.checkpoint import check_checkpoint_file
+
+    if not opts.resume:
+        check_run_folder(Path(opts.out), opts.overwrite)
+    if opts.pretrained is not None:   # before data generation and training
+        check_checkpoint_file(opts.pretrained, "--pretrained")
     info = D.env_dist_info()
     device = D.resolve_device(opts.device or "auto", info)
     D.init_distributed(device)
@@ -86,6 +94,7 @@ def run_training(opts: TrainOptions) -> TrainResult:
 def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
     import torch
 
+    from fgdeploy.cpu import set_threads
     from fgdeploy.models import create_model
     from fgdeploy.train import distributed as D
     from fgdeploy.train.data import build_train_data
@@ -108,7 +117,9 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
     if opts.workers is not None or opts.device is not None:  # not part of the result: may change on resume
         tcfg = dataclasses.replace(tcfg, **{k: v for k, v in (("workers", opts.workers), ("device", opts.device))
                                             if v is not None})
+    threads = set_threads(opts.threads, tcfg.workers)
     with log_to_file(out / "train.log", info.is_main):
+        log.debug("%d CPU thread(s), %d DataLoader worker(s)", threads, tcfg.workers)
         data = build_train_data(data_root, model_cfg.input_size, tcfg.seed, tcfg.val_fraction, tcfg.augment)
         torch.manual_seed(tcfg.seed)  # same initial weights in every process
         pretrained = opts.pretrained if opts.pretrained is not None and weights is None else None
@@ -131,6 +142,29 @@ def _run(opts: TrainOptions, info: Any, device: Any) -> TrainResult:
     last = state.history[-1] if state.history else {}
     return TrainResult(out_dir=out, state=state, data_root=data_root, last_metrics=last, is_main=info.is_main,
                        model=model)
+
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl")   # what makes a folder hold a (started) training run
+
+
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to train a new run into a folder that holds one (its checkpoints would be replaced), unless
+    ``overwrite``: then its run files are removed now, so nothing of the old run is mixed into the new one.
+
+    Raises:
+        ConfigError: ``out`` holds best.pt, last.pt or metrics.jsonl and ``overwrite`` is False.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; name a folder for the run")
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} already holds a training run ({', '.join(found)}); continue it with --resume, "
+                          "train into a new --out, or pass --overwrite to replace it")
+    for name in (*RUN_FILES, "config.yaml"):
+        (out / name).unlink(missing_ok=True)
+    log.info("--overwrite: removed the previous run's %s from %s", ", ".join(found), out)
 
 
 def _fresh_configs(opts: TrainOptions) -> tuple[Any, Any]:
@@ -253,10 +287,11 @@ def _synth_data(opts: TrainOptions, out: Path, info: Any, seed: int) -> Path:
 
 def _initial_weights(path: Path) -> dict[str, Any] | None:
     """State dict of an fgdeploy checkpoint given as --pretrained, or None for plain backbone weights."""
-    from fgdeploy.checkpoint import read_checkpoint
+    from fgdeploy.checkpoint import check_checkpoint_file, read_checkpoint
 
     if not Path(path).is_file():
         raise ConfigError(f"--pretrained {path}: file not found")
+    check_checkpoint_file(path, "--pretrained")   # a text or ONNX file: say so, not a KeyError from the loader
     try:
         return read_checkpoint(path).state_dict   # read (and hashed) once
     except CheckpointError:   # not an fgdeploy checkpoint: torchvision-format backbone weights

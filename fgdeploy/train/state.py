@@ -146,8 +146,11 @@ def format_record(record: dict[str, Any], improved: bool = False) -> str:
         parts.append(f"kp {record['train_kp_loss']:.4f}")
     if "train_top1" in record:
         parts.append(f"train top1 {100 * record['train_top1']:.1f}%")
-    if "val_top1" in record:
-        parts.append(f"val top1 {100 * record['val_top1']:.1f}%")
+    if "val_top1" in record:   # "–" while the stage does not train the classifier (stages 1-2): top-1 means nothing
+        from fgdeploy.train.stages import STAGES
+
+        trained = STAGES[record["stage"]].classification_loss if record["stage"] in STAGES else True
+        parts.append(f"val top1 {100 * record['val_top1']:.1f}%" if trained else "val top1 –")
     if "val_pck@0.1" in record:
         parts.append(f"val PCK@0.1 {100 * record['val_pck@0.1']:.1f}%")
     parts.append(f"lr {record['lr']:.3g}")

@@ -80,6 +80,8 @@ def test_check_fails_on_an_undecodable_image_naming_its_line(cub_root: Path) -> 
     result = CliRunner().invoke(cli, ["data", "check", str(cub_root)])
     assert result.exit_code == 1
     assert f"{cub_root}/images.txt:2: {target}: not a decodable image" in result.output
+    assert result.output.count("not a decodable image") == 1   # issue 17 #13: not repeated as a last line
+    assert result.output.strip().endswith("NOT usable: 1 error; fix the lines named above and check again")
 
 
 @pytest.mark.parametrize("decode", [True, False])

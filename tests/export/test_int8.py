@@ -281,7 +281,7 @@ def test_export_precision_option_errors_are_usage_errors(ckpt, tmp_path, args, m
 
 
 def test_calibration_images_are_the_infer_pixels(data):
-    from fgdeploy.infer import decode_one
+    from fgdeploy.inference.local import decode_one
 
     images = load_image_set(data, SIZE, 4, "train")
     assert len(images) == 4 and images.labels is not None

@@ -235,3 +235,113 @@ def test_open_runner_knows_trt_and_reports_it_unavailable_here():
 
     assert BACKENDS["trt"][1] == "TrtRunner" and BACKEND_ALIASES["tensorrt"] == "trt"
     assert ("trt" in available_backends()) == (importlib.util.find_spec("tensorrt") is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 17: what a new user met with exported models
+def test_exported_model_file_honours_the_umask(ckpt, tmp_path):
+    """#2: every file fgdeploy wrote was 0600 (mkstemp), so a server running as another user could not read it."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx")])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644
+    assert result.output.count("wrote ") == 1   # #13: not once from the log and once from the command
+
+
+def test_parity_and_infer_say_when_an_export_is_not_from_the_checkpoint(ckpt, tmp_path):
+    """#1: a retrained run made parity fail (top-1 agreement 65 %) without saying why."""
+    import shutil
+
+    from fgdeploy.data.synthetic import generate_synth_birds
+
+    run = tmp_path / "run1"
+    run.mkdir()
+    shutil.copy(ckpt, run / "best.pt")
+    onnx_path = tmp_path / "model.onnx"
+    assert CliRunner().invoke(cli, ["export", str(run), "-o", str(onnx_path)]).exit_code == 0   # #4: a run folder
+    args = ["parity", "--ref", f"torch:{run}", "--test", f"onnx:{onnx_path}", "--n", "2", "--batch", "2"]
+    same = CliRunner().invoke(cli, args)
+    assert same.exit_code == 0 and "was not exported from" not in same.output, same.output
+
+    torch.manual_seed(1)   # retrain: other weights in the same place
+    save_checkpoint(run / "best.pt", create_model(_tiny_config(), len(CLASSES)),
+                    CheckpointMeta.for_config(_tiny_config(), CLASSES, stage=4, epoch=1))
+    other = CliRunner().invoke(cli, args)
+    assert f"{onnx_path} was not exported from {run / 'best.pt'}" in other.output, other.output
+    assert f"fgdeploy export {run / 'best.pt'} -o {onnx_path}" in other.output
+
+    images = generate_synth_birds(tmp_path / "birds", classes=1, images_per_class=1, size=64, seed=0) / "images"
+    infer = CliRunner().invoke(cli, ["infer", str(images), "--model", str(onnx_path), "-o", str(tmp_path / "r.csv")])
+    assert infer.exit_code == 0, infer.output
+    assert f"{onnx_path} was exported from {(run / 'best.pt').resolve()}" in infer.output
+    assert "the run was retrained after the export" in infer.output
+
+
+def test_export_checks_the_output_before_the_work(ckpt, tmp_path, monkeypatch):
+    """#3, #7: -o x.txt exited 0; /proc/x.onnx and notes.txt/x.onnx failed only after the whole export."""
+    import fgdeploy.export.onnx_export as onnx_export
+
+    def never(*args, **kwargs):
+        raise AssertionError("export ran although its output path is unusable")
+
+    monkeypatch.setattr(onnx_export, "export_checkpoint", never)
+    (tmp_path / "notes.txt").write_text("a file")
+    for out, message in [(tmp_path / "x.txt", "name the file .onnx"),
+                         (tmp_path / "x.engine", "give " + str(tmp_path / "x.onnx") + " --engine"),
+                         (tmp_path / "notes.txt" / "x.onnx", f"{tmp_path / 'notes.txt'} is a file"),
+                         (tmp_path / "x", "name the file .onnx")]:
+        result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(out)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1   # #11: usage errors in one line
+        assert not out.exists()
+    if os_can_write_proc():
+        return
+    result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", "/proc/x.onnx"])
+    assert result.exit_code == 2 and "cannot write in /proc" in result.output and ".tmp" not in result.output
+
+
+def os_can_write_proc() -> bool:
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir="/proc"):
+            return True
+    except OSError:
+        return False
+
+
+def test_model_kind_hints_name_the_fix_that_applies(ckpt, fp32_onnx, tmp_path):
+    """#3: an ONNX model given as a checkpoint was told to use the command that had just failed."""
+    from fgdeploy.data.synthetic import generate_synth_birds
+
+    images = generate_synth_birds(tmp_path / "birds", classes=1, images_per_class=1, size=64, seed=0) / "images"
+    renamed = tmp_path / "model.bin"   # an ONNX model under another name: auto picks ONNX Runtime from its bytes
+    renamed.write_bytes(fp32_onnx.read_bytes())
+    ok = CliRunner().invoke(cli, ["infer", str(images), "--model", str(renamed), "-o", str(tmp_path / "a.csv")])
+    assert ok.exit_code == 0 and "on ort-cpu" in ok.output, ok.output
+
+    wrong = CliRunner().invoke(cli, ["infer", str(images), "--model", str(fp32_onnx), "--backend", "torch"])
+    assert wrong.exit_code == 2 and f"{fp32_onnx} is an ONNX model, not a PyTorch checkpoint; pass --backend ort" \
+        in wrong.output, wrong.output
+    parity = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{fp32_onnx}", "--test", f"onnx:{fp32_onnx}"])
+    assert parity.exit_code == 2 and f"give it as onnx:{fp32_onnx}" in parity.output, parity.output
+    backwards = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"onnx:{ckpt}"])
+    assert backwards.exit_code == 2 and f"give it as torch:{ckpt}" in backwards.output
+    export = CliRunner().invoke(cli, ["export", str(fp32_onnx), "-o", str(tmp_path / "again.onnx")])
+    assert export.exit_code == 2 and "export takes the checkpoint" in export.output
+    assert "run those with `fgdeploy infer" not in wrong.output + parity.output + export.output
+
+
+def test_missing_inputs_exit_2_on_every_command(tmp_path):
+    """#11: a missing input file was exit 2 in eval/infer/bench, 1 in export/parity."""
+    missing = str(tmp_path / "nope.pt")
+    for args in (["export", missing, "-o", str(tmp_path / "m.onnx")], ["eval", missing],
+                 ["parity", "--ref", f"torch:{missing}", "--test", f"onnx:{missing}"],
+                 ["infer", str(tmp_path), "--model", missing], ["bench", "--model", missing]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and "nope.pt" in result.output and "does not exist" in result.output, args

@@ -53,6 +53,7 @@ def test_ddp_two_cpu_processes_train_and_only_rank0_writes(tiny_data, tmp_path):
            str(script), str(spy), str(cfg), str(tiny_data), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "find_unused_parameters=True was specified" not in proc.stderr   # issue 17 #16: no DDP warning noise
 
     assert not (spy / "writes_rank1.txt").exists(), (spy / "writes_rank1.txt").read_text()
     written = set((spy / "writes_rank0.txt").read_text().split())

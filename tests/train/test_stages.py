@@ -134,3 +134,13 @@ def test_warmup_cosine_schedule_shape():
     values = [f(s) for s in range(2, 11)]
     assert all(a >= b for a, b in zip(values, values[1:])) and f(10) == pytest.approx(0.0)
     assert WarmupCosine(total=5, schedule="constant")(4) == 1.0
+
+
+def test_epoch_line_shows_no_top1_while_the_classifier_is_not_trained():
+    """Issue 17 #16: stages 1-2 logged "val top1 5 %" for an untrained classifier."""
+    from fgdeploy.train.state import format_record
+
+    record = {"stage": 2, "epoch": 1, "epochs": 1, "train_loss": 0.5, "val_top1": 0.05, "lr": 0.1,
+              "images_per_s": 10.0, "seconds": 1.0}
+    assert "val top1 –" in format_record(record) and "5.0%" not in format_record(record)
+    assert "val top1 5.0%" in format_record({**record, "stage": 3})

@@ -142,6 +142,33 @@ def test_train_cli_writes_run_folder_and_eval_cli_reports(tiny_data, tmp_path):
     assert 0 < accuracy[0] < 1 and accuracy[0] + accuracy[1] == pytest.approx(1.0)
 
 
+def test_train_cli_refuses_to_overwrite_a_run_unless_asked(tiny_data, tmp_path):
+    """Issue 17 #1: a second `train --out RUN` without --resume used to replace best.pt, last.pt, metrics.jsonl."""
+    from fgdeploy.config import dataclass_to_dict
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(dataclass_to_dict(tiny_model_config())))
+    out = tmp_path / "run"
+    args = ["-q", "train", "--config", str(cfg_path), "--data", str(tiny_data), "--out", str(out), "--stage", "3",
+            "--epochs", "1", "--batch", "4"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl")}
+
+    res = CliRunner().invoke(cli, [*args, "--seed", "5"])
+    assert res.exit_code == 1, res.output
+    assert f"{out} already holds a training run (best.pt, last.pt, metrics.jsonl)" in res.output
+    assert "--resume" in res.output and "new --out" in res.output and "--overwrite" in res.output
+    assert {name: (out / name).read_bytes() for name in before} == before     # nothing replaced
+
+    res = CliRunner().invoke(cli, [*args, "--resume", "--overwrite"])
+    assert res.exit_code == 2 and "give one of them" in res.output
+
+    res = CliRunner().invoke(cli, [*args, "--seed", "5", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (out / "best.pt").read_bytes() != before["best.pt"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["seed"] == 5
+
+
 @pytest.mark.parametrize("has_last", [True, False])
 def test_train_cli_ctrl_c_says_how_to_go_on_and_exits_130(tmp_path, monkeypatch, has_last):
     import fgdeploy.train.run as run

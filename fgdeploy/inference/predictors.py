@@ -1,4 +1,4 @@
-"""Predictors: what runs a batch of resized uint8 images for ``fgdeploy.infer``, and opening a model as one.
+"""Predictors: what runs a batch of resized uint8 images for ``fgdeploy.inference.local``, and opening a model as one.
 
 ``open_predictor`` picks the backend from the model file (checkpoint -> the torch fast path, .onnx ->
 ONNX Runtime, .engine -> TensorRT) and returns a ``LoadedModel``: the predictor plus the class names,
@@ -92,11 +92,20 @@ class LoadedModel:
     class_names: list[str]
     part_names: list[str]
     visibility_threshold: float = 0.5   # keypoint score below which a part counts as not visible
+    recorded: dict[str, Any] | None = None   # an export's metadata (source checkpoint, ...); None for torch
 
 
 def resolve_backend(model: str | Path, backend: str = "auto") -> str:
-    """The backend for ``model``: ``backend`` unless "auto", else from the suffix (.onnx -> ort, .engine -> trt)."""
-    return BACKEND_BY_SUFFIX.get(Path(model).suffix.lower(), "torch") if backend == "auto" else backend
+    """The backend for ``model``: ``backend`` unless "auto", else from the suffix (.onnx -> ort, .engine -> trt),
+    and for another suffix from the file's first bytes (an ONNX model named model.bin -> ort); else torch."""
+    from fgdeploy.checkpoint import sniff_model_kind
+
+    if backend != "auto":
+        return backend
+    suffix = Path(model).suffix.lower()
+    if suffix in BACKEND_BY_SUFFIX:
+        return BACKEND_BY_SUFFIX[suffix]
+    return "ort" if suffix not in (".pt", ".pth") and sniff_model_kind(model) == "ort" else "torch"
 
 
 def resolve_device(backend: str, device: str = "auto") -> str:
@@ -123,7 +132,7 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         device: "auto", "cpu", "cuda" or "cuda:K".
         fp16: torch: run in half precision; ort/trt: the artifact must be an fp16 export.
         batch: the run's batch size (the torch fast path pads to it when compiled or graphed; None: no padding).
-        fast: ``fgdeploy.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
+        fast: ``fgdeploy.inference.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
         threads: CPU threads for ONNX Runtime (None: its default).
     """
     kind = resolve_backend(model, backend)
@@ -132,7 +141,7 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         from dataclasses import replace
 
         from fgdeploy.checkpoint import load_checkpoint
-        from fgdeploy.fastpath import FastPathOptions, TorchFastPredictor
+        from fgdeploy.inference.fastpath import FastPathOptions, TorchFastPredictor
 
         net, meta = load_checkpoint(model)
         options = replace(fast or FastPathOptions(), fp16=fp16)
@@ -149,4 +158,4 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         recorded = runner.metadata()
         threshold = (recorded.get("model_config") or {}).get("visibility_threshold", 0.5)
         yield LoadedModel(RunnerPredictor(runner), runner.name, list(recorded.get("class_names") or []),
-                          list(recorded.get("part_names") or []), float(threshold))
+                          list(recorded.get("part_names") or []), float(threshold), dict(recorded))

@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.errors import FgdeployError, ImageError
-from fgdeploy.infer_results import (
+from fgdeploy.inference.results import (
     Journal, ResultWriter, check_same_run, errors_path_for, journal_path_for, key_of, read_errors, read_results,
     read_run_record, render_outputs, run_record_path,
 )
-from fgdeploy.predictors import Predictor, default_workers
+from fgdeploy.inference.predictors import Predictor, default_workers
 from fgdeploy.tensors import PART_NAMES
+from fgdeploy.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +226,11 @@ class InferReport:
 
     def summary_lines(self, max_errors: int = 10) -> list[str]:
         scored_here = self.skipped + self.attempted - len(self.errors)   # of the images given to this run
-        lines = [f"scored {scored_here}/{self.total} images ({self.skipped} from a previous run), "
+        lines = [f"scored {scored_here}/{plural(self.total, 'image')} ({self.skipped} from a previous run), "
                  f"failed {len(self.errors)}; {self.attempted} this run in {self.seconds:.1f} s "
                  f"= {self.images_per_s:.1f} img/s",
-                 f"results: {self.out} ({self.scored} images)", f"errors:  {self.errors_file} ({self.failed} images)"]
+                 f"results: {self.out} ({plural(self.scored, 'image')})",
+                 f"errors:  {self.errors_file} ({plural(self.failed, 'image')})"]
         lines += [f"images with keypoints: {self.vis_dir}"] if self.vis_dir else []
         lines += [f"  {p}: {r}" for p, r in self.errors[:max_errors]]
         lines += [f"  ... and {len(self.errors) - max_errors} more"] if len(self.errors) > max_errors else []

@@ -371,16 +371,21 @@ class ResultWriter:
             self.on_progress(len(items))
 
 
+VIS_MIN_SIDE = 480   # --save-vis draws smaller images enlarged to this long side, so labels and legend fit
+
+
 def save_visualisations(items: Sequence[Any], records: Sequence[dict[str, Any]], folder: Path,
                         visibility_threshold: float = 0.5) -> None:
     """Draw keypoints (hollow when the score is below the model's visibility threshold), part names and the
     top-1 class; write ``folder/<name>.png``."""
-    from fgdeploy.visualize import draw_caption, draw_keypoints, save_image
+    from fgdeploy.visualize import draw_caption, draw_keypoints, enlarge_for_display, legend, save_image, text_scale
 
     for item, rec in zip(items, records):
         kps = np.array([[k["x"], k["y"]] for k in rec["keypoints"]], dtype=np.float64)
         hollow = np.array([k["score"] < visibility_threshold for k in rec["keypoints"]])
-        canvas = draw_keypoints(item.original, kps, part_names=[k["part"] for k in rec["keypoints"]],
-                                labels=True, hollow=hollow)
+        names = [k["part"] for k in rec["keypoints"]]
+        image, kps = enlarge_for_display(item.original, kps, VIS_MIN_SIDE)
+        canvas = draw_keypoints(image, kps, part_names=names, labels=True, hollow=hollow)
         canvas = draw_caption(canvas, f"{rec['top'][0]['class']}  p={rec['top'][0]['prob']:.2f}")
+        canvas = np.concatenate([canvas, legend(canvas.shape[1], names, text_scale(image.shape))])
         save_image(folder / f"{Path(item.path).stem}_{zlib.crc32(item.path.encode()):08x}.png", canvas)

@@ -6,7 +6,7 @@ model's outputs. Every option is a flag, so each can be measured on its own (``b
 The CoordinateTransfer custom op has a fake (meta) kernel and a vectorised torch implementation, so
 ``torch.compile(fullgraph=True)`` traces the whole model without a graph break.
 
-``TorchFastPredictor`` puts that callable behind ``fgdeploy.infer``'s predictor interface: batches
+``TorchFastPredictor`` puts that callable behind ``fgdeploy.inference.local``'s predictor interface: batches
 travel to the GPU as pinned uint8 (4x fewer bytes than float32) and are padded to one shape when a
 compiled or graphed callable would otherwise recompile or recapture for the last partial batch.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fgdeploy.errors import ConfigError
+from fgdeploy.errors import ConfigError, cuda_unavailable
 from fgdeploy.tensors import MODEL_OUTPUTS, OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_LOGITS
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def build_inference_fn(model: nn.Module, device: str | torch.device, fp16: bool 
     if mode not in COMPILE_MODES:
         raise ConfigError(f"compile mode {mode!r} is not one of {list(COMPILE_MODES)}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} requested but CUDA is not available here; use device 'cpu'")
+        raise ConfigError(cuda_unavailable(str(device)))
     if cuda_graphs and device.type != "cuda":
         raise ConfigError("cuda_graphs needs a CUDA device; drop --cuda-graphs or use --device cuda")
     dtype = torch.float16 if fp16 else torch.float32
@@ -410,7 +410,7 @@ class _OnDevice:
 
 
 class TorchFastPredictor:
-    """``fgdeploy.infer`` predictor over ``optimize_for_inference``: uint8 batches, converted on the device.
+    """``fgdeploy.inference.local`` predictor over ``optimize_for_inference``: uint8 batches, converted on the device.
 
     On CUDA, ``prepare`` (the assembler thread) fills a pinned uint8 buffer and starts its copy to
     the GPU on a side stream, so the copy of batch i+1 overlaps the compute of batch i; ``predict``
@@ -440,7 +440,7 @@ class TorchFastPredictor:
                 pad_input=options.pad_input, conv_relu=options.conv_relu)
         self.fn = fn
         self.pad_to = batch if (options.compile_mode != "none" or options.cuda_graphs) else None
-        self.on_gpu = self.device.type == "cuda"   # fgdeploy.predictors.default_workers: decode on every core
+        self.on_gpu = self.device.type == "cuda"   # fgdeploy.inference.predictors.default_workers: decode on every core
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def prepare(self, images: Sequence[np.ndarray]) -> Tensor | _OnDevice:
@@ -466,7 +466,7 @@ class TorchFastPredictor:
 
     def launch(self, prepared: Tensor | _OnDevice, count: int) -> Any:
         """Start the model on a prepared batch; on CUDA returns at once (outputs copied to pinned host
-        memory asynchronously), so ``fgdeploy.infer`` can queue batch i+1 before it waits for batch i."""
+        memory asynchronously), so ``fgdeploy.inference.local`` can queue batch i+1 before it waits for batch i."""
         if isinstance(prepared, _OnDevice):
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(prepared.ready)
