@@ -1,12 +1,12 @@
-"""The end-to-end demo: synth-birds -> train -> eval -> export (fp32, fp16) -> infer -> parity -> bench.
+"""The end-to-end demo: synth-birds -> train -> eval -> export (fp32, fp16, int8) -> infer -> parity -> bench.
 
 Runs on a fresh CPU-only machine with no data. Every step records its result in
 ``OUT/demo_state.json``, together with the settings that determine the results (every ``DemoOptions``
 field but ``out`` and ``device``, plus the config file's sha256). A rerun with the same settings skips
 steps whose result and files are there (training that was interrupted continues from ``last.pt``), so a
 killed demo picks up where it stopped; a rerun with other settings is refused. Delete the folder to start
-over. ``summary_table`` renders one table: accuracy, PCK, parity verdicts and
-throughput per backend.
+over. ``summary_table`` renders one table: accuracy, PCK, the INT8 guard, parity verdicts and
+throughput per backend and precision.
 """
 
 from __future__ import annotations
@@ -229,7 +229,32 @@ def _step_export(out: Path) -> dict[str, Any]:
         if not path.is_file():
             export_checkpoint(_checkpoint(out), path, ExportOptions(fp16=fp16))
         files[name] = str(path)
-    return {"onnx": files, "files": list(files.values())}
+    int8 = _export_int8(out, files)
+    return {"onnx": files, "int8": int8, "files": list(files.values())}
+
+
+def _export_int8(out: Path, files: dict[str, str]) -> dict[str, Any]:
+    """model_int8.onnx from model.onnx (no re-trace): calibrated on the train split, guarded on the test split
+    (default thresholds). Skipped, with the reason, when the train split is too small to calibrate on."""
+    from fgdeploy.data.cub import CubDataset
+    from fgdeploy.export.calibration import MIN_CALIBRATION_IMAGES
+    from fgdeploy.export.onnx_export import ExportOptions, reduce_exported
+    from fgdeploy.export.precision import CalibrationOptions, GuardOptions
+    from fgdeploy.fileio import atomic_write_json
+
+    data = out / "synth-birds"
+    train = len(CubDataset(data, "train", validate=False))
+    if train < MIN_CALIBRATION_IMAGES:
+        return {"skipped": f"{train} train images, INT8 calibration needs {MIN_CALIBRATION_IMAGES}"}
+    path = out / "model_int8.onnx"
+    record = out / "model_int8.export.json"
+    if not (path.is_file() and record.is_file()):
+        result = reduce_exported(out / "model.onnx", path, ExportOptions(
+            int8=True, calibration=CalibrationOptions(data), guard=GuardOptions()))
+        atomic_write_json(record, {"guard_passed": result.guard_passed, "guard_kept": result.guard_kept,
+                                   "guard_report": str(result.guard_report), "nodes": result.precision_summary})
+    files["model_int8.onnx"] = str(path)
+    return json.loads(record.read_text(encoding="utf-8"))
 
 
 def _test_image_list(out: Path) -> Path:
@@ -264,6 +289,11 @@ def _step_infer(out: Path, batch: int) -> dict[str, Any]:
             "files": [str(results)]}
 
 
+def _onnx_models(out: Path) -> list[str]:
+    """The ONNX files the export step wrote (fp32, fp16 and, unless skipped, int8), by file name."""
+    return [n for n in ("model.onnx", "model_fp16.onnx", "model_int8.onnx") if (out / n).is_file()]
+
+
 def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
     from fgdeploy.backends import open_runner
     from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
@@ -271,7 +301,7 @@ def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
     ckpt = _checkpoint(out)
     ref = lambda debug: open_runner("torch", str(ckpt), debug=debug)  # noqa: E731
     verdicts = []
-    for name in ("model.onnx", "model_fp16.onnx"):
+    for name in _onnx_models(out):
         test = lambda debug, n=name: open_runner("ort", str(out / n), debug=debug)  # noqa: E731
         with test(False) as runner:
             size = int(runner.metadata().get("input_size") or runner.input_specs()["images"].shape[-1])
@@ -290,7 +320,7 @@ def _step_bench(out: Path, batch: int, iters: int) -> dict[str, Any]:
 
     rows = []
     listing = _test_image_list(out)
-    for model in (_checkpoint(out), out / "model.onnx", out / "model_fp16.onnx"):
+    for model in [_checkpoint(out)] + [out / name for name in _onnx_models(out)]:
         from fgdeploy.inference.predictors import open_predictor
 
         with open_predictor(model, "auto", device="cpu", batch=None) as loaded:
@@ -322,6 +352,13 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
         rows.append((f"top-1 accuracy (torch, {e['images']} test images)", f"{100 * e['top1']:.1f} %"))
         rows.append(("mean per-class accuracy", f"{100 * e['mean_class_acc']:.1f} %"))
         rows += [(f"PCK@{alpha} (mean over parts)", f"{100 * v:.1f} %") for alpha, v in e["pck"].items()]
+    int8 = s.get("export", {}).get("int8")
+    if int8 and int8.get("skipped"):
+        rows.append(("export int8", f"skipped: {int8['skipped']}"))
+    elif int8:
+        kept = ", ".join(int8.get("guard_kept") or []) or "none"
+        verdict = "PASS" if int8.get("guard_passed") else "not run" if int8.get("guard_passed") is None else "FAIL"
+        rows.append(("int8 guard (vs fp32, test split)", f"{verdict}; convs kept float by the guard: {kept}"))
     if "infer" in s:
         i = s["infer"]
         rows.append((f"fgdeploy infer ({i['backend']})", f"{i['scored']} scored, {i['failed']} failed"))

@@ -74,11 +74,15 @@ def test_demo_quick_runs_every_step_then_resumes_without_redoing_them(tmp_path):
     table = first.output[first.output.index("item "):]
     for row in ("top-1 accuracy", "PCK@0.1", "parity torch-cpu-fp32 vs ort-cpu-fp32   PASS",
                 "parity torch-cpu-fp32 vs ort-cpu-fp16   PASS", "throughput torch-cpu-fp32-eager",
-                "throughput ort-cpu-fp32", "throughput ort-cpu-fp16", "12 scored, 0 failed"):
+                "throughput ort-cpu-fp32", "throughput ort-cpu-fp16", "12 scored, 0 failed",
+                "parity torch-cpu-fp32 vs ort-cpu-int8   PASS", "throughput ort-cpu-int8"):
         assert row in table, row
+    guard_row = next(line for line in table.splitlines() if line.startswith("int8 guard (vs fp32, test split)"))
+    assert "PASS; convs kept float by the guard:" in guard_row
     state = json.loads((out / "demo_state.json").read_text())
     assert set(state["steps"]) == set(STEPS) and state["settings"]["quick"] is True
     assert (out / "model.onnx").is_file() and (out / "model_fp16.onnx").is_file()
+    assert (out / "model_int8.onnx").is_file() and (out / "model_int8.guard.json").is_file()
     assert len((out / "infer" / "results.csv").read_text().splitlines()) == 1 + 12
     assert len(list((out / "infer" / "vis").glob("*.png"))) == 4 and "pictures (infer --save-vis)" in table
     assert "time per step" in table and "train " in table.split("time per step")[1]

@@ -33,9 +33,10 @@ def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str
       data    generate synth-birds (CUB-200-2011 layout)       OUT/synth-birds
       train   the 4-stage schedule with the demo config          OUT/train/best.pt
       eval    top-1 and PCK on the test split                    OUT/eval/eval.json
-      export  ONNX fp32 and fp16                                 OUT/model.onnx, OUT/model_fp16.onnx
+      export  ONNX fp32, fp16 and guarded int8                   OUT/model.onnx, OUT/model_fp16.onnx,
+                                                                 OUT/model_int8.onnx (+ .guard.json/.txt)
       infer   `fgdeploy infer` over the test images (ONNX Runtime) OUT/infer/results.csv
-      parity  torch vs ONNX fp32 and fp16                        OUT/parity/*.json
+      parity  torch vs ONNX fp32, fp16 and int8                  OUT/parity/*.json
       bench   model-only and end-to-end throughput per backend   OUT/bench.json
 
     Exit code 0 when every parity check passed, 1 otherwise.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,11 +41,39 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
 @click.option("--opset", type=click.IntRange(18, 21), default=18, show_default=True,
               help="Default-domain ONNX opset (18..21).")
 @click.option("--heatmaps", is_flag=True, help="Also output the (N, P, Hh, Wh) heatmap logits.")
+@click.option("--int8", is_flag=True,
+              help="Static INT8 (QDQ, per-channel weights) with ONNX Runtime's quantizer; needs --calib. Trunk convs "
+                   "int8; heatmap head, decode, CoordinateTransfer, pooling and logits float.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="--int8: calibration images, decoded like `fgdeploy infer`: a CUB-format dataset (its train "
+                   "split) or a folder of images.")
+@click.option("--calib-images", type=click.IntRange(min=8), default=64, show_default=True,
+              help="--int8: calibration images used (spread over --calib).")
+@click.option("--int8-target", type=click.Choice(["cpu", "tensorrt"]), default=None,
+              help="--int8: cpu = uint8 activations (fastest ONNX Runtime CPU path on AVX2); tensorrt = signed "
+                   "symmetric int8 (what TensorRT's explicit quantization takes). Default: cpu, tensorrt with --engine.")
+@click.option("--guard", type=click.Path(path_type=Path), default=None,
+              help="Held-out images (CUB-format dataset: its test split, with accuracy; or a folder) to check the "
+                   "reduced model's task metrics against fp32 and keep float the nodes that miss them. Default "
+                   "with --int8: the --calib dataset's test split. With --fp16: task-driven fp16 (everything fp16, "
+                   "fp32 only where the metrics need it) instead of the fixed policy.")
+@click.option("--no-guard", is_flag=True, help="--int8: skip the guard (no task-metric check).")
+@click.option("--guard-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Guard images used (spread over the split or folder).")
+@click.option("--min-top1-agree", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Guard: fraction of images with the fp32 model's top-1 class.")
+@click.option("--min-kp-agree", type=click.FloatRange(0, 1), default=0.98, show_default=True,
+              help="Guard: fraction of keypoints in the fp32 model's heatmap cell (parity's near-ties allowed).")
+@click.option("--max-acc-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Guard: largest accuracy drop from fp32, in points (needs a labelled CUB-format --guard).")
 @click.option("--engine", is_flag=True,
               help="Also build a TensorRT engine (OUT with .engine, plus a .json sidecar) with the fgdeploy plugin; "
                    "needs TensorRT and a GPU.")
 def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int, opset: int,
-            heatmaps: bool, engine: bool) -> None:
+            heatmaps: bool, int8: bool, calib: Path | None, calib_images: int, int8_target: str | None,
+            guard: Path | None, no_guard: bool,
+            guard_images: int, min_top1_agree: float, min_kp_agree: float, max_acc_drop: float,
+            engine: bool) -> None:
     """Export CHECKPOINT (written by fgdeploy train; a run folder means its best.pt) to ONNX for ONNX Runtime
     and TensorRT."""
     from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
@@ -54,8 +83,23 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
                                                         "(runs/NAME/best.pt or the run folder)")
     if engine and (reason := unwritable_reason(out.with_suffix(".engine"))):
         raise click.UsageError(f"--engine: {reason}; choose another -o")
+    if int8 and fp16:
+        raise click.UsageError("--int8 and --fp16 exclude each other: export one precision per file")
+    if int8_target is not None and not int8:
+        raise click.UsageError("--int8-target is for --int8 exports")
+    guard_options = _guard_options(int8, fp16, calib, calib_images, guard, no_guard, guard_images,
+                                   (min_top1_agree, min_kp_agree, max_acc_drop))
+    calibration = None
+    if calib is not None:
+        from fgdeploy.export.int8 import Int8Settings
+        from fgdeploy.export.precision import CalibrationOptions
 
-    options = ExportOptions(fp16=fp16, batch=batch, max_batch=max_batch, opset=opset, heatmaps=heatmaps)
+        if engine and int8_target == "cpu":
+            raise click.UsageError("--engine needs --int8-target tensorrt (TensorRT takes only symmetric signed INT8)")
+        target = int8_target or ("tensorrt" if engine else "cpu")
+        calibration = CalibrationOptions(calib, calib_images, Int8Settings.for_target(target))
+    options = ExportOptions(fp16=fp16, int8=int8, calibration=calibration, guard=guard_options, batch=batch,
+                            max_batch=max_batch, opset=opset, heatmaps=heatmaps)
     result = export_checkpoint(checkpoint, out, options)
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, sha256 {result.sha256[:16]})")
     click.echo(f"  precision {result.precision}, batch {result.batch}, opset {result.opset}, "
@@ -66,8 +110,45 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
         fp16_convs = result.fp16_summary["fp16_nodes"].get("Conv", 0)
         fp32_convs = result.fp16_summary["fp32_nodes"].get("Conv", 0)
         click.echo(f"  fp16: {fp16_convs} convs fp16, {fp32_convs} kept fp32, {result.fp16_summary['casts']} casts")
+    if result.precision_summary.get("nodes"):
+        nodes = result.precision_summary["nodes"]
+        click.echo(f"  int8: {nodes.get('Conv int8', 0)} convs int8, {nodes.get('Conv float', 0)} float; calibrated "
+                   f"on {result.precision_summary['calibration']}")
+    if result.precision_summary.get("fp32_compute_nodes") is not None:
+        fp32_nodes = result.precision_summary["fp32_compute_nodes"]
+        click.echo(f"  fp16 (task-driven): fp32 compute nodes {fp32_nodes or 'none'}")
+    if result.guard_report is not None:
+        kept = ", ".join(result.guard_kept) or "none"
+        click.echo(f"  guard: {'PASS' if result.guard_passed else 'FAIL'}; kept float by the guard: {kept}; "
+                   f"report {result.guard_report} (table: {result.guard_report.with_suffix('.txt')})")
+    elif int8 and not no_guard:
+        click.echo("  guard: not run (no held-out images: --calib is not a CUB-format dataset; pass --guard DIR)")
     if engine:
         _build_engine(Path(result.path), batch or max_batch)
+
+
+def _guard_options(int8: bool, fp16: bool, calib: Path | None, calib_images: int, guard: Path | None,
+                   no_guard: bool, guard_images: int, thresholds: tuple[float, float, float]) -> Any:
+    """The guard's options, or None (no --int8 guard / fixed-policy fp16); usage errors exit 2."""
+    from fgdeploy.export.guard import GuardThresholds
+    from fgdeploy.export.precision import GuardOptions
+
+    if calib is not None and not int8:
+        raise click.UsageError("--calib is for --int8 exports")
+    if no_guard and guard is not None:
+        raise click.UsageError("--guard and --no-guard exclude each other")
+    if int8 and calib is None:
+        raise click.UsageError("--int8 needs calibration images: add --calib DIR (a CUB-format dataset or a folder)")
+    for name, path in (("--calib", calib), ("--guard", guard)):
+        if path is not None and not path.is_dir():
+            raise click.BadParameter(f"{path}: not a folder; give a CUB-format dataset or a folder of images",
+                                     param_hint=name)
+    if (int8 and not no_guard) or (fp16 and guard is not None):
+        top1, kp, acc = thresholds
+        return GuardOptions(guard, guard_images, GuardThresholds(top1, kp, acc))
+    if guard is not None:
+        raise click.UsageError("--guard checks a reduced precision: use it with --int8 or --fp16")
+    return None
 
 
 def _build_engine(onnx_path: Path, max_batch: int) -> None:

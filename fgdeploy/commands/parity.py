@@ -36,7 +36,8 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--test", "test_spec", required=True, callback=_parse_spec,
               help="Runner under test KIND:PATH, e.g. onnx:model.onnx or trt:model.engine.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="CUB-format dataset (adds accuracy and PCK). Default: random images.")
+              help="CUB-format dataset (adds accuracy and PCK). Default: random images; for an INT8 --test, "
+                   "the dataset it was calibrated on, if it still exists.")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True,
               help="With --data: the dataset split the images are taken from.")
 @click.option("--n", "count", type=click.IntRange(min=1), default=None,
@@ -66,6 +67,8 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
     notes = _provenance_notes(ref_spec, ref_signature[2], test_spec, test_signature[2])
     for note in notes:
         click.echo(f"warning: {note}", err=True)
+    if data is None:
+        data = _calibration_dataset(test_signature[2])
     source = (DatasetImages(data, split, size, count or 500) if data is not None
               else RandomImages(count or 32, size, seed))
     if data is not None and classes and list(source.class_names) != classes:
@@ -91,6 +94,19 @@ def _signature(make: Any) -> tuple[int, list[str], dict[str, Any]]:
         spec = image_input_spec(runner)
         meta = runner.metadata()
         return int(meta.get("input_size") or spec.shape[-1]), list(meta.get("class_names") or []), dict(meta)
+
+
+def _calibration_dataset(meta: dict[str, Any]) -> Path | None:
+    """An INT8 model's calibration dataset when it is a CUB-format dataset that still exists (random noise says
+    little about a model whose activation ranges were calibrated on photos); None otherwise."""
+    from fgdeploy.export.calibration import is_cub_dataset
+
+    source = (meta.get("quantization") or {}).get("source") if meta.get("precision") == "int8" else None
+    if not source or not Path(source).is_dir() or not is_cub_dataset(source):
+        return None
+    click.echo(f"int8 model calibrated on {source}: comparing on its test split (--data chooses other images)",
+               err=True)
+    return Path(source)
 
 
 def _provenance_notes(ref_spec: tuple[str, str], ref_meta: dict[str, Any], test_spec: tuple[str, str],

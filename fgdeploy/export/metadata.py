@@ -14,8 +14,12 @@ ONNX tool shows it and ``decode_metadata`` gets the Python values back. Keys wri
 ``input_range``        [0.0, 1.0]: RGB / 255, no mean/std (``normalisation`` is inside the graph)
 ``normalisation``      {"mean": [...], "std": [...], "applied": "in_graph"}
 ``heatmap_size``       [Hh, Wh] of the keypoint score maps
-``precision``          "fp32" or "fp16"
-``fp32_kept``          list[str]: what an fp16 export keeps in fp32 (empty for fp32)
+``precision``          "fp32", "fp16" or "int8"
+``fp32_kept``          list[str]: what an fp16/int8 export keeps in float, and why (empty for fp32)
+``quantization``       int8 only: dict, QDQ format, target, activation/weight types, calibration set
+``float_kept_nodes``   int8 and guarded fp16: {"policy": [node names], "guard": [node names]}
+``precision_guard``    int8 and guarded fp16: the guard's verdict, data, thresholds, kept nodes (or null)
+``fp16_policy``        guarded fp16 only: "task-driven (...)"
 ``batch``              "dynamic" or the fixed batch size (int)
 ``max_batch``          largest batch the export was checked with
 ``outputs``            list[str] of output names in order

@@ -26,6 +26,7 @@ from fgdeploy import __version__
 from fgdeploy.errors import ConfigError, ExportError
 from fgdeploy.export.debug_outputs import coordinate_transfer_nodes
 from fgdeploy.export.metadata import METADATA_FORMAT, encode_metadata
+from fgdeploy.export.precision import CalibrationOptions, GuardOptions
 from fgdeploy.tensors import (
     INPUT_IMAGES, MODEL_OUTPUTS, OP_DOMAIN, OP_NAME, OP_VERSION, OUTPUT_HEATMAPS, OUTPUT_KEYPOINTS,
     OUTPUT_LOGITS, OUTPUT_PART_BOXES, PLUGIN_NAMESPACE,
@@ -47,7 +48,10 @@ IR_VERSION = 10         # ONNX 1.16: what TensorRT 10.x parsers read (tensorrt.m
 class ExportOptions:
     """What ``export_onnx`` produces."""
 
-    fp16: bool = False                 # mixed fp16 (policy in fgdeploy.export.fp16)
+    fp16: bool = False                 # mixed fp16 (fixed policy in fgdeploy.export.fp16; with guard: task-driven)
+    int8: bool = False                 # static INT8, QDQ (fgdeploy.export.int8); needs calibration
+    calibration: CalibrationOptions | None = None  # INT8 calibration images
+    guard: GuardOptions | None = None  # task-metric guard of int8 / fp16 (fgdeploy.export.guard)
     batch: int | None = None           # fixed batch size; None = dynamic batch 1..max_batch
     max_batch: int = 64                # upper bound of the dynamic batch dimension
     opset: int = DEFAULT_OPSET         # default-domain opset
@@ -61,6 +65,19 @@ class ExportOptions:
             raise ConfigError(f"--batch must be a positive int or 'dynamic', got {self.batch}")
         if self.max_batch < 2:
             raise ConfigError(f"max_batch must be >= 2, got {self.max_batch}")
+        if self.int8 and self.fp16:
+            raise ConfigError("--int8 and --fp16 exclude each other: export one precision per file")
+        if self.int8 and self.calibration is None:
+            raise ConfigError("--int8 needs calibration images: add --calib DIR (a CUB-format dataset or a folder)")
+        if self.calibration is not None and not self.int8:
+            raise ConfigError("--calib is for --int8 exports")
+        if self.guard is not None and not (self.int8 or self.fp16):
+            raise ConfigError("--guard checks a reduced precision: use it with --int8 or --fp16")
+
+    @property
+    def precision(self) -> str:
+        """"int8", "fp16" or "fp32"."""
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
 
 
 @dataclass
@@ -77,6 +94,10 @@ class ExportResult:
     size_bytes: int
     verified: dict[str, float] = field(default_factory=dict)  # "batch N max |logit diff|" -> value
     fp16_summary: dict[str, Any] = field(default_factory=dict)
+    precision_summary: dict[str, Any] = field(default_factory=dict)  # int8 / guarded fp16: node counts
+    guard_report: Path | None = None   # OUT.guard.json (a table beside it: OUT.guard.txt)
+    guard_passed: bool | None = None
+    guard_kept: list[str] = field(default_factory=list)  # nodes the guard kept float
 
 
 def _wrap(model: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module:
@@ -197,7 +218,7 @@ def check_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def build_metadata(meta: Any, model: torch.nn.Module, options: ExportOptions, outputs: Sequence[str],
-                   fp32_kept: Sequence[str], source: Path | None) -> dict[str, Any]:
+                   fp32_kept: Sequence[str], source: Path | None, precision: str | None = None) -> dict[str, Any]:
     """``metadata_props`` values (see ``fgdeploy.export.metadata`` for the keys)."""
     hh, wh = tuple(getattr(model, "heatmap_size"))
     return {
@@ -211,7 +232,7 @@ def build_metadata(meta: Any, model: torch.nn.Module, options: ExportOptions, ou
         "input_range": [0.0, 1.0],
         "normalisation": {"mean": list(meta.mean), "std": list(meta.std), "applied": "in_graph"},
         "heatmap_size": [int(hh), int(wh)],
-        "precision": "fp16" if options.fp16 else "fp32",
+        "precision": precision or options.precision,
         "fp32_kept": list(fp32_kept),
         "batch": "dynamic" if options.batch is None else int(options.batch),
         "max_batch": int(options.max_batch if options.batch is None else options.batch),
@@ -242,12 +263,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
 def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: ExportOptions,
                  source: Path | None = None) -> ExportResult:
     """Export a loaded model with its ``CheckpointMeta``; see the module docstring for the steps."""
-    from onnx import helper
-
     from fgdeploy.fileio import atomic_write_bytes
 
     model = model.eval()
     size = int(meta.input_size)
+    calibration = None
+    if options.int8:   # bad calibration images fail now, before the slow trace
+        from fgdeploy.export.precision import load_calibration
+
+        assert options.calibration is not None  # ExportOptions checks it
+        calibration = load_calibration(options.calibration, size)
     expected_nodes = count_coordinate_transfer_calls(model, size)
     proto = trace_to_onnx(model, size, options)
     found = len(coordinate_transfer_nodes(proto))
@@ -255,37 +280,153 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
         raise ExportError(f"expected {expected_nodes} {OP_DOMAIN}::{OP_NAME} node(s) (one per op call), "
                           f"the exported graph has {found}; the custom translation was not applied")
     attach_function(proto, options.opset)
+    proto.ir_version = IR_VERSION
+    outputs = [o.name for o in proto.graph.output]
+    _set_metadata(proto, build_metadata(meta, model, options, outputs, [], source, precision="fp32"))
     summary: dict[str, Any] = {}
     kept: list[str] = []
-    if options.fp16:
+    reduced = None
+    if options.int8 or (options.fp16 and options.guard is not None):
+        reduced = reduce_precision(proto, size, options, calibration, Path(out))
+    elif options.fp16:
         from fgdeploy.export.fp16 import convert_to_mixed_fp16
 
         proto, fp16 = convert_to_mixed_fp16(proto)
         kept = list(fp16.kept_fp32)
         summary = {"fp16_nodes": fp16.fp16_nodes, "fp32_nodes": fp16.fp32_nodes, "casts": fp16.casts_inserted}
+    if reduced is not None:
+        proto, kept = reduced.model, reduced.kept
     proto.ir_version = IR_VERSION
-    outputs = [o.name for o in proto.graph.output]
-    proto.producer_name, proto.producer_version = "fgdeploy", __version__
-    del proto.metadata_props[:]
-    helper.set_model_props(proto, encode_metadata(build_metadata(meta, model, options, outputs, kept, source)))
+    _set_metadata(proto, {**build_metadata(meta, model, options, outputs, kept, source),
+                          **(reduced.metadata if reduced is not None else {})})
     check_onnx(proto)
     data = proto.SerializeToString()
     verified = verify_against_torch(model, data, size, options)
     out = Path(out)
     atomic_write_bytes(out, data)
-    logger.debug("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data),
-                "fp16" if options.fp16 else "fp32", found)
-    return ExportResult(path=out, precision="fp16" if options.fp16 else "fp32",
-                        batch="dynamic" if options.batch is None else options.batch, opset=options.opset,
-                        outputs=outputs, coordinate_transfer_nodes=found, sha256=hashlib.sha256(data).hexdigest(),
-                        size_bytes=len(data), verified=verified, fp16_summary=summary)
+    result = ExportResult(path=out, precision=options.precision,
+                          batch="dynamic" if options.batch is None else options.batch, opset=options.opset,
+                          outputs=outputs, coordinate_transfer_nodes=found, sha256=hashlib.sha256(data).hexdigest(),
+                          size_bytes=len(data), verified=verified, fp16_summary=summary)
+    if reduced is not None:
+        _add_reduction(result, reduced, out)
+    logger.debug("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data), options.precision, found)
+    return result
+
+
+def reduce_precision(fp32: onnx.ModelProto, size: int, options: ExportOptions, calibration: Any,
+                     out: Path) -> Any:
+    """INT8 (``options.int8``) or guarded FP16 of the fp32 graph (``fgdeploy.export.precision``); when the
+    guard fails even with every candidate float, its report is written beside ``out`` and ExportError raised."""
+    from fgdeploy.export.precision import GuardFailed, reduce_to_fp16_guarded, reduce_to_int8
+
+    try:
+        if options.int8:
+            assert calibration is not None and options.calibration is not None
+            return reduce_to_int8(fp32, size, calibration, options.calibration, options.guard)
+        assert options.guard is not None
+        return reduce_to_fp16_guarded(fp32, size, options.guard)
+    except GuardFailed as exc:
+        path = write_guard_report(exc.report, out)
+        raise ExportError(f"{exc} (report: {path}); nothing written to {out}") from exc
+
+
+def _add_reduction(result: ExportResult, reduced: Any, out: Path) -> None:
+    result.precision_summary = reduced.summary
+    if reduced.report is not None:
+        result.guard_report, result.guard_passed = write_guard_report(reduced.report, out), reduced.report.passed
+        result.guard_kept = reduced.report.kept_names
+
+
+def reduce_exported(fp32_onnx: str | Path, out: str | Path, options: ExportOptions) -> ExportResult:
+    """INT8 (``--int8``) or task-driven FP16 (``--fp16`` with a guard) from an fp32 ``fgdeploy export``,
+    without tracing the checkpoint again (what ``fgdeploy demo`` does). Checked like an export, and run in
+    ONNX Runtime once (finite outputs of the fp32 model's shapes) before it is written.
+
+    Raises:
+        ExportError: ``fp32_onnx`` is not an fp32 fgdeploy export, or reduction/checks failed.
+        ImageError: bad calibration or guard images.
+    """
+    import onnx
+
+    from fgdeploy.export.metadata import decode_metadata
+    from fgdeploy.export.onnx_function import register_coordinate_transfer_schema
+    from fgdeploy.export.precision import load_calibration
+    from fgdeploy.fileio import atomic_write_bytes
+
+    if not (options.int8 or (options.fp16 and options.guard is not None)):
+        raise ConfigError("reduce_exported makes int8 or guarded fp16 models; the options ask for neither")
+    register_coordinate_transfer_schema()
+    try:
+        proto = onnx.load(str(fp32_onnx))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise ExportError(f"{fp32_onnx}: cannot read it as ONNX ({exc}); export one with `fgdeploy export`") from exc
+    meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
+    if meta.get("precision") != "fp32" or "input_size" not in meta:
+        raise ExportError(f"{fp32_onnx}: not an fp32 fgdeploy export (precision {meta.get('precision')!r}); "
+                          "reduce the fp32 export of the checkpoint")
+    size = int(meta["input_size"])
+    calibration = load_calibration(options.calibration, size) if options.int8 and options.calibration else None
+    reference = proto.SerializeToString()
+    reduced = reduce_precision(proto, size, options, calibration, Path(out))
+    model = reduced.model
+    model.ir_version = IR_VERSION
+    _set_metadata(model, {**meta, "precision": options.precision, "fp32_kept": reduced.kept, **reduced.metadata})
+    check_onnx(model)
+    data = model.SerializeToString()
+    verified = _verify_runs(data, reference, size)
+    out = Path(out)
+    atomic_write_bytes(out, data)
+    result = ExportResult(path=out, precision=options.precision, batch=meta.get("batch", "dynamic"),
+                          opset=int(meta.get("opset", options.opset)), outputs=[o.name for o in model.graph.output],
+                          coordinate_transfer_nodes=len(coordinate_transfer_nodes(model)),
+                          sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), verified=verified)
+    _add_reduction(result, reduced, out)
+    logger.info("wrote %s (%d bytes, %s, from %s)", out, len(data), options.precision, fp32_onnx)
+    return result
+
+
+def _verify_runs(data: bytes, reference: bytes, size: int) -> dict[str, float]:
+    """Run the reduced model and its fp32 source on the same random images: shapes must match, outputs be
+    finite; returns the max |logit diff| (information: the guard or ``fgdeploy parity`` judges)."""
+    from fgdeploy.backends.ort_runner import OrtRunner
+
+    images = np.random.default_rng(2).random((2, 3, size, size), dtype=np.float32)
+    outs = []
+    for model, name in ((reference, "fp32"), (data, "reduced")):
+        with OrtRunner(model, providers=["cpu"], name=name) as runner:
+            outs.append(runner.infer({INPUT_IMAGES: images}))
+    want, got = outs
+    for name, value in got.items():
+        if value.shape != want[name].shape or not np.all(np.isfinite(value)):
+            raise ExportError(f"reduced ONNX output {name}: shape {value.shape} (fp32 {want[name].shape}) or "
+                              "non-finite values")
+    return {"batch 2 max |logit diff| vs fp32 ONNX": float(np.abs(got[OUTPUT_LOGITS] - want[OUTPUT_LOGITS]).max())}
+
+
+def _set_metadata(proto: onnx.ModelProto, values: dict[str, Any]) -> None:
+    from onnx import helper
+
+    proto.producer_name, proto.producer_version = "fgdeploy", __version__
+    del proto.metadata_props[:]
+    helper.set_model_props(proto, encode_metadata(values))
+
+
+def write_guard_report(report: Any, out: Path) -> Path:
+    """``OUT.guard.json`` and the table ``OUT.guard.txt`` beside the model; returns the JSON path."""
+    from fgdeploy.fileio import atomic_write_text
+
+    path = out.with_name(out.stem + ".guard.json")
+    report.dump(path)
+    atomic_write_text(path.with_suffix(".txt"), report.render() + "\n")
+    return path
 
 
 def verify_against_torch(model: torch.nn.Module, data: bytes, size: int, options: ExportOptions) -> dict[str, float]:
     """Run the ONNX in ONNX Runtime (CPU) and the model in PyTorch at a few batch sizes.
 
-    fp32 exports must match (logits within 1e-3 of the logit range, <= 5% keypoints moved); fp16 must
-    give finite outputs of the right shapes. Returns the max |logit diff| per batch size.
+    fp32 exports must match (logits within 1e-3 of the logit range, <= 5% keypoints moved); fp16 and int8
+    must give finite outputs of the right shapes (their task-level check is the guard, or ``fgdeploy parity``). Returns the max |logit diff| per batch size.
     """
     import torch
 
@@ -308,7 +449,7 @@ def verify_against_torch(model: torch.nn.Module, data: bytes, size: int, options
             span = float(np.ptp(want[OUTPUT_LOGITS])) or 1.0
             # A smoke test, not parity (``fgdeploy parity`` is): near-ties may move a few keypoints.
             moved = float(np.any(got[OUTPUT_KEYPOINTS] != want[OUTPUT_KEYPOINTS], axis=-1).mean())
-            if not options.fp16 and (diff > 1e-3 * span or moved > 0.05):
+            if options.precision == "fp32" and (diff > 1e-3 * span or moved > 0.05):
                 raise ExportError(f"ONNX Runtime disagrees with PyTorch at batch {n}: max |logit diff| {diff:.3g} "
                                   f"(logit range {span:.3g}), {100 * moved:.1f}% of keypoints moved")
     return results

@@ -1,7 +1,7 @@
 """ONNX -> TensorRT engine (10.7+ and 11.x), with the CoordinateTransfer plugin.
 
-The same FP32 or FP16 ONNX builds the same strongly typed network on 10.x and 11.x (precision comes
-from the ONNX, never from builder flags; TensorRT 11 has none). Steps (``build_engine``):
+The same FP32, FP16 or INT8 (QDQ: explicit quantization) ONNX builds the same strongly typed network on
+10.x and 11.x (precision comes from the ONNX, never from builder flags; TensorRT 11 has none). Steps (``build_engine``):
 
 1. load ``libfgdeploy_plugins.so`` into TensorRT's registry (once per process);
 2. parse the ONNX, with ``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` where it exists (10.15+);
@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 # ONNX metadata keys copied into the sidecar (written by fgdeploy.export.metadata).
 SIDECAR_METADATA_KEYS = ("class_names", "part_names", "input_name", "input_size", "input_dtype", "input_range",
                          "normalisation", "heatmap_size", "precision", "outputs", "model_config",
-                         "source_checkpoint", "source_sha256", "stage", "epoch")
+                         "source_checkpoint", "source_sha256", "stage", "epoch", "fp32_kept", "quantization",
+                         "float_kept_nodes", "precision_guard")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class EngineBuildReport:
     op_nodes: int             # CoordinateTransfer nodes in the ONNX
     plugin_layers: list[str]  # names of our PLUGIN_V3 layers in the parsed network
     op_path: str              # "plugin", "inlined" (local function used), "mixed" or "none" (no such node)
-    precision: str            # "fp16" when the network computes in half precision, else "fp32"
+    precision: str            # "int8" (Q/DQ layers), "fp16" (half tensors) or "fp32"
     parser_flags: list[str]
     build_seconds: float
     sidecar: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -143,15 +144,37 @@ def plugin_layers(network: trt.INetworkDefinition) -> list[str]:
 
 
 def network_precision(network: trt.INetworkDefinition) -> str:
-    """"fp16" when any layer outputs HALF tensors (strongly typed: types come from the ONNX), else "fp32"."""
+    """"int8" when any layer outputs INT8 tensors (the QuantizeLinear layers of a QDQ ONNX), else "fp16" when
+    any outputs HALF tensors (strongly typed: types come from the ONNX), else "fp32"."""
     import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
 
+    found = set()
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype == trt.DataType.HALF:
-                return "fp16"
-    return "fp32"
+            found.add(layer.get_output(j).dtype)
+    return "int8" if trt.DataType.INT8 in found else "fp16" if trt.DataType.HALF in found else "fp32"
+
+
+def check_qdq_for_tensorrt(onnx_path: Path) -> None:
+    """TensorRT's explicit quantization takes signed INT8 Q/DQ with zero point 0 only: refuse anything else
+    with a message saying how to re-export (instead of a parser error deep in the build)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zero_point = inits.get(node.input[2])
+        if zero_point is None:
+            continue
+        if zero_point.data_type != TensorProto.INT8 or numpy_helper.to_array(zero_point).any():
+            kind = TensorProto.DataType.Name(zero_point.data_type)
+            raise ExportError(f"{onnx_path}: node {node.name} quantizes to {kind} with a zero point that is not 0 or "
+                              "not INT8; TensorRT takes only symmetric signed INT8 Q/DQ. Re-export with "
+                              "`fgdeploy export --int8 --int8-target tensorrt`")
 
 
 def classify_op_path(op_nodes: int, plugged: int) -> str:
@@ -264,6 +287,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, config: EngineB
 
     op_nodes, lacking, metadata = inspect_onnx(onnx_path)
     metadata.update(extra_metadata or {})
+    check_qdq_for_tensorrt(onnx_path)
     plugin_lib = resolve_plugin_library(cfg, op_nodes)
     trt_logger = trt.Logger(trt.Logger.WARNING)
     if plugin_lib is not None:

@@ -55,11 +55,19 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp16": Thresholds(Tolerance(atol=5e-2, rtol=5e-2, min_fraction=0.99), top1_agreement=0.99,
                        keypoint_same_cell=None, keypoint_within_one_cell=0.99, accuracy_diff_points=0.5,
                        logit_error_over_range=None, box_iou=0.9, box_agreement=0.99),
+    # int8 (static, per-channel weights; 256 activation levels per tensor): logits and scores move by a few
+    # percent, so outputs are judged at task level (the export guard's defaults): top-1 agreement, keypoints
+    # in the same cell (a move between cells the fp32 heatmap scores within the tolerance is a near-tie),
+    # accuracy. The element check stays, loosely, to catch a broken model (NaNs, a wrong output).
+    # Head/body boxes of part-net models are reported but not judged (int8 of the part nets was not measured).
+    "int8": Thresholds(Tolerance(atol=0.1, rtol=0.1, min_fraction=0.9), top1_agreement=0.99,
+                       keypoint_same_cell=0.98, keypoint_within_one_cell=None, accuracy_diff_points=0.5,
+                       logit_error_over_range=None),
 }
 
 
 def default_thresholds(precision: str, atol: float | None = None, rtol: float | None = None) -> Thresholds:
-    """Thresholds for ``precision`` ("fp32"/"fp16"), with atol/rtol overridden when given."""
+    """Thresholds for ``precision`` ("fp32"/"fp16"/"int8"), with atol/rtol overridden when given."""
     if precision not in DEFAULT_THRESHOLDS:
         raise ValueError(f"unknown precision {precision!r}; valid: {sorted(DEFAULT_THRESHOLDS)}")
     base = DEFAULT_THRESHOLDS[precision]

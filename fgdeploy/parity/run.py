@@ -159,7 +159,7 @@ class ParityConfig:
     """How ``run_parity`` runs; thresholds default by precision (``DEFAULT_THRESHOLDS``)."""
 
     batch_size: int = 8
-    precision: str | None = None           # None: "fp16" if either runner reports fp16, else "fp32"
+    precision: str | None = None           # None: "int8"/"fp16" if either runner reports it, else "fp32"
     atol: float | None = None              # override the precision's default tolerance
     rtol: float | None = None
     thresholds: Thresholds | None = None   # replaces the defaults entirely
@@ -248,7 +248,9 @@ def with_ref_heatmaps(ref: RunnerFactory, ref_out: Mapping[str, np.ndarray], tes
 
 
 def _precision(*metas: Mapping[str, Any]) -> str:
-    return "fp16" if any(m.get("precision") == "fp16" for m in metas) else "fp32"
+    """The loosest precision either runner reports: int8, then fp16, else fp32."""
+    found = {m.get("precision") for m in metas}
+    return next((p for p in ("int8", "fp16") if p in found), "fp32")
 
 
 def _heatmap_hw(ref_meta: Mapping[str, Any], test_meta: Mapping[str, Any], ref_out: Mapping[str, np.ndarray],

@@ -24,11 +24,14 @@ class LayerType(enum.Enum):
     REDUCE = 14
     CONVOLUTION = 0
     CAST = 1
+    QUANTIZE = 33
+    DEQUANTIZE = 34
 
 
 class DataType(enum.Enum):
     FLOAT = 0
     HALF = 1
+    INT8 = 2
     INT32 = 3
     INT64 = 10
     BOOL = 4
@@ -208,6 +211,10 @@ def make_fake_tensorrt(version: str = "10.13.0.35", override_flag: bool = False)
                 elif ours:  # local function inlined
                     self.network.layers += [Layer(f"{node.name}/gather", LayerType.GATHER, dtype),
                                             Layer(f"{node.name}/reduce", LayerType.REDUCE, dtype)]
+                elif node.op_type == "QuantizeLinear":  # explicit quantization: an INT8 tensor out
+                    self.network.layers.append(Layer(node.name or f"n{k}", LayerType.QUANTIZE, DataType.INT8))
+                elif node.op_type == "DequantizeLinear":
+                    self.network.layers.append(Layer(node.name or f"n{k}", LayerType.DEQUANTIZE, dtype))
                 else:
                     self.network.layers.append(Layer(node.name or f"n{k}", LayerType.CONVOLUTION, dtype))
             return True

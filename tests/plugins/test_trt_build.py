@@ -24,16 +24,28 @@ from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
 from .fake_tensorrt import make_fake_tensorrt
 
 
-def _onnx(path: Path, *, plugin_attr: bool = True, batch: int | str = "N", fp16: bool = False) -> Path:
+def _onnx(path: Path, *, plugin_attr: bool = True, batch: int | str = "N", fp16: bool = False,
+          qdq: int | None = None) -> Path:
+    """A tiny model; ``qdq`` = an ONNX int type (INT8/UINT8) puts QuantizeLinear/DequantizeLinear before the Relu
+    with a zero point of 0 (INT8) or 128 (UINT8), as ``fgdeploy export --int8`` does."""
     elem = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
     attrs: dict[str, Any] = {"window": 3, "mode": 0}
     if plugin_attr:
         attrs.update(plugin_namespace="fgdeploy", plugin_version="1")
-    nodes = [helper.make_node("Relu", ["images"], ["feat"], name="relu"),
+    first = "images"
+    inits = []
+    nodes = []
+    if qdq is not None:
+        zero = 128 if qdq == TensorProto.UINT8 else 0
+        inits = [helper.make_tensor("scale", TensorProto.FLOAT, [], [0.01]), helper.make_tensor("zp", qdq, [], [zero])]
+        nodes = [helper.make_node("QuantizeLinear", ["images", "scale", "zp"], ["q"], name="q0"),
+                 helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["dq"], name="dq0")]
+        first = "dq"
+    nodes += [helper.make_node("Relu", [first], ["feat"], name="relu"),
              helper.make_node("CoordinateTransfer", ["heat", "feat"], ["pooled"], name="ct0", domain="fgdeploy",
                               **attrs)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", elem, [batch, 3, 16, 16])],
-                              [helper.make_tensor_value_info("pooled", elem, [batch, 15, 3])])
+                              [helper.make_tensor_value_info("pooled", elem, [batch, 15, 3])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("fgdeploy", 1)])
     for key, value in encode_metadata({"class_names": ["a", "b"], "part_names": ["beak"], "input_size": 16,
                                        "input_range": [0.0, 1.0], "precision": "fp16" if fp16 else "fp32"}).items():
@@ -152,6 +164,25 @@ def test_build_engine_fp16_onnx_gives_fp16_engine(fake_trt: Any, tmp_path: Path,
     report = build_engine(_onnx(tmp_path / "m.onnx", fp16=True), tmp_path / "m.engine",
                           EngineBuildConfig(plugin_library=plugin_lib))
     assert report.precision == "fp16" and report.sidecar["precision"] == "fp16"
+
+
+def test_build_engine_takes_symmetric_int8_qdq_as_explicit_quantization(fake_trt: Any, tmp_path: Path,
+                                                                        plugin_lib: Path) -> None:
+    trt = fake_trt("11.1.0.106", override_flag=True)
+    report = build_engine(_onnx(tmp_path / "m.onnx", qdq=TensorProto.INT8), tmp_path / "m.engine",
+                          EngineBuildConfig(plugin_library=plugin_lib))
+    assert report.precision == "int8" and report.sidecar["precision"] == "int8"
+    assert trt.record["networks"][0].flags == 0          # strongly typed, no precision flags
+    assert report.op_path == "plugin"
+
+
+def test_build_engine_refuses_uint8_qdq_and_says_how_to_export(fake_trt: Any, tmp_path: Path,
+                                                               plugin_lib: Path) -> None:
+    fake_trt()
+    with pytest.raises(ExportError, match="--int8-target tensorrt"):
+        build_engine(_onnx(tmp_path / "m.onnx", qdq=TensorProto.UINT8), tmp_path / "m.engine",
+                     EngineBuildConfig(plugin_library=plugin_lib))
+    assert not (tmp_path / "m.engine").exists()
 
 
 @pytest.mark.parametrize("cfg, message", [

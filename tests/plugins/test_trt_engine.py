@@ -76,3 +76,38 @@ def test_trt_engine_matches_reference(tmp_path: Path, mode: int, fp16: bool, plu
     scale = coordinate_transfer(heat64, np.abs(feat64), 3, 1)
     result = compare_to_reference(out, coordinate_transfer(heat64, feat64, 3, mode), scale, np.dtype(dtype).name, mode)
     assert result["passed"], (report.op_path, result)
+
+
+def test_trt_int8_engine_from_a_tensorrt_target_export_agrees_with_onnx_runtime(tmp_path: Path) -> None:
+    """`fgdeploy export --int8 --int8-target tensorrt` gives a QDQ ONNX TensorRT builds as explicit quantization
+    (strongly typed, no precision flags); its answers match ONNX Runtime's on the same int8 graph."""
+    import torch
+
+    from fgdeploy.backends.ort_runner import OrtRunner
+    from fgdeploy.backends.trt_runner import TrtRunner
+    from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
+    from fgdeploy.data.synthetic import generate_synth_birds
+    from fgdeploy.export.int8 import Int8Settings
+    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint, reduce_exported
+    from fgdeploy.export.precision import CalibrationOptions
+    from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
+    from fgdeploy.models import create_model, load_model_config, with_backbone_options
+
+    data = tmp_path / "birds"
+    generate_synth_birds(data, classes=3, images_per_class=8, size=64, seed=0)
+    cfg = with_backbone_options(load_model_config("demo"), {"widths": [8, 8, 16, 16, 16]}, input_size=64)
+    torch.manual_seed(0)
+    classes = ["001.a", "002.b", "003.c"]
+    save_checkpoint(tmp_path / "m.pt", create_model(cfg, 3).eval(), CheckpointMeta.for_config(cfg, classes))
+    export_checkpoint(tmp_path / "m.pt", tmp_path / "m.onnx", ExportOptions(verify_batches=(2,)))
+    settings = Int8Settings.for_target("tensorrt")
+    reduce_exported(tmp_path / "m.onnx", tmp_path / "m_int8.onnx",
+                    ExportOptions(int8=True, calibration=CalibrationOptions(data, settings=settings)))
+    report = build_engine(tmp_path / "m_int8.onnx", tmp_path / "m_int8.engine",
+                          EngineBuildConfig(min_batch=1, opt_batch=4, max_batch=8, workspace_mib=512))
+    assert report.precision == "int8" and report.sidecar["metadata"]["quantization"]["target"] == "tensorrt"
+    images = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
+    with TrtRunner(tmp_path / "m_int8.engine") as trt_runner, OrtRunner(tmp_path / "m_int8.onnx") as ort_runner:
+        got, want = trt_runner.infer({"images": images}), ort_runner.infer({"images": images})
+    span = float(np.ptp(want["logits"])) or 1.0
+    assert np.abs(got["logits"] - want["logits"]).max() < 0.1 * span   # same int8 graph, other kernels
