@@ -134,7 +134,9 @@ def test_int8_outputs_track_fp32_and_parity_uses_the_int8_profile(ckpt, fp32_onn
     assert report.thresholds["top1_agreement"] == default_thresholds("int8").top1_agreement == 0.99
     assert report.thresholds["keypoint_same_cell"] == 0.98 and report.thresholds["accuracy_diff_points"] == 0.5
     names = {c.name for c in report.checks}
-    assert "top-1 agreement" in names and "|accuracy difference| (points)" in names
+    # (with the reference heatmaps both checks allow near-ties: "top-1 agreement (near-ties allowed)", ...)
+    assert any(n.startswith("top-1 agreement") for n in names)
+    assert any(n.startswith("|accuracy difference|") for n in names)
     assert report.batch is not None and report.batch.passed   # static scales: batch invariant
 
 
