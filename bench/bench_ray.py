@@ -146,6 +146,8 @@ def throughput(model: Path, listing: Path, args: argparse.Namespace) -> dict[str
 
 
 def peak_rss(model: Path, folder: Path, counts: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    from bench_infer import rss_growth
+
     real = sorted(folder.glob("*.jpg"))
     out: dict[str, Any] = {}
     for n in counts:
@@ -153,10 +155,7 @@ def peak_rss(model: Path, folder: Path, counts: list[int], args: argparse.Namesp
         print(f"{n} images: driver peak RSS {(res['run_peak_rss_kib'] or 0) / 1024:.1f} MiB during the run, "
               f"{res['max_rss_kib'] / 1024:.1f} MiB process, {res['run_seconds']} s", file=sys.stderr)
         out[str(n)] = res
-    key = "run_peak_rss_kib" if all(out[str(c)]["run_peak_rss_kib"] for c in counts) else "max_rss_kib"
-    small, large = (out[str(c)][key] for c in (min(counts), max(counts)))
-    out.update({"compared": key, "ratio": round(large / small, 3), "target": 1.2, "passed": large / small <= 1.2})
-    return out
+    return rss_growth(out, counts)
 
 
 def main() -> int:
