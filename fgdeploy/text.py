@@ -11,6 +11,11 @@ def plural(count: int, noun: str, many: str = "") -> str:
     return f"{count} {noun if count == 1 else (many or noun + 's')}"
 
 
+def percent(fraction: float | None) -> str:
+    """'12.34%' for 0.1234; '-' when there is no value."""
+    return "-" if fraction is None else f"{100 * fraction:.2f}%"
+
+
 def listed(items: Iterable[Any]) -> str:
     """'a, b, c' (not "['a', 'b', 'c']")."""
     return ", ".join(str(item) for item in items)

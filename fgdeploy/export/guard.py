@@ -30,6 +30,7 @@ from fgdeploy.errors import ConfigError
 from fgdeploy.parity.report import Tolerance
 from fgdeploy.parity.sources import ImageSource
 from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
+from fgdeploy.text import percent as _pct
 
 logger = logging.getLogger(__name__)
 
@@ -325,10 +326,6 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
 def _row(name: str, m: GuardMetrics, verdict: str) -> tuple[str, ...]:
     return (name, _pct(m.top1_agreement), _pct(m.keypoint_agreement), _pct(m.keypoint_same_cell),
             _pts(m.accuracy_drop), _pts(m.pck_drop), f"{m.class_flips} class, {m.keypoint_moves} kp", verdict)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def _pts(value: float | None) -> str:

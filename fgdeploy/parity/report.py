@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fgdeploy.text import plural
+from fgdeploy.text import percent as _pct, plural
 
 PCK_ALPHA = 0.1
 MAX_LISTED_FLIPS = 20  # in the rendered table; the JSON has them all
@@ -343,5 +343,3 @@ def _g(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
