@@ -1,14 +1,16 @@
 """CPU benchmark of `fgdeploy infer --ray` against local `fgdeploy infer`: throughput and driver memory. Writes JSON.
 
 1. Throughput: the demo model (random weights) exported to ONNX (ONNX Runtime on CPU), CUB-like JPEGs
-   (500x375), the same images, model, batch and top-k for both. Every run is a fresh process, as a user's
-   command is: local `infer` and `infer --ray` (a local Ray instance with all cores) alternate --repeats
-   times and the medians are kept. Compared: end-to-end img/s as each run reports it (images / seconds from
-   the first image sent to decoding until OUT is written; for Ray that includes starting the model actors);
-   also recorded: wall time of the whole call including start-up (Ray instance, model probe, model load), and
-   the CPU time per image of each run's whole process tree (for Ray: driver, GCS, raylet, workers), which bounds
-   img/s when the cores are the limit and does not depend on what else runs on the machine. --ray with two
-   ONNX Runtime threads per actor (--compare-threads) is timed alongside, for the choice of one by default.
+   (500x375; larger jobs are symlinks to 500 of them under distinct names), the same images, model, batch and
+   top-k for both. Every run is a fresh process, as a user's command is: local `infer` and `infer --ray` (a
+   local Ray instance with all cores) alternate --repeats times per job size (--images, e.g. 2000,20000) and
+   the medians are kept. Compared: end-to-end img/s as each run reports it (images / seconds from the first
+   image sent to decoding until OUT is written; for Ray that includes starting Ray Data's actors), and the same
+   with the whole call's wall time (adds the Ray instance, model probe, model load). From two job sizes, each
+   mode's time is fitted as fixed + images / steady rate: Ray's fixed cost and steady-state ratio say how
+   the ratio changes with the job's size. Also recorded: CPU time per image of each run's whole process tree
+   (for Ray: driver, GCS, raylet, workers, sampled so that actors that end count too), which bounds img/s
+   when the cores are the limit. --compare-threads times --ray with N ONNX Runtime threads per actor too.
    Target: Ray / local >= 0.8.
 2. Driver peak RSS: `infer --ray` over 500 and over 5,000 images (symlinks to 500 JPEGs under distinct
    names), each in a fresh process with a small-width model: the peak RSS of the driver during the run
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +38,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def tree_cpu_s(pid: int | None = None) -> float:
-    """CPU seconds (user + system) used by a process and all its descendants, living or already reaped (Linux /proc):
-    for Ray, the driver plus the instance it started (GCS, raylet, task and actor workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _tree_ticks(root: int) -> dict[int, int]:
+    """CPU clock ticks (user + system, own + reaped children) of each living process in ``root``'s tree (/proc)."""
     stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -46,15 +47,49 @@ def tree_cpu_s(pid: int | None = None) -> float:
                 stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-    root = pid or os.getpid()
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
         kids = [p for p, f in stats.items() if int(f[1]) == parent and p not in tree]
         tree.update(kids)
         frontier += kids
-    # fields after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based from state
-    return sum(sum(int(stats[p][i]) for i in (11, 12, 13, 14)) for p in tree if p in stats) / tick
+    # fields after the name: state ppid ... utime(11) stime(12) cutime(13) cstime(14), 0-based from state
+    return {p: sum(int(stats[p][i]) for i in (11, 12, 13, 14)) for p in tree if p in stats}
+
+
+class TreeCpuMeter:
+    """CPU seconds used by this process and all its descendants while the meter runs (Linux /proc): for Ray, the
+    driver plus the instance it started (GCS, raylet, task and actor workers). Sampled every ``interval`` s,
+    so that processes that end during the run (Ray Data kills its actors when a dataset is done, and the raylet
+    does not account for its reaped workers) count with their last sample: at most ``interval`` s of theirs
+    is missed."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.root = interval, os.getpid()
+        self._last: dict[int, int] = {}
+        self._start: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeCpuMeter":
+        self._start = _tree_ticks(self.root)
+        self._last = dict(self._start)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._last.update(_tree_ticks(self.root))
+
+    def seconds(self) -> float:
+        """CPU seconds since the meter started (call inside the ``with``, before the processes of interest end)."""
+        self._last.update(_tree_ticks(self.root))
+        used = sum(t - self._start.get(p, 0) for p, t in self._last.items())
+        return used / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def child(args: argparse.Namespace) -> None:
@@ -74,18 +109,18 @@ def child(args: argparse.Namespace) -> None:
         if args.child == "local":
             with open_predictor(args.model, "ort", device="cpu", batch=args.batch) as loaded:
                 result["startup_s"] = time.perf_counter() - t0
-                cpu = tree_cpu_s()
-                report = run_inference(paths, loaded.predictor, out, options=options, model_id="bench")
-                result["cpu_s"] = tree_cpu_s() - cpu
+                with TreeCpuMeter() as cpu:
+                    report = run_inference(paths, loaded.predictor, out, options=options, model_id="bench")
+                    result["cpu_s"] = cpu.seconds()
         else:
             with ray_session(RayOptions(cpus=args.cpus)):
                 result["startup_s"] = time.perf_counter() - t0
                 before = _status_kib("VmRSS")
                 reset = _reset_peak_rss()   # the run's peak, not that of imports and ray.init
-                cpu = tree_cpu_s()
                 spec = ModelSpec(str(args.model), "ort", batch=args.batch, threads=args.threads or None)
-                report = run_ray_inference(paths, spec, out, options=options, model_id="bench")
-                result["cpu_s"] = tree_cpu_s() - cpu   # before shutdown: the workers are still there to count
+                with TreeCpuMeter() as cpu:
+                    report = run_ray_inference(paths, spec, out, options=options, model_id="bench")
+                    result["cpu_s"] = cpu.seconds()
                 result.update({"rss_before_run_kib": before, "run_peak_rss_kib": _status_kib("VmHWM") if reset
                                else None})
     result["cpu_ms_per_image"] = round(1e3 * result["cpu_s"] / len(paths), 3)
@@ -121,13 +156,14 @@ def link_list(folder: Path, real: list[Path], count: int) -> Path:
 
 
 def throughput(model: Path, listing: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Alternating runs of each mode over one job (``listing``); medians and the Ray / local ratio."""
     modes = ["local", "ray", *(f"ray-threads-{n}" for n in args.compare_threads)]
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for mode in modes:
             runs[mode].append(run_child(mode, listing, model, args))
             r = runs[mode][-1]
-            print(f"{mode:13s}: {r['images_per_s']:.1f} img/s over the run, wall {r['wall_s']:.1f} s "
+            print(f"{r['images']} images, {mode:13s}: {r['images_per_s']:.1f} img/s over the run, wall {r['wall_s']:.1f} s "
                   f"(start-up {r['startup_s']:.1f} s), {r['cpu_ms_per_image']:.2f} CPU ms/image", file=sys.stderr)
     keys = ("images_per_s", "wall_s", "startup_s", "cpu_ms_per_image")
     med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in keys} for m in runs}
@@ -143,6 +179,19 @@ def throughput(model: Path, listing: Path, args: argparse.Namespace) -> dict[str
             "images_per_s": {m: med[m]["images_per_s"] for m in med},
             "cpu_ms_per_image": {m: med[m]["cpu_ms_per_image"] for m in med},
             "cpu_cost_ratio_local_over_ray": round(cpu_ratio, 3), "runs": runs}
+
+
+def fit_sizes(by_size: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each mode's run time as fixed + images / steady rate, from the smallest and largest job (medians)."""
+    (n1, a), (n2, b) = sorted(((int(n), t) for n, t in by_size.items()))[::len(by_size) - 1]
+    fit: dict[str, Any] = {}
+    for mode in a["images_per_s"]:
+        t1, t2 = n1 / a["images_per_s"][mode], n2 / b["images_per_s"][mode]
+        rate = (n2 - n1) / (t2 - t1)
+        fit[mode] = {"steady_images_per_s": round(rate, 1), "fixed_s": round(t1 - n1 / rate, 2)}
+    fit["steady_ratio"] = round(fit["ray"]["steady_images_per_s"] / fit["local"]["steady_images_per_s"], 3)
+    fit["from_sizes"] = [n1, n2]
+    return fit
 
 
 def peak_rss(model: Path, folder: Path, counts: list[int], args: argparse.Namespace) -> dict[str, Any]:
@@ -161,12 +210,13 @@ def peak_rss(model: Path, folder: Path, counts: list[int], args: argparse.Namesp
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench/bench_ray.json"))
-    parser.add_argument("--images", type=int, default=2000, help="JPEGs for the throughput part")
+    parser.add_argument("--images", type=lambda v: [int(n) for n in v.split(",") if n], default=[2000, 20000],
+                        help="job sizes (images) of the throughput part, comma-separated")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local Ray instance")
     parser.add_argument("--rss-counts", default="500,5000", help="image counts of the RSS runs ('' to skip)")
-    parser.add_argument("--compare-threads", type=lambda v: [int(n) for n in v.split(",") if n], default=[2],
+    parser.add_argument("--compare-threads", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
                         help="also time --ray with these ONNX Runtime threads per actor (default one)")
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["local", "ray"], default=None, help=argparse.SUPPRESS)
@@ -190,10 +240,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fgdeploy-bench-ray-") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "images").mkdir()
-        make_jpegs(tmp_path / "images", min(args.images, 500))
+        make_jpegs(tmp_path / "images", min(*args.images, 500))
         model = model_for_backend(save_model(tmp_path / "model.pt", "demo", small=False), "ort")
-        listing = link_list(tmp_path / "images", sorted((tmp_path / "images").glob("*.jpg")), args.images)
-        payload["throughput"] = throughput(model, listing, args)
+        real = sorted((tmp_path / "images").glob("*.jpg"))
+        payload["throughput"] = {str(n): throughput(model, link_list(tmp_path / "images", real, n), args)
+                                 for n in args.images}
+        if len(args.images) > 1:
+            payload["fit"] = fit_sizes(payload["throughput"])
         counts = [int(c) for c in args.rss_counts.split(",") if c.strip()]
         if counts:
             (tmp_path / "rss").mkdir()
@@ -202,10 +255,17 @@ def main() -> int:
             payload["rss"] = peak_rss(small, tmp_path / "rss", counts, args)
     payload["load_average_at_end"] = os.getloadavg()
     atomic_write_json(args.out, payload)
-    t, r = payload["throughput"], payload.get("rss")
-    print(f"--ray / local end-to-end: {t['ratio']:.3f} ({t['ray_images_per_s']:.1f} / {t['local_images_per_s']:.1f} "
-          f"img/s, {t['images']} images, batch {t['batch']}); including start-up: {t['ratio_including_startup']:.3f}; "
-          f"CPU ms per image local {t['cpu_ms_per_image']['local']:.2f}, ray {t['cpu_ms_per_image']['ray']:.2f}")
+    r = payload.get("rss")
+    for t in payload["throughput"].values():
+        print(f"{t['images']} images: --ray / local end-to-end {t['ratio']:.3f} ({t['ray_images_per_s']:.1f} / "
+              f"{t['local_images_per_s']:.1f} img/s, batch {t['batch']}); including start-up "
+              f"{t['ratio_including_startup']:.3f}; CPU ms per image local {t['cpu_ms_per_image']['local']:.2f}, "
+              f"ray {t['cpu_ms_per_image']['ray']:.2f}")
+    if "fit" in payload:
+        f = payload["fit"]
+        print(f"fitted: steady --ray / local {f['steady_ratio']:.3f} ({f['ray']['steady_images_per_s']} / "
+              f"{f['local']['steady_images_per_s']} img/s), fixed cost ray {f['ray']['fixed_s']} s, "
+              f"local {f['local']['fixed_s']} s")
     if r:
         print(f"driver peak RSS {max(counts)} vs {min(counts)} images: {r['ratio']:.3f}x")
     print(f"wrote {args.out}")

@@ -104,7 +104,8 @@ def test_ray_infer_writes_what_local_infer_writes_bad_files_included(tmp_path, t
         ray_result = _infer([*common, "--out", str(remote), "--ray"])
     assert local_result.exit_code == 0, local_result.output
     assert ray_result.exit_code == 0, ray_result.output
-    assert "x 1 Ray actor, batch 3" in ray_result.output and "Ray actor" not in local_result.output
+    # on CPUs one actor per CPU of the instance (2), each decoding its own images
+    assert "x 2 Ray actors, batch 3" in ray_result.output and "Ray actor" not in local_result.output
     assert len(read_results(remote)) == len(GOOD)
     assert remote.read_bytes() == local.read_bytes()                                   # same rows, same order
     assert errors_path_for(remote).read_bytes() == errors_path_for(local).read_bytes()   # same bad files, reasons
@@ -155,11 +156,12 @@ def test_ray_infer_model_or_device_problems_are_one_line_errors(tmp_path, ray_ad
         no_gpu = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
                          "--ray", "--device", "cuda"])
         no_cpu_left = _infer([str(images), "--model", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r.csv"),
-                              "--ray", "--threads", "2"])
+                              "--ray", "--actors", "3"])
     assert bad_model.exit_code == 1
     assert bad_model.output.count("\n") == 1 and "cannot load the model" in bad_model.output, bad_model.output
     assert no_gpu.exit_code == 1 and "the Ray cluster has no GPUs" in no_gpu.output, no_gpu.output
-    assert no_cpu_left.exit_code == 1 and "need 3 CPUs; the Ray cluster has 2" in no_cpu_left.output, no_cpu_left.output
+    assert no_cpu_left.exit_code == 1 and "3 model actor(s) of 1 CPU(s) need 3 CPUs; the Ray cluster has 2" in \
+        no_cpu_left.output, no_cpu_left.output
     assert not list(tmp_path.glob("r.*"))
 
 
@@ -181,6 +183,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _linked(target: Path, folder: Path, k: int) -> Path:
+    folder.mkdir(exist_ok=True)
+    link = folder / f"{k:03d}_{target.name}"
+    link.symlink_to(target)
+    return link
+
+
 def _cmdline(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -189,13 +198,16 @@ def _cmdline(pid: int) -> str:
 
 @needs_ray
 def test_ray_infer_survives_a_killed_model_actor_each_image_once(tmp_path, tiny_onnx, ray_address):
-    """The model actor's process is SIGKILLed after the first results arrive; Ray restarts it and retries
-    its batch; OUT holds every image once, with the values a local run writes."""
+    """The model actor's process (one actor: it holds the rest of the work) is SIGKILLed after the first
+    results arrive; Ray restarts it and retries its block; OUT holds every image once, with the values a local
+    run writes."""
     from fgdeploy.inference.local import InferOptions, discover_images, run_inference
     from fgdeploy.inference.predictors import open_predictor
     from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions, run_ray_inference
 
     paths = discover_images(_photo_folder(tmp_path / "photos", 40))
+    paths = paths * 3   # the same files under three names each: 120 images, blocks of 30 paths
+    paths = [str(_linked(Path(p), tmp_path / "links", k)) for k, p in enumerate(paths)]
     options = InferOptions(batch=2, topk=3)
     killed: list[int] = []
     after_kill: list[int] = []
@@ -211,13 +223,13 @@ def test_ray_infer_survives_a_killed_model_actor_each_image_once(tmp_path, tiny_
 
     with time_limit(240):
         report = run_ray_inference(paths, ModelSpec(str(tiny_onnx), "ort", batch=2), tmp_path / "ray.jsonl",
-                                   options=options, ray_options=RayOptions(), model_id="tiny",
+                                   options=options, ray_options=RayOptions(actors=1), model_id="tiny",
                                    on_progress=kill_actor_once)
         with open_predictor(tiny_onnx, "ort", device="cpu", batch=2) as loaded:
             run_inference(paths, loaded.predictor, tmp_path / "local.jsonl", class_names=loaded.class_names,
                           part_names=loaded.part_names, options=options, model_id="tiny")
     assert killed and not Path(f"/proc/{killed[0]}").exists()
-    assert sum(after_kill) >= len(paths) // 2                  # most of the run came after the kill
+    assert sum(after_kill) >= 30                               # at least a block came after the kill
     records = read_results(tmp_path / "ray.jsonl")
     assert sorted(r["path"] for r in records) == sorted(paths)   # each image exactly once
     assert report.scored == len(paths) and report.attempted == len(paths) and not report.errors
@@ -347,3 +359,21 @@ def test_ray_options_that_do_not_fit_are_usage_errors(tmp_path, tiny_onnx, extra
     make_mixed_folder(tmp_path / "imgs")
     result = _infer([str(tmp_path / "imgs"), "--model", str(tiny_onnx), "--out", str(tmp_path / "r.csv"), *extra])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("images,batch,actors", [(2000, 16, 2), (20000, 16, 8), (40, 2, 2), (120, 2, 1), (5, 3, 2),
+                                                 (257, 16, 1), (1, 16, 4)])
+def test_cpu_actor_blocks_cover_the_job_in_whole_rounds_of_at_most_16_batches(images, batch, actors):
+    from fgdeploy.inference.ray_scoring import ACTOR_BLOCK_BATCHES, ModelSpec, paths_per_block
+
+    per_block = paths_per_block(ModelSpec("m.onnx", device="cpu"), images, batch, actors)
+    blocks = -(-images // per_block)
+    assert 1 <= per_block <= ACTOR_BLOCK_BATCHES * batch
+    assert blocks % actors == 0 or blocks < actors                 # no actor idle in the last round
+    assert per_block * (blocks - 1) < images <= per_block * blocks
+
+
+def test_gpu_actors_get_blocks_of_four_batches_from_decode_tasks():
+    from fgdeploy.inference.ray_scoring import ModelSpec, paths_per_block
+
+    assert paths_per_block(ModelSpec("m.onnx", device="cuda"), 10_000, 64, 8) == 256

@@ -57,10 +57,11 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
               callback=_ray_address,
               help="Score on Ray (pip install 'ray[data]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
                    "set, is joined instead; 'local' always starts one); auto, ray://HOST:PORT or HOST:PORT join a "
-                   "running cluster. Decode runs "
-                   "in CPU tasks, the model in --actors actors (one GPU each on CUDA).")
+                   "running cluster. The model runs in --actors actors: on CUDA one GPU each, fed by decode "
+                   "tasks; on CPU each actor decodes its own images.")
 @click.option("--actors", type=click.IntRange(1), default=None,
-              help="--ray: model actors [default: one per GPU of the cluster on CUDA, else 1].")
+              help="--ray: model actors [default: one per GPU of the cluster on CUDA, else one per CPU "
+                   "(per --threads CPUs)].")
 @click.option("--cpus", type=click.IntRange(1), default=None,
               help="--ray with no address: CPUs of the local instance [default: all cores].")
 @click.option("--fast-decode", is_flag=True,

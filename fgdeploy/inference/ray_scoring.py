@@ -3,11 +3,20 @@
 Pipeline (Ray Data's streaming executor; its backpressure bounds the images in flight):
 
     driver: discover_images -> paths not yet journaled -> blocks of paths
-      -> CPU tasks (``decode_paths``): ``decode_one`` per path, the local run's per-image code: S x S uint8
-         images, the sizes as stored, and the reason for each bad file
-      -> model actors (``ModelActor``; ``actors`` of them, one GPU each when the model runs on CUDA): the
-         predictor on the good images, ``to_records``; one journal line per image (a result or an error)
+      -> on GPUs: CPU tasks (``decode_paths``): ``decode_one`` per path, the local run's per-image code: S x S
+         uint8 images, the sizes as stored, and the reason for each bad file; then the model actors
+         (``ModelActor``; ``actors`` of them, one GPU each): the predictor on the good images, ``to_records``;
+         one journal line per image (a result or an error)
+      -> on CPUs: the model actors decode their own paths (the same ``decode_paths``) and run the model, one
+         actor per CPU by default
       -> driver: ``iter_batches``; each image's first line is appended to the journal and fsync'd.
+
+Why the two shapes: a GPU actor must be fed, so decoding runs beside it in as many CPU tasks as the node
+has CPUs to spare. A CPU actor decodes as fast as a decode task would, on the same kind of core; decoding
+in separate tasks then only adds a pass of every image through the object store and a second scheduled
+task per block, and leaves cores idle whenever the two stages' speeds differ. Measured on 2 cores
+(``bench/bench_ray.py``): decode tasks + one model actor reached 0.52x of local ``infer``'s img/s,
+actors that decode 0.9x and more (README, "Scale out").
 
 Where results are made durable, and why there: in the driver's journal (``OUT.partial.jsonl``), the same
 file, format and fsync-per-batch as the local run. Everything Ray holds in flight lives in the object store
@@ -54,11 +63,13 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
 LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local instance
-# A decode task asks for this much memory plus twice its block of resized images (measured: a decode worker's
-# process peaks near 120 MiB with 64 images of 160 px). Asking for memory also keeps decoding in its own tasks:
-# Ray Data fuses a task stage into the actor stage after it when their resource requests are equal (CPU
-# actors), and a fused actor would decode and run the model one after the other instead of side by side.
+# A decode task (GPU actors) asks for this much memory plus twice its block of resized images (measured: a
+# decode worker's process peaks near 120 MiB with 64 images of 160 px).
 DECODE_WORKER_MEMORY = 160 << 20
+# Paths per block: a decode task's block for GPU actors; for CPU actors, 16 batches per actor call (measured
+# on 2 cores, batch 16: 256 paths per call cost ~8 % less CPU per image than 64, and the same as 512).
+DECODE_BLOCK_BATCHES = 4
+ACTOR_BLOCK_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -243,15 +254,21 @@ def probe_model(spec: ModelSpec) -> ModelInfo:
 
 
 class ModelActor:
-    """One model instance: turns batches of decoded images into journal lines (a result or an error each)."""
+    """One model instance: turns batches of images into journal lines (a result or an error each).
 
-    def __init__(self, spec: ModelSpec, topk: int) -> None:
+    ``decodes``: the batches hold paths only and the actor decodes them itself (CPU actors), as
+    ``decode_paths`` would in a task; otherwise they hold ``decode_paths``'s output.
+    """
+
+    def __init__(self, spec: ModelSpec, topk: int, decodes: bool = False, fast_decode: bool = False) -> None:
         self._stack, loaded = _open_model(spec)
         self.predictor = loaded.predictor
         self.class_names, self.part_names = loaded.class_names, loaded.part_names
-        self.topk = topk
+        self.topk, self.decodes, self.fast_decode = topk, decodes, fast_decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.decodes:
+            batch = decode_paths(batch, self.predictor.input_size, self.fast_decode)
         items = [Decoded(str(p), None if e else image, (int(h), int(w)), error=str(e) or None)
                  for p, image, h, w, e in zip(batch["path"], batch["image"], batch["height"], batch["width"],
                                               batch["error"])]
@@ -304,13 +321,15 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
         if info.fixed_batch and options.batch > info.fixed_batch:
             raise FgdeployError(f"the model takes batches of exactly {info.fixed_batch} images (a static-shape "
                                 f"export); pass --batch {info.fixed_batch} or less (smaller batches are padded)")
-        if on_model:
-            on_model(info, actors)
         if info.classes and options.topk > info.classes:   # write all classes, as the local run does
             options = replace(options, topk=info.classes)
             header = run_header(paths, model_id, options)
         scored = open_journal(journal, header, out, options.resume)
         todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
+        per_block = paths_per_block(spec, len(todo), options.batch, actors)
+        actors = max(1, min(actors, -(-len(todo) // per_block)))   # no more actors than blocks
+        if on_model:
+            on_model(info, actors)
         report = InferReport(total=len(paths), scored=0, failed=0, skipped=len(paths) - len(todo), attempted=0,
                              seconds=0.0, out=out, errors_file=errors_path_for(out))
         if on_start:
@@ -319,7 +338,7 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
         try:
             sink = _JournalSink(journal, header["cwd"], scored, on_progress)
             if todo:
-                for block in _dataset(ray, todo, spec, info, options, actors).iter_batches(
+                for block in _dataset(ray, todo, spec, info, options, actors, per_block).iter_batches(
                         batch_size=None, batch_format="pyarrow", prefetch_batches=2):
                     sink.write(block.column("path").to_pylist(), block.column("line").to_pylist(),
                                block.column("failed").to_pylist())
@@ -345,21 +364,24 @@ def _placement(ray: Any, spec: ModelSpec, actors: int) -> tuple[ModelSpec, int]:
     if device == "cuda" and not gpus:
         raise FgdeployError("--device cuda: the Ray cluster has no GPUs (ray status lists its resources); "
                             "pass --device cpu or join a cluster with GPUs")
-    actors = actors or (gpus if device == "cuda" else 1)
+    spec = replace(spec, device=device, threads=spec.threads or (1 if device == "cpu" else None))
+    cpus, per_actor = int(ray.cluster_resources().get("CPU", 0)), actor_cpus(spec)
+    actors = actors or (gpus if device == "cuda" else max(1, cpus // per_actor))
     if device == "cuda" and actors > gpus:
         raise FgdeployError(f"--actors {actors}: the cluster has {gpus} GPUs and each actor takes one")
-    spec = replace(spec, device=device, threads=spec.threads or (1 if device == "cpu" else None))
-    needed, cpus = actors * actor_cpus(spec) + 1, int(ray.cluster_resources().get("CPU", 0))
+    decode_tasks = 1 if device == "cuda" else 0     # CPU actors decode their own images
+    needed = actors * per_actor + decode_tasks
     if needed > cpus:
-        raise FgdeployError(f"{actors} model actor(s) of {actor_cpus(spec)} CPU(s) and one decode task need {needed} "
-                            f"CPUs; the Ray cluster has {cpus}: pass fewer --actors or --threads (or more --cpus)")
+        what = f"{actors} model actor(s) of {per_actor} CPU(s)" + (" and one decode task" if decode_tasks else "")
+        raise FgdeployError(f"{what} need {needed} CPUs; the Ray cluster has {cpus}: pass fewer --actors or "
+                            "--threads (or more --cpus)")
     return spec, actors
 
 
 def actor_cpus(spec: ModelSpec) -> int:
-    """CPUs a model actor reserves: its model threads on CPU (default 1: on 2 cores one ONNX Runtime thread per
-    actor costs less CPU per image than its default two, which spin and contend with the decode tasks;
-    ``bench/bench_ray.py``), one on a GPU (it prepares batches)."""
+    """CPUs a model actor reserves: its model threads on CPU (default 1: one actor per CPU, each decoding and
+    running a single-threaded model, keeps every core busy without threads waiting on each other), one on a
+    GPU (it prepares batches; decoding runs in separate tasks)."""
     return (spec.threads or 1) if spec.device == "cpu" else 1
 
 
@@ -374,7 +396,7 @@ def _probe(ray: Any, spec: ModelSpec) -> ModelInfo:
 
 
 def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, options: InferOptions,
-             actors: int) -> Any:
+             actors: int, per_block: int) -> Any:
     """The Ray Data pipeline: path blocks -> decode tasks -> model actors -> (path, line, failed) rows."""
     import pyarrow as pa
 
@@ -382,16 +404,30 @@ def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, op
     context.enable_progress_bars = False        # the CLI draws its own bar
     context.print_on_execution_start = False
     context.execution_options.preserve_order = True   # OUT in the order of the paths, as a local run writes it
-    per_block = 4 * options.batch               # paths per block = per decode task
-    blocks = [pa.table({"path": list(todo[i:i + per_block])}) for i in range(0, len(todo), per_block)]
-    decoded = ray.data.from_arrow(blocks).map_batches(
+    paths = ray.data.from_arrow([pa.table({"path": list(todo[i:i + per_block])})
+                                 for i in range(0, len(todo), per_block)])
+    model_args = {"batch_size": options.batch, "batch_format": "numpy", "zero_copy_batch": True,
+                  "compute": ray.data.ActorPoolStrategy(size=actors), "num_cpus": actor_cpus(spec),
+                  "num_gpus": 1 if spec.device == "cuda" else 0}
+    if spec.device != "cuda":
+        return paths.map_batches(ModelActor, fn_constructor_kwargs={
+            "spec": spec, "topk": options.topk, "decodes": True, "fast_decode": options.fast_decode}, **model_args)
+    decoded = paths.map_batches(
         decode_paths, batch_size=None, batch_format="numpy", zero_copy_batch=True,
         fn_kwargs={"input_size": info.input_size, "fast_decode": options.fast_decode},
         num_cpus=1, memory=DECODE_WORKER_MEMORY + 2 * per_block * 3 * info.input_size ** 2)
-    return decoded.map_batches(
-        ModelActor, batch_size=options.batch, batch_format="numpy", zero_copy_batch=True,
-        fn_constructor_kwargs={"spec": spec, "topk": options.topk}, compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=actor_cpus(spec), num_gpus=1 if spec.device == "cuda" else 0)
+    return decoded.map_batches(ModelActor, fn_constructor_kwargs={"spec": spec, "topk": options.topk}, **model_args)
+
+
+def paths_per_block(spec: ModelSpec, images: int, batch: int, actors: int) -> int:
+    """Paths per block: one decode task's for GPU actors (``DECODE_BLOCK_BATCHES`` batches); for CPU actors
+    one actor call's, ``ACTOR_BLOCK_BATCHES`` batches or fewer so that the blocks come in whole rounds of
+    ``actors`` (no actor left idle while the last blocks finish)."""
+    if spec.device == "cuda":
+        return DECODE_BLOCK_BATCHES * batch
+    blocks = -(-images // (ACTOR_BLOCK_BATCHES * batch))
+    blocks = max(1, -(-blocks // actors) * actors)   # whole rounds
+    return max(1, -(-images // blocks))
 
 
 class _JournalSink:
