@@ -181,6 +181,27 @@ def throughput(model: Path, listing: Path, args: argparse.Namespace) -> dict[str
             "cpu_cost_ratio_local_over_ray": round(cpu_ratio, 3), "runs": runs}
 
 
+def stage_costs(model: Path, folder: Path, batch: int) -> dict[str, float]:
+    """CPU ms per image of each stage on one thread (what a CPU actor does per image): decode + resize
+    (``decode_one``), and the model (ONNX Runtime, one thread, batches of ``batch``) on the decoded images."""
+    from fgdeploy.inference.local import decode_one, single_threaded_cv2
+    from fgdeploy.inference.predictors import open_predictor
+
+    paths = [str(p) for p in sorted(folder.glob("*.jpg"))]
+    with open_predictor(model, "ort", device="cpu", batch=batch, threads=1) as loaded:
+        predictor = loaded.predictor
+        with single_threaded_cv2():
+            start = time.process_time()
+            images = [decode_one(p, predictor.input_size).image for p in paths]
+            decode_s = time.process_time() - start
+        start = time.process_time()
+        for i in range(0, len(images), batch):
+            predictor.predict(predictor.prepare(images[i:i + batch]), len(images[i:i + batch]))
+        model_s = time.process_time() - start
+    return {"images": len(paths), "decode_ms_per_image": round(1e3 * decode_s / len(paths), 3),
+            "model_ms_per_image_1_thread": round(1e3 * model_s / len(paths), 3)}
+
+
 def fit_sizes(by_size: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Each mode's run time as fixed + images / steady rate, from the smallest and largest job (medians)."""
     (n1, a), (n2, b) = sorted(((int(n), t) for n, t in by_size.items()))[::len(by_size) - 1]
@@ -243,6 +264,9 @@ def main() -> int:
         make_jpegs(tmp_path / "images", min(*args.images, 500))
         model = model_for_backend(save_model(tmp_path / "model.pt", "demo", small=False), "ort")
         real = sorted((tmp_path / "images").glob("*.jpg"))
+        payload["stage_costs"] = stage_costs(model, tmp_path / "images", args.batch)
+        print(f"one thread: decode {payload['stage_costs']['decode_ms_per_image']} ms, model "
+              f"{payload['stage_costs']['model_ms_per_image_1_thread']} ms per image", file=sys.stderr)
         payload["throughput"] = {str(n): throughput(model, link_list(tmp_path / "images", real, n), args)
                                  for n in args.images}
         if len(args.images) > 1:
