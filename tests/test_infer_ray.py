@@ -117,6 +117,30 @@ def test_ray_infer_writes_what_local_infer_writes_bad_files_included(tmp_path, t
 
 
 @needs_ray
+def test_decode_tasks_pipeline_writes_what_local_infer_writes(tmp_path, tiny_onnx, ray_address):
+    """The GPU actors' pipeline (decode in CPU tasks, then the model actors), run here on CPU: same OUT,
+    errors file and counts as local, bad files included."""
+    from fgdeploy.inference.local import InferOptions, discover_images, run_inference
+    from fgdeploy.inference.predictors import open_predictor
+    from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions, run_ray_inference
+
+    paths = discover_images(make_mixed_folder(tmp_path / "imgs"))
+    options = InferOptions(batch=3, topk=3)
+    announced: list[int] = []
+    with time_limit(180):
+        report = run_ray_inference(paths, ModelSpec(str(tiny_onnx), "ort", batch=3), tmp_path / "ray.csv",
+                                   options=options, ray_options=RayOptions(decode_tasks=True), model_id="tiny",
+                                   on_model=lambda info, actors: announced.append(actors))
+        with open_predictor(tiny_onnx, "ort", device="cpu", batch=3) as loaded:
+            run_inference(paths, loaded.predictor, tmp_path / "local.csv", class_names=loaded.class_names,
+                          part_names=loaded.part_names, options=options, model_id="tiny")
+    assert announced == [1]                      # 2 CPUs: one for a decode task, one for the model actor
+    assert report.scored == len(GOOD) and report.failed == len(BAD)
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert errors_path_for(tmp_path / "ray.csv").read_bytes() == errors_path_for(tmp_path / "local.csv").read_bytes()
+
+
+@needs_ray
 def test_ray_resume_extends_a_finished_local_run(tmp_path, tiny_onnx, ray_address):
     """Both write the same journal header and run record, so ``--resume`` carries either's results over."""
     src = tmp_path / "imgs"
@@ -234,6 +258,35 @@ def test_ray_infer_survives_a_killed_model_actor_each_image_once(tmp_path, tiny_
     assert sorted(r["path"] for r in records) == sorted(paths)   # each image exactly once
     assert report.scored == len(paths) and report.attempted == len(paths) and not report.errors
     assert records == read_results(tmp_path / "local.jsonl")
+
+
+@needs_ray
+def test_ray_infer_survives_a_killed_decode_task_each_image_once(tmp_path, tiny_onnx, ray_address):
+    """With decode tasks (the GPU actors' pipeline, run here on CPU), a decode task's process is SIGKILLed
+    while it decodes; Ray retries the task; OUT holds every image once."""
+    from fgdeploy.inference.local import InferOptions, discover_images
+    from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions, run_ray_inference
+
+    paths = discover_images(_photo_folder(tmp_path / "photos", 40))
+    paths = [str(_linked(Path(p), tmp_path / "links", k)) for k, p in enumerate(paths * 3)]
+    killed: list[int] = []
+
+    def kill_a_decode_task(n: int) -> None:
+        if not killed:
+            busy = [p for p in _children(os.getpid()) if "decode_paths" in _cmdline(p)]
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                killed.append(busy[0])
+
+    with time_limit(240):
+        report = run_ray_inference(paths, ModelSpec(str(tiny_onnx), "ort", batch=2), tmp_path / "ray.jsonl",
+                                   options=InferOptions(batch=2, topk=3),
+                                   ray_options=RayOptions(decode_tasks=True), model_id="tiny",
+                                   on_progress=kill_a_decode_task)
+    assert killed, "no decode task was running when results arrived"
+    records = read_results(tmp_path / "ray.jsonl")
+    assert sorted(r["path"] for r in records) == sorted(paths)   # each image exactly once
+    assert report.scored == len(paths) and report.attempted == len(paths) and not report.errors
 
 
 @needs_ray
@@ -364,16 +417,16 @@ def test_ray_options_that_do_not_fit_are_usage_errors(tmp_path, tiny_onnx, extra
 @pytest.mark.parametrize("images,batch,actors", [(2000, 16, 2), (20000, 16, 8), (40, 2, 2), (120, 2, 1), (5, 3, 2),
                                                  (257, 16, 1), (1, 16, 4)])
 def test_cpu_actor_blocks_cover_the_job_in_whole_rounds_of_at_most_16_batches(images, batch, actors):
-    from fgdeploy.inference.ray_scoring import ACTOR_BLOCK_BATCHES, ModelSpec, paths_per_block
+    from fgdeploy.inference.ray_scoring import ACTOR_BLOCK_BATCHES, paths_per_block
 
-    per_block = paths_per_block(ModelSpec("m.onnx", device="cpu"), images, batch, actors)
+    per_block = paths_per_block(False, images, batch, actors)
     blocks = -(-images // per_block)
     assert 1 <= per_block <= ACTOR_BLOCK_BATCHES * batch
     assert blocks % actors == 0 or blocks < actors                 # no actor idle in the last round
     assert per_block * (blocks - 1) < images <= per_block * blocks
 
 
-def test_gpu_actors_get_blocks_of_four_batches_from_decode_tasks():
-    from fgdeploy.inference.ray_scoring import ModelSpec, paths_per_block
+def test_decode_tasks_get_blocks_of_four_batches():
+    from fgdeploy.inference.ray_scoring import paths_per_block
 
-    assert paths_per_block(ModelSpec("m.onnx", device="cuda"), 10_000, 64, 8) == 256
+    assert paths_per_block(True, 10_000, 64, 8) == 256

@@ -94,6 +94,8 @@ class RayOptions:
     actors: int = 0                 # model actors; 0: one per GPU when on CUDA, else 1
     cpus: int | None = None         # local instance: logical CPUs (None: all cores)
     object_store_bytes: int | None = None   # local instance: object store size (None: Ray's default)
+    decode_tasks: bool | None = None        # decode in CPU tasks feeding the actors (None: on GPUs only; CPU
+                                            # actors decode their own images, measured faster on CPUs)
     verbose: bool = False           # Ray's own log lines (else only its errors reach the console)
 
 
@@ -317,7 +319,7 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
     if journal.path.exists() and not options.resume:
         open_journal(journal, header, out, resume=False)   # raises: say so before starting Ray
     with ray_session(ray_options) as ray:
-        spec, actors = _placement(ray, spec, ray_options.actors)
+        spec, actors, decode_tasks = _placement(ray, spec, ray_options.actors, ray_options.decode_tasks)
         info = _probe(ray, spec)
         if info.fixed_batch and options.batch > info.fixed_batch:
             raise FgdeployError(f"the model takes batches of exactly {info.fixed_batch} images (a static-shape "
@@ -327,7 +329,7 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
             header = run_header(paths, model_id, options)
         scored = open_journal(journal, header, out, options.resume)
         todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
-        per_block = paths_per_block(spec, len(todo), options.batch, actors)
+        per_block = paths_per_block(decode_tasks, len(todo), options.batch, actors)
         actors = max(1, min(actors, -(-len(todo) // per_block)))   # no more actors than blocks
         if on_model:
             on_model(info, actors)
@@ -339,7 +341,7 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
         try:
             sink = _JournalSink(journal, header["cwd"], scored, on_progress)
             if todo:
-                for block in _dataset(ray, todo, spec, info, options, actors, per_block).iter_batches(
+                for block in _dataset(ray, todo, spec, info, options, actors, per_block, decode_tasks).iter_batches(
                         batch_size=None, batch_format="pyarrow", prefetch_batches=2):
                     sink.write(block.column("path").to_pylist(), block.column("line").to_pylist(),
                                block.column("failed").to_pylist())
@@ -356,8 +358,9 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
     return report
 
 
-def _placement(ray: Any, spec: ModelSpec, actors: int) -> tuple[ModelSpec, int]:
-    """Resolve device "auto" against the cluster (cuda when it has GPUs) and the number of actors."""
+def _placement(ray: Any, spec: ModelSpec, actors: int, decode_tasks: bool | None) -> tuple[ModelSpec, int, bool]:
+    """Resolve device "auto" against the cluster (cuda when it has GPUs), the number of actors and whether
+    decoding runs in tasks of its own (``decode_tasks`` None: on GPUs only)."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     device = spec.device if spec.device != "auto" else ("cuda" if gpus else "cpu")
     if device.startswith("cuda:"):
@@ -366,17 +369,17 @@ def _placement(ray: Any, spec: ModelSpec, actors: int) -> tuple[ModelSpec, int]:
         raise FgdeployError("--device cuda: the Ray cluster has no GPUs (ray status lists its resources); "
                             "pass --device cpu or join a cluster with GPUs")
     spec = replace(spec, device=device, threads=spec.threads or (1 if device == "cpu" else None))
+    decode_tasks = device == "cuda" if decode_tasks is None else decode_tasks
     cpus, per_actor = int(ray.cluster_resources().get("CPU", 0)), actor_cpus(spec)
-    actors = actors or (gpus if device == "cuda" else max(1, cpus // per_actor))
+    actors = actors or (gpus if device == "cuda" else max(1, (cpus - decode_tasks) // per_actor))
     if device == "cuda" and actors > gpus:
         raise FgdeployError(f"--actors {actors}: the cluster has {gpus} GPUs and each actor takes one")
-    decode_tasks = 1 if device == "cuda" else 0     # CPU actors decode their own images
     needed = actors * per_actor + decode_tasks
     if needed > cpus:
         what = f"{actors} model actor(s) of {per_actor} CPU(s)" + (" and one decode task" if decode_tasks else "")
         raise FgdeployError(f"{what} need {needed} CPUs; the Ray cluster has {cpus}: pass fewer --actors or "
                             "--threads (or more --cpus)")
-    return spec, actors
+    return spec, actors, decode_tasks
 
 
 def actor_cpus(spec: ModelSpec) -> int:
@@ -397,8 +400,8 @@ def _probe(ray: Any, spec: ModelSpec) -> ModelInfo:
 
 
 def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, options: InferOptions,
-             actors: int, per_block: int) -> Any:
-    """The Ray Data pipeline: path blocks -> decode tasks -> model actors -> (path, line, failed) rows."""
+             actors: int, per_block: int, decode_tasks: bool) -> Any:
+    """The Ray Data pipeline: path blocks -> [decode tasks ->] model actors -> (path, line, failed) rows."""
     import pyarrow as pa
 
     context = ray.data.DataContext.get_current()
@@ -410,7 +413,7 @@ def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, op
     model_args = {"batch_size": options.batch, "batch_format": "numpy", "zero_copy_batch": True,
                   "compute": ray.data.ActorPoolStrategy(size=actors), "num_cpus": actor_cpus(spec),
                   "num_gpus": 1 if spec.device == "cuda" else 0}
-    if spec.device != "cuda":
+    if not decode_tasks:
         return paths.map_batches(ModelActor, fn_constructor_kwargs={
             "spec": spec, "topk": options.topk, "decodes": True, "fast_decode": options.fast_decode}, **model_args)
     decoded = paths.map_batches(
@@ -420,11 +423,11 @@ def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, op
     return decoded.map_batches(ModelActor, fn_constructor_kwargs={"spec": spec, "topk": options.topk}, **model_args)
 
 
-def paths_per_block(spec: ModelSpec, images: int, batch: int, actors: int) -> int:
-    """Paths per block: one decode task's for GPU actors (``DECODE_BLOCK_BATCHES`` batches); for CPU actors
-    one actor call's, ``ACTOR_BLOCK_BATCHES`` batches or fewer so that the blocks come in whole rounds of
-    ``actors`` (no actor left idle while the last blocks finish)."""
-    if spec.device == "cuda":
+def paths_per_block(decode_tasks: bool, images: int, batch: int, actors: int) -> int:
+    """Paths per block: one decode task's (``DECODE_BLOCK_BATCHES`` batches); for actors that decode, one actor
+    call's, ``ACTOR_BLOCK_BATCHES`` batches or fewer so that the blocks come in whole rounds of ``actors`` (no
+    actor left idle while the last blocks finish)."""
+    if decode_tasks:
         return DECODE_BLOCK_BATCHES * batch
     blocks = -(-images // (ACTOR_BLOCK_BATCHES * batch))
     blocks = max(1, -(-blocks // actors) * actors)   # whole rounds
