@@ -430,3 +430,15 @@ def test_decode_tasks_get_blocks_of_four_batches():
     from fgdeploy.inference.ray_scoring import paths_per_block
 
     assert paths_per_block(True, 10_000, 64, 8) == 256
+
+
+def test_ray_log_level_note_is_kept_off_stderr_and_other_lines_are_not(capfd):
+    from fgdeploy.inference.ray_scoring import RAY_LOG_LEVEL_NOTE, without_stderr_lines
+
+    with without_stderr_lines(RAY_LOG_LEVEL_NOTE):
+        os.write(2, b"[I logging.cc:303] Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL to 3\n")
+        os.write(2, b"a real problem\n")      # C++ code writes to the file descriptor, not sys.stderr
+        print("from python", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "a real problem" in err and "from python" in err
+    assert RAY_LOG_LEVEL_NOTE not in err

@@ -43,6 +43,8 @@ import contextlib
 import json
 import logging
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -64,11 +66,17 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
 LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local instance
-# A decode task (GPU actors) asks for this much memory plus twice its block of resized images (measured: a
-# decode worker's process peaks near 120 MiB with 64 images of 160 px).
+# The one line Ray's C++ core prints at ray.init because quiet_ray_logs set its level ("Set ray log level from
+# environment variable RAY_BACKEND_LOG_LEVEL to 3"): kept off the console unless -v.
+RAY_LOG_LEVEL_NOTE = "Set ray log level from environment variable"
+# A decode task asks for this much memory plus twice its block of resized images (measured: a decode worker's
+# process peaks near 120 MiB with 64 images of 160 px). Asking for memory also keeps decode tasks apart from
+# CPU actors (``decode_tasks=True`` on CPUs): Ray Data fuses a task stage into the actor stage after it when
+# their resource requests are equal.
 DECODE_WORKER_MEMORY = 160 << 20
-# Paths per block: a decode task's block for GPU actors; for CPU actors, 16 batches per actor call (measured
-# on 2 cores, batch 16: 256 paths per call cost ~8 % less CPU per image than 64, and the same as 512).
+# Paths per block: a decode task's; for actors that decode, one actor call's: 16 batches, chosen from single
+# runs on 2 cores (2,000 images, batch 16; not repeated): 256 paths per call 9.8 CPU ms per image over all
+# processes, 128 paths 10.7, 64 paths 10.5 (first prototype); 512 paths left the first results ~11 s late.
 DECODE_BLOCK_BATCHES = 4
 ACTOR_BLOCK_BATCHES = 16
 
@@ -91,7 +99,7 @@ class RayOptions:
     """Where and how wide to run."""
 
     address: str | None = None      # None/"": RAY_ADDRESS if set, else a local instance; "local"; auto, ray://h:p, h:p
-    actors: int = 0                 # model actors; 0: one per GPU when on CUDA, else 1
+    actors: int = 0                 # model actors; 0: one per GPU on CUDA, else one per ``threads`` CPUs
     cpus: int | None = None         # local instance: logical CPUs (None: all cores)
     object_store_bytes: int | None = None   # local instance: object store size (None: Ray's default)
     decode_tasks: bool | None = None        # decode in CPU tasks feeding the actors (None: on GPUs only; CPU
@@ -148,11 +156,12 @@ def ray_session(options: RayOptions = RayOptions()) -> Iterator[Any]:
         quiet_ray_logs()
     log_level = logging.INFO if options.verbose else logging.ERROR
     try:
-        if address in LOCAL_ADDRESSES:
-            start_local_instance(ray, options.cpus, options.object_store_bytes, log_level)
-        else:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address=address, logging_level=log_level, log_to_driver=options.verbose)
+        with contextlib.nullcontext() if options.verbose else without_stderr_lines(RAY_LOG_LEVEL_NOTE):
+            if address in LOCAL_ADDRESSES:
+                start_local_instance(ray, options.cpus, options.object_store_bytes, log_level)
+            else:
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                ray.init(address=address, logging_level=log_level, log_to_driver=options.verbose)
     except ConnectionError as exc:
         raise FgdeployError(f"cannot reach the Ray cluster at {address!r} ({_first_line(exc)}); start it with "
                             "`ray start --head` or pass its address (auto, ray://HOST:10001, HOST:6379)") from None
@@ -173,6 +182,27 @@ def quiet_ray_logs() -> None:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")   # the driver's C++ core worker, read at ray.init
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def without_stderr_lines(marker: str) -> Iterator[None]:
+    """Write to stderr (the file descriptor: C++ code writes there too) all but the lines containing
+    ``marker`` while the block runs; the other lines follow when it ends."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if marker.encode() not in line]
+            if kept:
+                sys.stderr.buffer.write(b"".join(kept))
+                sys.stderr.flush()
 
 
 def start_local_instance(ray: Any, cpus: int | None = None, object_store_bytes: int | None = None,
