@@ -376,6 +376,79 @@ def test_local_ray_instance_listens_and_talks_on_loopback_only_and_reports_nothi
     assert not usage_stats_enabled()
 
 
+@needs_ray
+def test_joining_without_the_clusters_token_says_how_to_give_it(tmp_path, tiny_onnx, ray_address):
+    """The instance runs with token authentication (Ray's default for the clusters it starts); a driver given its
+    address without RAY_AUTH_MODE=token is refused: a one-line error naming the fix, not Ray's "Failed to connect"
+    and its once-a-second retry lines; nothing written."""
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        pytest.skip("this Ray runs its instances without token authentication (RAY_AUTH_MODE is not 'token')")
+    make_mixed_folder(tmp_path / "imgs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_") and k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "fgdeploy", "infer", str(tmp_path / "imgs"), "--model", str(tiny_onnx),
+           "--out", str(tmp_path / "r.csv"), "--ray", ray_address]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("INFO ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr[-2000:]
+    assert "token" in lines[0] and "RAY_AUTH_MODE=token" in lines[0] and "ray get-auth-token" in lines[0]
+    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r.csv.partial.jsonl").exists()
+
+
+def test_connection_refusals_for_a_missing_token_are_told_apart_from_other_failures():
+    from fgdeploy.inference.ray_scoring import _refused_for_missing_token
+
+    class AuthenticationError(Exception):   # what Ray raises inside its GCS client, by name
+        pass
+
+    def chained(inner: BaseException) -> ConnectionError:
+        try:
+            try:
+                raise inner
+            except Exception as exc:
+                raise RuntimeError("Failed to connect to GCS") from exc
+        except RuntimeError as exc:
+            outer = ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379")
+            outer.__cause__ = exc
+            return outer
+
+    assert _refused_for_missing_token(chained(AuthenticationError("RPC error")))
+    assert _refused_for_missing_token(chained(RuntimeError("... InvalidAuthToken: token is missing ...")))
+    assert not _refused_for_missing_token(chained(TimeoutError("timed out after 60 s")))
+    assert not _refused_for_missing_token(ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379"))
+
+
+@pytest.mark.parametrize("user_setting", [None, "5"])
+def test_joining_an_unreachable_cluster_gives_up_after_two_tries_unless_the_user_asks_for_more(
+        monkeypatch, user_setting):
+    """Ray's default (20 tries of ~40 s when nothing answers) would hang a mistyped address for ~13 minutes."""
+    import types
+
+    from fgdeploy.errors import FgdeployError
+    from fgdeploy.inference import ray_scoring
+
+    variable = ray_scoring.CONNECT_ATTEMPTS_VARIABLE
+    if user_setting is None:
+        monkeypatch.delenv(variable, raising=False)
+    else:
+        monkeypatch.setenv(variable, user_setting)
+    seen: list[str | None] = []
+
+    def init(**kwargs):
+        seen.append(os.environ.get(variable))
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None)
+    monkeypatch.setattr(ray_scoring, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_scoring, "quiet_ray_logs", lambda: None)
+    with pytest.raises(FgdeployError, match="cannot reach the Ray cluster at '10.9.9.9:6379'") as error:
+        with ray_scoring.ray_session(ray_scoring.RayOptions(address="10.9.9.9:6379")):
+            pass
+    expected = user_setting or "2"
+    assert seen == [expected] and f"{expected} attempts" in str(error.value) and variable in str(error.value)
+    assert os.environ.get(variable) == user_setting          # put back as it was
+
+
 # --------------------------------------------------------------------------------------------
 # options and a missing Ray
 def test_ray_missing_is_a_one_line_error_naming_what_to_install(tmp_path, monkeypatch, tiny_onnx):
@@ -432,13 +505,14 @@ def test_decode_tasks_get_blocks_of_four_batches():
     assert paths_per_block(True, 10_000, 64, 8) == 256
 
 
-def test_ray_log_level_note_is_kept_off_stderr_and_other_lines_are_not(capfd):
-    from fgdeploy.inference.ray_scoring import RAY_LOG_LEVEL_NOTE, without_stderr_lines
+def test_ray_console_notes_are_kept_off_stderr_and_other_lines_are_not(capfd):
+    from fgdeploy.inference.ray_scoring import RAY_GCS_RETRY_NOTE, RAY_LOG_LEVEL_NOTE, without_stderr_lines
 
-    with without_stderr_lines(RAY_LOG_LEVEL_NOTE):
+    with without_stderr_lines(RAY_LOG_LEVEL_NOTE, RAY_GCS_RETRY_NOTE):
         os.write(2, b"[I logging.cc:303] Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL to 3\n")
+        os.write(2, b"[W gcs_client.cc:210] Failed to get cluster ID from GCS server: Unauthenticated: ...\n")
         os.write(2, b"a real problem\n")      # C++ code writes to the file descriptor, not sys.stderr
         print("from python", file=sys.stderr)
     err = capfd.readouterr().err
     assert "a real problem" in err and "from python" in err
-    assert RAY_LOG_LEVEL_NOTE not in err
+    assert RAY_LOG_LEVEL_NOTE not in err and RAY_GCS_RETRY_NOTE not in err

@@ -69,6 +69,14 @@ LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local i
 # The one line Ray's C++ core prints at ray.init because quiet_ray_logs set its level ("Set ray log level from
 # environment variable RAY_BACKEND_LOG_LEVEL to 3"): kept off the console unless -v.
 RAY_LOG_LEVEL_NOTE = "Set ray log level from environment variable"
+# The line Ray's GCS client repeats once a second while a connection is refused ("Failed to get cluster ID from
+# GCS server: Unauthenticated: ..."): ray_session's error says what is wrong instead (-v shows them).
+RAY_GCS_RETRY_NOTE = "Failed to get cluster ID from GCS server"
+# Joining a cluster, ray.init tries to reach its GCS 20 times by default, ~40 s each when nothing answers: a
+# mistyped address would hang for ~13 minutes. Ray reads the number of tries from this variable (a user's own
+# setting wins): 2 tries, ~80 s to a clear error; a refused token fails in ~2 s.
+CONNECT_ATTEMPTS_VARIABLE = "RAY_gcs_server_port_wait_time_s"
+CONNECT_ATTEMPTS = 2
 # A decode task asks for this much memory plus twice its block of resized images (measured: a decode worker's
 # process peaks near 120 MiB with 64 images of 160 px). Asking for memory also keeps decode tasks apart from
 # CPU actors (``decode_tasks=True`` on CPUs): Ray Data fuses a task stage into the actor stage after it when
@@ -156,19 +164,44 @@ def ray_session(options: RayOptions = RayOptions()) -> Iterator[Any]:
         quiet_ray_logs()
     log_level = logging.INFO if options.verbose else logging.ERROR
     try:
-        with contextlib.nullcontext() if options.verbose else without_stderr_lines(RAY_LOG_LEVEL_NOTE):
+        quiet = without_stderr_lines(RAY_LOG_LEVEL_NOTE, RAY_GCS_RETRY_NOTE)
+        with contextlib.nullcontext() if options.verbose else quiet:
             if address in LOCAL_ADDRESSES:
                 start_local_instance(ray, options.cpus, options.object_store_bytes, log_level)
             else:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                ray.init(address=address, logging_level=log_level, log_to_driver=options.verbose)
+                logger.info("joining the Ray cluster at %s", address)
+                with environment_default(CONNECT_ATTEMPTS_VARIABLE, str(CONNECT_ATTEMPTS)):
+                    ray.init(address=address, logging_level=log_level, log_to_driver=options.verbose)
     except ConnectionError as exc:
-        raise FgdeployError(f"cannot reach the Ray cluster at {address!r} ({_first_line(exc)}); start it with "
-                            "`ray start --head` or pass its address (auto, ray://HOST:10001, HOST:6379)") from None
+        if _refused_for_missing_token(exc):
+            raise FgdeployError(
+                f"the Ray cluster at {address!r} refused the connection for want of its token (recent Ray starts "
+                "clusters with token authentication on, and sends no token to an address given explicitly unless "
+                "told to): set RAY_AUTH_MODE=token and make the cluster's token available here "
+                "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on the head "
+                "prints it), or use --ray auto on a cluster node") from None
+        attempts = os.environ.get(CONNECT_ATTEMPTS_VARIABLE, str(CONNECT_ATTEMPTS))
+        raise FgdeployError(f"cannot reach the Ray cluster at {address!r} ({_first_line(exc)}, {attempts} attempts; "
+                            f"{CONNECT_ATTEMPTS_VARIABLE}=N tries N times); start it with `ray start --head` or "
+                            "pass its address (auto, ray://HOST:10001, HOST:6379)") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def environment_default(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` in the environment while the block runs, unless the user set it already."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def target_address(options: RayOptions) -> str:
@@ -185,9 +218,9 @@ def quiet_ray_logs() -> None:
 
 
 @contextlib.contextmanager
-def without_stderr_lines(marker: str) -> Iterator[None]:
-    """Write to stderr (the file descriptor: C++ code writes there too) all but the lines containing
-    ``marker`` while the block runs; the other lines follow when it ends."""
+def without_stderr_lines(*markers: str) -> Iterator[None]:
+    """Write to stderr (the file descriptor: C++ code writes there too) all but the lines containing one of
+    ``markers`` while the block runs; the other lines follow when it ends."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -199,7 +232,8 @@ def without_stderr_lines(marker: str) -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if marker.encode() not in line]
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if not any(marker.encode() in line for marker in markers)]
             if kept:
                 sys.stderr.buffer.write(b"".join(kept))
                 sys.stderr.flush()
@@ -230,6 +264,19 @@ def start_local_instance(ray: Any, cpus: int | None = None, object_store_bytes: 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refused_for_missing_token(exc: BaseException) -> bool:
+    """Whether a failed connection was the cluster refusing a missing or wrong token (Ray's AuthenticationError
+    somewhere in the chain of causes; ray.init itself only says "Failed to connect")."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if type(link).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(link):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def _fgdeploy_cause(exc: BaseException) -> FgdeployError | None:
