@@ -11,7 +11,9 @@
    the ratio changes with the job's size. Also recorded: CPU time per image of each run's whole process tree
    (for Ray: driver, GCS, raylet, workers, sampled so that actors that end count too), which bounds img/s
    when the cores are the limit. --compare-threads times --ray with N ONNX Runtime threads per actor too.
-   Target: Ray / local >= 0.8.
+   Target: Ray / local >= 0.8. --address HOST:PORT runs the --ray side on a running cluster instead (e.g. a
+   loopback `ray start --head` on this machine): what a run costs once Ray and Ray Data's helper actors are up;
+   CPU time is then that of the whole machine (/proc/stat) for both modes, so run it on an idle machine.
 2. Driver peak RSS: `infer --ray` over 500 and over 5,000 images (symlinks to 500 JPEGs under distinct
    names), each in a fresh process with a small-width model: the peak RSS of the driver during the run
    (VmHWM after resetting it once Ray is up), and the process's ru_maxrss. Target: 5,000 <= 1.2 x 500.
@@ -55,6 +57,31 @@ def _tree_ticks(root: int) -> dict[int, int]:
         frontier += kids
     # fields after the name: state ppid ... utime(11) stime(12) cutime(13) cstime(14), 0-based from state
     return {p: sum(int(stats[p][i]) for i in (11, 12, 13, 14)) for p in tree if p in stats}
+
+
+class MachineCpuMeter:
+    """CPU seconds used by the whole machine while the meter runs (/proc/stat, all CPUs, busy time): for runs on
+    a cluster started outside this process tree. Includes whatever else runs: use on an idle machine."""
+
+    def __enter__(self) -> "MachineCpuMeter":
+        self._start = self._busy_ticks()
+        return self
+
+    @staticmethod
+    def _busy_ticks() -> int:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields) - fields[3] - fields[4]   # all but idle and iowait
+
+    def seconds(self) -> float:
+        return (self._busy_ticks() - self._start) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def cpu_meter(args: argparse.Namespace) -> "TreeCpuMeter | MachineCpuMeter":
+    """The process tree's CPU time, or the machine's when --ray runs on a cluster outside the tree."""
+    return MachineCpuMeter() if args.address else TreeCpuMeter()
 
 
 class TreeCpuMeter:
@@ -109,16 +136,16 @@ def child(args: argparse.Namespace) -> None:
         if args.child == "local":
             with open_predictor(args.model, "ort", device="cpu", batch=args.batch) as loaded:
                 result["startup_s"] = time.perf_counter() - t0
-                with TreeCpuMeter() as cpu:
+                with cpu_meter(args) as cpu:
                     report = run_inference(paths, loaded.predictor, out, options=options, model_id="bench")
                     result["cpu_s"] = cpu.seconds()
         else:
-            with ray_session(RayOptions(cpus=args.cpus)):
+            with ray_session(RayOptions(address=args.address or None, cpus=args.cpus)):
                 result["startup_s"] = time.perf_counter() - t0
                 before = _status_kib("VmRSS")
                 reset = _reset_peak_rss()   # the run's peak, not that of imports and ray.init
                 spec = ModelSpec(str(args.model), "ort", batch=args.batch, threads=args.threads or None)
-                with TreeCpuMeter() as cpu:
+                with cpu_meter(args) as cpu:
                     report = run_ray_inference(paths, spec, out, options=options, model_id="bench")
                     result["cpu_s"] = cpu.seconds()
                 result.update({"rss_before_run_kib": before, "run_peak_rss_kib": _status_kib("VmHWM") if reset
@@ -135,7 +162,7 @@ def run_child(mode: str, listing: Path, model: Path, args: argparse.Namespace) -
     threads = int(mode.rsplit("-", 1)[1]) if mode.startswith("ray-threads-") else 0
     cpus = args.cpus + max(0, threads - 1)   # N threads reserve N CPUs: declare the extra ones (same cores)
     cmd = [sys.executable, __file__, "--child", mode.split("-")[0], "--list", str(listing), "--model", str(model),
-           "--batch", str(args.batch), "--cpus", str(cpus), "--threads", str(threads)]
+           "--batch", str(args.batch), "--cpus", str(cpus), "--threads", str(threads), "--address", args.address]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -236,6 +263,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local Ray instance")
+    parser.add_argument("--address", default="", help="run --ray on this running cluster (HOST:PORT) instead of a "
+                        "local instance per run; CPU time is then the machine's")
     parser.add_argument("--rss-counts", default="500,5000", help="image counts of the RSS runs ('' to skip)")
     parser.add_argument("--compare-threads", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
                         help="also time --ray with these ONNX Runtime threads per actor (default one)")
