@@ -121,7 +121,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 
         spec = ModelSpec(model, kind, device, fp16, batch, fast, threads)
         verbose = bool((ctx.find_root().obj or {}).get("verbose"))
-        _score_on_ray(ctx, paths, spec, out, options, RayOptions(ray_address, actors or 0, cpus, verbose=verbose))
+        _score_on_ray(ctx, paths, spec, out, options, RayOptions(address=ray_address, cpus=cpus, verbose=verbose, actors=actors or 0))
         return
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
         echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
