@@ -76,7 +76,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     import torch
 
     from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
-    from fgdeploy.export.onnx_export import export_checkpoint
+    from fgdeploy.export.exporter import export_checkpoint
     from fgdeploy.models import create_model
 
     folder = tmp_path_factory.mktemp("serve_models")

@@ -38,7 +38,7 @@ def outside_a_replica(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
-    from fgdeploy.export.onnx_export import export_checkpoint
+    from fgdeploy.export.exporter import export_checkpoint
 
     folder = tmp_path_factory.mktemp("serve_api_model")
     onnx_path = folder / "tiny.onnx"

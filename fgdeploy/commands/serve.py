@@ -65,7 +65,7 @@ def command(ctx: click.Context, model: str, host: str, port: int, replicas: int 
     """
     from fgdeploy.inference.fastpath import FastPathOptions
     from fgdeploy.inference.predictors import resolve_backend
-    from fgdeploy.inference.ray_scoring import RayOptions
+    from fgdeploy.inference.ray_cluster import ClusterOptions
     from fgdeploy.serving.api import ServeConfig
     from fgdeploy.serving.server import Serving, ServerOptions, serve_forever
 
@@ -82,7 +82,7 @@ def command(ctx: click.Context, model: str, host: str, port: int, replicas: int 
     config = ServeConfig(model=model, backend=kind, device=device, fp16=fp16, threads=threads, fast=fast,
                          max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_bytes=max_bytes, topk=topk)
     verbose = bool((ctx.find_root().obj or {}).get("verbose"))
-    ray_options = RayOptions(address="local" if ray_address is None else ray_address, cpus=cpus, verbose=verbose)
+    ray_options = ClusterOptions(address="local" if ray_address is None else ray_address, cpus=cpus, verbose=verbose)
     options = ServerOptions(host=host, port=port, replicas=replicas or 0, ray=ray_options)
 
     def announce(serving: Serving) -> None:

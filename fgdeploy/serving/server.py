@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fgdeploy.errors import FgdeployError
-from fgdeploy.inference.ray_scoring import LOCAL_ADDRESSES, RayOptions, ray_session, target_address
+from fgdeploy.inference.ray_cluster import LOCAL_ADDRESSES, ClusterOptions, first_line, ray_session, target_address
 from fgdeploy.serving.api import HEALTH_PATH, ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = 0                   # 0: one per GPU of the cluster on CUDA, else 1
-    ray: RayOptions = field(default_factory=lambda: RayOptions(address="local"))
+    ray: ClusterOptions = field(default_factory=lambda: ClusterOptions(address="local"))
     ready_timeout_s: float = 600.0      # model load + warm-up on every replica
     drain_timeout_s: float = 30.0       # how long requests in flight may take to finish when stopping
 
@@ -71,14 +71,17 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
     Raises:
         FgdeployError: Ray unreachable, the port taken, too few CPUs/GPUs, the model failing to load.
     """
-    from ray import serve
-
-    if deployment is None:
-        from fgdeploy.serving.replica import ModelReplica as deployment
     local = target_address(options.ray) in LOCAL_ADDRESSES
     if local:
         check_port_free(options.host, options.port)
-    with ray_session(options.ray) as ray, (contextlib.nullcontext(stop) if stop else stop_on_signals()) as stop:
+    with ray_session(options.ray, needs="ray.serve") as ray, \
+            (contextlib.nullcontext(stop) if stop else stop_on_signals()) as stop:
+        from ray import serve
+        from ray.serve.exceptions import RayServeException
+
+        if deployment is None:
+            from fgdeploy.serving.replica import ModelReplica as deployment
+
         config, replicas, actor_options = placement(ray, config, options.replicas)
         url = f"http://{_connect_host(options.host)}:{options.port}"
         try:
@@ -91,7 +94,10 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
                 max_ongoing_requests=max(MIN_ONGOING_REQUESTS, 4 * config.max_batch),
                 graceful_shutdown_timeout_s=options.drain_timeout_s, graceful_shutdown_wait_loop_s=0.5,
                 health_check_period_s=5.0).bind(config)
-            serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+            try:
+                serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+            except (RuntimeError, RayServeException) as exc:   # a replica's constructor failed, ...
+                raise FgdeployError(f"Ray Serve could not deploy the model: {first_line(exc)}") from None
             identity = wait_until_healthy(url, options.ready_timeout_s, stop)
             if not stop.is_set() and on_ready is not None:
                 on_ready(Serving(url, replicas, config.device, config.threads, identity))
