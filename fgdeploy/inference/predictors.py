@@ -126,7 +126,8 @@ def resolve_device(backend: str, device: str = "auto") -> str:
 
 @contextlib.contextmanager
 def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "auto", fp16: bool = False,
-                   batch: int | None = 64, fast: Any = None, threads: int | None = None) -> Iterator[LoadedModel]:
+                   batch: int | None = 64, fast: Any = None, threads: int | None = None,
+                   spin: bool = True) -> Iterator[LoadedModel]:
     """Open ``model`` for ``run_inference``; the runner is deactivated on exit.
 
     Args:
@@ -137,6 +138,8 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         batch: the run's batch size (the torch fast path pads to it when compiled or graphed; None: no padding).
         fast: ``fgdeploy.inference.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
         threads: CPU threads for ONNX Runtime (None: its default).
+        spin: ONNX Runtime's idle threads spin-wait for the next call (its default); False: they sleep (a server,
+            whose calls come apart and whose cores also serve HTTP and decoding).
     """
     kind = resolve_backend(model, backend)
     device = resolve_device(kind, device)
@@ -157,6 +160,8 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
     from fgdeploy.backends import open_runner
 
     extra: dict[str, Any] = {"threads": threads} if threads and kind == "ort" else {}
+    if not spin and kind == "ort":
+        extra["spin"] = False
     with open_runner(kind, str(model), device=device, fp16=fp16 or None, **extra) as runner:
         recorded = runner.metadata()
         threshold = (recorded.get("model_config") or {}).get("visibility_threshold", 0.5)

@@ -150,6 +150,9 @@ class ModelReplica(HttpReplica):
     def __init__(self, config: ServeConfig) -> None:
         import cv2
 
+        from fgdeploy.cpu import prefer_passive_wait
+
+        prefer_passive_wait()   # torch's OpenMP threads sleep when idle (before torch is imported), as in `train`
         cv2.setNumThreads(1)    # the decode threads are the parallelism (as in `infer`)
         super().__init__(config)
         self._stack: Any = None
@@ -167,8 +170,9 @@ class ModelReplica(HttpReplica):
         c = self.config
         try:
             self._stack = contextlib.ExitStack()
-            self.loaded = self._stack.enter_context(open_predictor(
-                c.model, c.backend, device=c.device, fp16=c.fp16, batch=c.max_batch, fast=c.fast, threads=c.threads))
+            self.loaded = self._stack.enter_context(open_predictor(   # idle model threads sleep: the cores are shared
+                c.model, c.backend, device=c.device, fp16=c.fp16, batch=c.max_batch, fast=c.fast, threads=c.threads,
+                spin=False))
             predictor = self.loaded.predictor
             check_fixed_batch(getattr(predictor, "fixed_batch", None), c.max_batch, "--max-batch")
             self.maker = RecordMaker(predictor.input_size, c.topk, self.loaded.class_names, self.loaded.part_names)
