@@ -96,6 +96,7 @@ class LoadedModel:
     part_names: list[str]
     visibility_threshold: float = 0.5   # keypoint score below which a part counts as not visible
     recorded: dict[str, Any] | None = None   # an export's metadata (source checkpoint, ...); None for torch
+    heatmap_size: tuple[int, int] | None = None   # (Hh, Wh) of the keypoint heatmaps, when known
 
 
 def resolve_backend(model: str | Path, backend: str = "auto") -> str:
@@ -122,6 +123,11 @@ def resolve_device(backend: str, device: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _heatmap_size(net: Any) -> tuple[int, int] | None:
+    size = getattr(net, "heatmap_size", None)
+    return (int(size[0]), int(size[1])) if size else None
 
 
 @contextlib.contextmanager
@@ -155,7 +161,8 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         if batch and predictor.pad_to:   # compile / capture now, before the decode threads start
             predictor.warm_up(batch, iterations=1)
         yield LoadedModel(predictor, f"torch-{device.split(':')[0]}-{options.label}", list(meta.class_names),
-                          list(meta.part_names), float(net.config.visibility_threshold))
+                          list(meta.part_names), float(net.config.visibility_threshold),
+                          heatmap_size=_heatmap_size(net))
         return
     from fgdeploy.backends import open_runner
 
@@ -165,5 +172,7 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
     with open_runner(kind, str(model), device=device, fp16=fp16 or None, **extra) as runner:
         recorded = runner.metadata()
         threshold = (recorded.get("model_config") or {}).get("visibility_threshold", 0.5)
+        heat = recorded.get("heatmap_size")
         yield LoadedModel(RunnerPredictor(runner), runner.name, list(recorded.get("class_names") or []),
-                          list(recorded.get("part_names") or []), float(threshold), dict(recorded))
+                          list(recorded.get("part_names") or []), float(threshold), dict(recorded),
+                          (int(heat[0]), int(heat[1])) if heat else None)

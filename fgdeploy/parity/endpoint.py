@@ -145,11 +145,14 @@ def run_endpoint_parity(ref: tuple[str, str], url: str, files: ImageFiles, *, de
     with open_predictor(ref[1], ref[0], device=device, fp16=ref_fp16, batch=config.batch_size) as loaded:
         size = int(loaded.predictor.input_size)
         notes = _check_same_model(loaded, ref, served, size)
+        if files.class_names and loaded.class_names and files.class_names != list(loaded.class_names):
+            raise FgdeployError(f"{files.description}: the dataset's {len(files.class_names)} classes differ from the "
+                                f"{len(loaded.class_names)} the model was trained on; check parity on the same dataset")
         classes = len(served.get("class_names") or loaded.class_names)
         ref_entries = _local_entries(loaded, files.paths, size, classes, config.batch_size, progress)
         ref_name = loaded.name
         ref_precision = str((loaded.recorded or {}).get("precision") or ("fp16" if ref_fp16 else "fp32"))
-        heatmap_size = (loaded.recorded or {}).get("heatmap_size") or served.get("heatmap_size")
+        heatmap_size = loaded.heatmap_size or served.get("heatmap_size")
     test_entries = _endpoint_entries(client, files.paths, classes, concurrency, progress)
 
     both = [i for i, (r, t) in enumerate(zip(ref_entries, test_entries)) if "error" not in r and "error" not in t]

@@ -219,10 +219,10 @@ class ModelReplica(HttpReplica):
 
     def describe(self) -> dict[str, Any]:
         c, loaded = self.config, self.loaded
-        recorded = loaded.recorded or {}
         return {"model": self.identity, "backend": loaded.name, "device": c.device,
                 "input_size": int(loaded.predictor.input_size),
                 "class_names": self.maker.class_names, "part_names": self.maker.part_names,
-                "heatmap_size": recorded.get("heatmap_size"), "part_boxes": self.part_boxes,
+                "heatmap_size": list(loaded.heatmap_size) if loaded.heatmap_size else None,
+                "part_boxes": self.part_boxes,
                 "max_batch": c.max_batch, "batch_wait_ms": c.batch_wait_ms, "max_bytes": c.max_bytes,
                 "default_topk": c.topk}

@@ -86,9 +86,10 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
         url = f"http://{_connect_host(options.host)}:{options.port}"
         try:
             if not options.ray.verbose:   # Serve's own notes ("Started Serve", "Deploying app"): -v shows them
-                logging.getLogger("ray.serve").setLevel(logging.WARNING)
+                logging.getLogger("ray.serve").setLevel(logging.ERROR)
             serve.start(http_options={"host": options.host, "port": options.port},
                         proxy_location="HeadOnly" if local else "EveryNode")
+            check_http_options(ray, options.host, options.port)
             app = serve.deployment(deployment).options(
                 name="FgdeployModel", num_replicas=replicas, ray_actor_options=actor_options,
                 max_ongoing_requests=max(MIN_ONGOING_REQUESTS, 4 * config.max_batch),
@@ -97,7 +98,8 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
             try:
                 serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
             except (RuntimeError, RayServeException) as exc:   # a replica's constructor failed, ...
-                raise FgdeployError(f"Ray Serve could not deploy the model: {first_line(exc)}") from None
+                raise FgdeployError(f"Ray Serve could not deploy the model: {first_line(exc)}"
+                                    f"{_deployment_problem(serve)}") from None
             identity = wait_until_healthy(url, options.ready_timeout_s, stop)
             if not stop.is_set() and on_ready is not None:
                 on_ready(Serving(url, replicas, config.device, config.threads, identity))
@@ -116,6 +118,41 @@ def _tear_down(serve: Any) -> None:
         serve.delete(APP_NAME, _blocking=True)
     except Exception:  # noqa: BLE001 - stopping anyway; say why the drain may have been cut short
         logger.warning("could not delete the Serve application %r cleanly", APP_NAME, exc_info=True)
+
+
+def _deployment_problem(serve: Any) -> str:
+    """The last line of what Ray Serve recorded about the failed deployment (a replica's exception, e.g. a node
+    whose Python has another fgdeploy), with advice; empty if it recorded nothing."""
+    try:
+        message = serve.status().applications[APP_NAME].deployments["FgdeployModel"].message
+    except Exception:  # noqa: BLE001 - only to explain the failure better
+        return ""
+    lines = [line.strip() for line in str(message or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return (f" ({lines[-1]}); every node that runs a replica needs the same Python, fgdeploy and Ray versions "
+            "and the model file under the same path")
+
+
+def check_http_options(ray: Any, host: str, port: int) -> None:
+    """Refuse to go on when Ray Serve was already running on the cluster with its HTTP proxies elsewhere (it keeps
+    its own options, and requests to --host/--port would find nothing).
+
+    Raises:
+        FgdeployError: naming where the cluster's proxies listen.
+    """
+    try:   # Ray Serve's controller knows its options (an internal API: skip the check if it moves)
+        from ray.serve.context import _get_global_client
+
+        running = ray.get(_get_global_client()._controller.get_http_config.remote(), timeout=30)
+        where = (str(running.host), int(running.port))
+    except Exception:  # noqa: BLE001
+        logger.debug("cannot read Ray Serve's HTTP options", exc_info=True)
+        return
+    if where != (host, port):
+        raise FgdeployError(f"Ray Serve already runs on this cluster with its HTTP proxies on {where[0]}:{where[1]}, "
+                            f"not {host}:{port}; pass --host {where[0]} --port {where[1]} (or stop it there first: "
+                            "`serve shutdown`)")
 
 
 def placement(ray: Any, config: ServeConfig, replicas: int) -> tuple[ServeConfig, int, dict[str, Any]]:
@@ -149,6 +186,7 @@ def placement(ray: Any, config: ServeConfig, replicas: int) -> tuple[ServeConfig
 def check_port_free(host: str, port: int) -> None:
     """Refuse a port something else listens on, before starting Ray (whose proxy would fail out of sight)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server will: a just-closed port is free
         try:
             sock.bind((host, port))
         except OSError as exc:
