@@ -35,7 +35,7 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
                    "TensorRT engine (.engine, trt).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Runtime; auto picks it from the model file's suffix.")
-@device_option("auto")
+@device_option("auto", openvino=True)
 @click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Images per model call.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
