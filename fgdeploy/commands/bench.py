@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from fgdeploy.commands.options import (BACKEND_CHOICES, check_model_kind, device_option, echo_info,
-                                      fast_path_options, output_path, resolve_model, torch_only_flags)
+from fgdeploy.commands.options import (BACKEND_CHOICES, check_device_for_backend, check_model_kind, device_option,
+                                      echo_info, fast_path_options, output_path, resolve_model, torch_only_flags)
 
 
 def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -75,6 +75,8 @@ def command(ctx: click.Context, models: tuple[str, ...], backends: list[str], de
 
     models = tuple(resolve_model(m) for m in models)   # a run folder: its best.pt
     runs = _runs(models, backends)
+    if not any(kind == "openvino" for _, kind in runs):
+        check_device_for_backend(device, runs[0][1])
     flags = torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)
     if flags and all(kind != "torch" for _, kind in runs):
         raise click.UsageError(f"{', '.join(flags)}: for torch models (checkpoints); no --model here runs on torch")

@@ -37,6 +37,13 @@ def device_option(default: str | None, allow_auto: bool = True, what: str = "",
                         help=f"{what}{names}.")
 
 
+def check_device_for_backend(device: str, backend: str) -> None:
+    """A usage error (exit 2) for an OpenVINO device name (gpu, npu, GPU.1) given to another backend."""
+    if backend != "openvino" and OPENVINO_DEVICE.fullmatch(device):
+        raise click.UsageError(f"--device {device} is an OpenVINO device: use it with --backend openvino (an NVIDIA "
+                               "GPU is --device cuda)")
+
+
 def threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--threads``: CPU threads of torch and OpenCV in this process (see ``fgdeploy.cpu.set_threads``).
 

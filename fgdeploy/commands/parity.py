@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from fgdeploy.commands.options import check_model_kind, device_option, output_path, resolve_model
+from fgdeploy.commands.options import (check_device_for_backend, check_model_kind, device_option, output_path,
+                                      resolve_model)
 
 SPEC_KINDS = {"torch": "torch", "ort": "onnx", "trt": "trt"}   # backend -> how a KIND:PATH spec names it
 
@@ -59,8 +60,11 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
             rtol: float | None, device: str, providers: str | None, ref_fp16: bool, test_fp16: bool,
             seed: int) -> None:
     """Run --ref and --test on the same images and report parity; exit 0 only if every check passes."""
+    from fgdeploy.backends import BACKEND_ALIASES
     from fgdeploy.parity import DatasetImages, ParityConfig, RandomImages, run_parity
 
+    if "openvino" not in {BACKEND_ALIASES.get(k, k) for k, _ in (ref_spec, test_spec)}:
+        check_device_for_backend(device, ref_spec[0])
     ref = _factory(ref_spec, device, providers, ref_fp16)
     test = _factory(test_spec, device, providers, test_fp16)
     ref_signature, test_signature = _signature(ref), _signature(test)
