@@ -125,7 +125,8 @@ def child(args: argparse.Namespace) -> None:
 
     from fgdeploy.inference.local import InferOptions, discover_images, run_inference
     from fgdeploy.inference.predictors import open_predictor
-    from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions, ray_session, run_ray_inference
+    from fgdeploy.inference.ray_cluster import ClusterOptions, ray_session
+    from fgdeploy.inference.ray_scoring import ModelSpec, run_ray_inference
 
     t0 = time.perf_counter()
     paths = discover_images(args.list)
@@ -140,7 +141,7 @@ def child(args: argparse.Namespace) -> None:
                     report = run_inference(paths, loaded.predictor, out, options=options, model_id="bench")
                     result["cpu_s"] = cpu.seconds()
         else:
-            with ray_session(RayOptions(address=args.address or None, cpus=args.cpus)):
+            with ray_session(ClusterOptions(address=args.address or None, cpus=args.cpus)):
                 result["startup_s"] = time.perf_counter() - t0
                 before = _status_kib("VmRSS")
                 reset = _reset_peak_rss()   # the run's peak, not that of imports and ray.init

@@ -56,9 +56,9 @@ def ray_address() -> Iterator[str]:
     """One local Ray instance for the module: 2 CPUs, a small object store; shut down afterwards."""
     if not RAY_INSTALLED:
         pytest.skip("Ray is not installed: pip install -e '.[ray]'")
-    from fgdeploy.inference.ray_scoring import RayOptions, ray_session
+    from fgdeploy.inference.ray_cluster import ClusterOptions, ray_session
 
-    with ray_session(RayOptions(cpus=2, object_store_bytes=256 << 20)) as ray:
+    with ray_session(ClusterOptions(cpus=2, object_store_bytes=256 << 20)) as ray:
         yield ray.get_runtime_context().gcs_address
 
 
@@ -396,7 +396,7 @@ def test_joining_without_the_clusters_token_says_how_to_give_it(tmp_path, tiny_o
 
 
 def test_connection_refusals_for_a_missing_token_are_told_apart_from_other_failures():
-    from fgdeploy.inference.ray_scoring import _refused_for_missing_token
+    from fgdeploy.inference.ray_cluster import refused_for_missing_token
 
     class AuthenticationError(Exception):   # what Ray raises inside its GCS client, by name
         pass
@@ -412,10 +412,10 @@ def test_connection_refusals_for_a_missing_token_are_told_apart_from_other_failu
             outer.__cause__ = exc
             return outer
 
-    assert _refused_for_missing_token(chained(AuthenticationError("RPC error")))
-    assert _refused_for_missing_token(chained(RuntimeError("... InvalidAuthToken: token is missing ...")))
-    assert not _refused_for_missing_token(chained(TimeoutError("timed out after 60 s")))
-    assert not _refused_for_missing_token(ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379"))
+    assert refused_for_missing_token(chained(AuthenticationError("RPC error")))
+    assert refused_for_missing_token(chained(RuntimeError("... InvalidAuthToken: token is missing ...")))
+    assert not refused_for_missing_token(chained(TimeoutError("timed out after 60 s")))
+    assert not refused_for_missing_token(ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379"))
 
 
 @pytest.mark.parametrize("user_setting", [None, "5"])
@@ -425,9 +425,9 @@ def test_joining_an_unreachable_cluster_gives_up_after_two_tries_unless_the_user
     import types
 
     from fgdeploy.errors import FgdeployError
-    from fgdeploy.inference import ray_scoring
+    from fgdeploy.inference import ray_cluster
 
-    variable = ray_scoring.CONNECT_ATTEMPTS_VARIABLE
+    variable = ray_cluster.CONNECT_ATTEMPTS_VARIABLE
     if user_setting is None:
         monkeypatch.delenv(variable, raising=False)
     else:
@@ -439,10 +439,10 @@ def test_joining_an_unreachable_cluster_gives_up_after_two_tries_unless_the_user
         raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
 
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None)
-    monkeypatch.setattr(ray_scoring, "import_ray", lambda: fake)
-    monkeypatch.setattr(ray_scoring, "quiet_ray_logs", lambda: None)
+    monkeypatch.setattr(ray_cluster, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_cluster, "quiet_ray_logs", lambda: None)
     with pytest.raises(FgdeployError, match="cannot reach the Ray cluster at '10.9.9.9:6379'") as error:
-        with ray_scoring.ray_session(ray_scoring.RayOptions(address="10.9.9.9:6379")):
+        with ray_cluster.ray_session(ray_cluster.ClusterOptions(address="10.9.9.9:6379")):
             pass
     expected = user_setting or "2"
     assert seen == [expected] and f"{expected} attempts" in str(error.value) and variable in str(error.value)
@@ -464,14 +464,14 @@ def test_ray_missing_is_a_one_line_error_naming_what_to_install(tmp_path, monkey
 
 
 def test_bare_ray_joins_ray_address_if_set_else_starts_a_local_instance(monkeypatch):
-    from fgdeploy.inference.ray_scoring import RayOptions, target_address
+    from fgdeploy.inference.ray_cluster import ClusterOptions, target_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert target_address(RayOptions(address="")) == "local"
+    assert target_address(ClusterOptions(address="")) == "local"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
-    assert target_address(RayOptions(address="")) == "10.0.0.5:6379"     # what `--ray` with no address passes
-    assert target_address(RayOptions(address="local")) == "local"
-    assert target_address(RayOptions(address="auto")) == "auto"
+    assert target_address(ClusterOptions(address="")) == "10.0.0.5:6379"     # what `--ray` with no address passes
+    assert target_address(ClusterOptions(address="local")) == "local"
+    assert target_address(ClusterOptions(address="auto")) == "auto"
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -506,7 +506,7 @@ def test_decode_tasks_get_blocks_of_four_batches():
 
 
 def test_ray_console_notes_are_kept_off_stderr_and_other_lines_are_not(capfd):
-    from fgdeploy.inference.ray_scoring import RAY_GCS_RETRY_NOTE, RAY_LOG_LEVEL_NOTE, without_stderr_lines
+    from fgdeploy.inference.ray_cluster import RAY_GCS_RETRY_NOTE, RAY_LOG_LEVEL_NOTE, without_stderr_lines
 
     with without_stderr_lines(RAY_LOG_LEVEL_NOTE, RAY_GCS_RETRY_NOTE):
         os.write(2, b"[I logging.cc:303] Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL to 3\n")

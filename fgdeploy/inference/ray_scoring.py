@@ -5,7 +5,7 @@ Pipeline (Ray Data's streaming executor; its backpressure bounds the images in f
     driver: discover_images -> paths not yet journaled -> blocks of paths
       -> on GPUs: CPU tasks (``decode_paths``): ``decode_one`` per path, the local run's per-image code: S x S
          uint8 images, the sizes as stored, and the reason for each bad file; then the model actors
-         (``ModelActor``; ``actors`` of them, one GPU each): the predictor on the good images, ``to_records``;
+         (``ModelActor``; ``actors`` of them, one GPU each): the predictor on the good images, ``RecordMaker``;
          one journal line per image (a result or an error)
       -> on CPUs: the model actors decode their own paths (the same ``decode_paths``) and run the model, one
          actor per CPU by default
@@ -33,8 +33,7 @@ image's first result (by ``key_of``), and ``render_outputs`` again keeps one row
 result passes through the driver (about 1.3 KB of JSON per image), and the driver's memory holds the path list
 and the keys done, so very large listings are run as shards (README, "Scale out").
 
-The local instance (no address) listens on 127.0.0.1 only, sends no usage statistics, runs no dashboard and
-uses the CPUs it is given; it is shut down when the run ends.
+Connecting to the cluster (or starting a local instance) is ``fgdeploy.inference.ray_cluster``'s job.
 """
 
 from __future__ import annotations
@@ -42,11 +41,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -57,26 +53,13 @@ from fgdeploy.errors import FgdeployError
 from fgdeploy.inference.local import (
     Decoded, InferOptions, InferReport, decode_one, open_journal, run_header, single_threaded_cv2,
 )
-from fgdeploy.inference.results import (
-    Journal, default_labels, errors_path_for, journal_path_for, key_of, render_outputs, to_records,
-)
+from fgdeploy.inference.batch_records import RecordMaker, check_fixed_batch, clamp_topk, is_failure
+from fgdeploy.inference.ray_cluster import ClusterOptions, fgdeploy_cause, first_line, ray_session
+from fgdeploy.inference.results import Journal, errors_path_for, journal_path_for, key_of, render_outputs
 from fgdeploy.tensors import PART_NAMES
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
-LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local instance
-# The one line Ray's C++ core prints at ray.init because quiet_ray_logs set its level ("Set ray log level from
-# environment variable RAY_BACKEND_LOG_LEVEL to 3"): kept off the console unless -v.
-RAY_LOG_LEVEL_NOTE = "Set ray log level from environment variable"
-# The line Ray's GCS client repeats once a second while a connection is refused ("Failed to get cluster ID from
-# GCS server: Unauthenticated: ..."): ray_session's error says what is wrong instead (-v shows them).
-RAY_GCS_RETRY_NOTE = "Failed to get cluster ID from GCS server"
-# Joining a cluster, ray.init tries to reach its GCS 20 times by default, ~40 s each when nothing answers: a
-# mistyped address would hang for ~13 minutes. Ray reads the number of tries from this variable (a user's own
-# setting wins): 2 tries, ~85 s to a clear error (measured); a refused token fails within seconds.
-CONNECT_ATTEMPTS_VARIABLE = "RAY_gcs_server_port_wait_time_s"
-CONNECT_ATTEMPTS = 2
 # A decode task asks for this much memory plus twice its block of resized images (measured: a decode worker's
 # process peaks near 120 MiB with 64 images of 160 px). Asking for memory also keeps decode tasks apart from
 # CPU actors (``decode_tasks=True`` on CPUs): Ray Data fuses a task stage into the actor stage after it when
@@ -103,16 +86,12 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide to run."""
+class RayOptions(ClusterOptions):
+    """Where (``ClusterOptions``) and how wide to run."""
 
-    address: str | None = None      # None/"": RAY_ADDRESS if set, else a local instance; "local"; auto, ray://h:p, h:p
     actors: int = 0                 # model actors; 0: one per GPU on CUDA, else one per ``threads`` CPUs
-    cpus: int | None = None         # local instance: logical CPUs (None: all cores)
-    object_store_bytes: int | None = None   # local instance: object store size (None: Ray's default)
     decode_tasks: bool | None = None        # decode in CPU tasks feeding the actors (None: on GPUs only; CPU
                                             # actors decode their own images, measured faster on CPUs)
-    verbose: bool = False           # Ray's own log lines (else only its errors reach the console)
 
 
 @dataclass
@@ -125,174 +104,6 @@ class ModelInfo:
     on_gpu: bool
     classes: int                    # class names the model records (0: none recorded)
     stale_note: str | None = None   # an export no longer made from the checkpoint it names (stale_export_note)
-
-
-# --------------------------------------------------------------------------------------------
-# Ray itself
-def import_ray() -> Any:
-    """The ``ray`` module with Ray Data.
-
-    Raises:
-        FgdeployError: Ray is not installed, saying what to install.
-    """
-    try:
-        import ray
-        import ray.data  # noqa: F401 - Ray Data comes with the ray[data] extra only
-    except ImportError as exc:
-        broken = f" ({exc})" if exc.name not in ("ray", "ray.data") else ""   # installed, but a dependency is not
-        raise FgdeployError(f"--ray needs Ray Data, which is not installed here{broken}: {INSTALL_HINT}") from None
-    return ray
-
-
-@contextlib.contextmanager
-def ray_session(options: RayOptions = RayOptions()) -> Iterator[Any]:
-    """Connect to Ray for one run and disconnect at the end; yields the ``ray`` module.
-
-    A session that is already open (a notebook's, a test's) is used as it is and left open. Otherwise
-    ``options.address`` (or RAY_ADDRESS) names a cluster to join; with neither, a local instance is started:
-    loopback only, no usage statistics, no dashboard, ``options.cpus`` CPUs.
-
-    Raises:
-        FgdeployError: Ray is missing, or the cluster cannot be reached.
-    """
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    address = target_address(options)
-    if not options.verbose:
-        quiet_ray_logs()
-    log_level = logging.INFO if options.verbose else logging.ERROR
-    try:
-        quiet = without_stderr_lines(RAY_LOG_LEVEL_NOTE, RAY_GCS_RETRY_NOTE)
-        with contextlib.nullcontext() if options.verbose else quiet:
-            if address in LOCAL_ADDRESSES:
-                start_local_instance(ray, options.cpus, options.object_store_bytes, log_level)
-            else:
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                logger.info("joining the Ray cluster at %s", address)
-                with environment_default(CONNECT_ATTEMPTS_VARIABLE, str(CONNECT_ATTEMPTS)):
-                    ray.init(address=address, logging_level=log_level, log_to_driver=options.verbose)
-    except ConnectionError as exc:
-        if _refused_for_missing_token(exc):
-            raise FgdeployError(
-                f"the Ray cluster at {address!r} refused the connection for want of its token (recent Ray starts "
-                "clusters with token authentication on, and sends no token to an address given explicitly unless "
-                "told to): set RAY_AUTH_MODE=token and make the cluster's token available here "
-                "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on the head "
-                "prints it), or use --ray auto on a cluster node") from None
-        attempts = os.environ.get(CONNECT_ATTEMPTS_VARIABLE, str(CONNECT_ATTEMPTS))
-        raise FgdeployError(f"cannot reach the Ray cluster at {address!r} ({_first_line(exc)}, {attempts} attempts; "
-                            f"{CONNECT_ATTEMPTS_VARIABLE}=N tries N times); start it with `ray start --head` or "
-                            "pass its address (auto, ray://HOST:10001, HOST:6379)") from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-@contextlib.contextmanager
-def environment_default(name: str, value: str) -> Iterator[None]:
-    """``name`` set to ``value`` in the environment while the block runs, unless the user set it already."""
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
-def target_address(options: RayOptions) -> str:
-    """Where to run: ``options.address``; with none given, RAY_ADDRESS if set, else "local" (a new instance)."""
-    return options.address or os.environ.get("RAY_ADDRESS") or "local"
-
-
-def quiet_ray_logs() -> None:
-    """Keep Ray's routine log lines (execution plans, "finished in", advice on settings, the C++ core's notes)
-    off the console: errors still come through, as exceptions. ``-v`` leaves them on."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")   # the driver's C++ core worker, read at ray.init
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def without_stderr_lines(*markers: str) -> Iterator[None]:
-    """Write to stderr (the file descriptor: C++ code writes there too) all but the lines containing one of
-    ``markers`` while the block runs; the other lines follow when it ends."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True)
-                    if not any(marker.encode() in line for marker in markers)]
-            if kept:
-                sys.stderr.buffer.write(b"".join(kept))
-                sys.stderr.flush()
-
-
-def start_local_instance(ray: Any, cpus: int | None = None, object_store_bytes: int | None = None,
-                         log_level: int = logging.WARNING) -> None:
-    """``ray.init`` of a one-machine instance that talks to nobody else.
-
-    127.0.0.1 as the node address makes Ray's servers listen on loopback only. Ray turns a given 127.0.0.1
-    into the machine's outward address unless its single-machine mode is on (the mode macOS and Windows run
-    in, switched by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when Ray is imported); it is set both ways here
-    so that an already imported Ray obeys too. Usage statistics and the dashboard are off.
-    """
-    from ray._private import ray_constants
-
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    context = ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False,
-                       _node_ip_address="127.0.0.1", object_store_memory=object_store_bytes,
-                       logging_level=log_level, log_to_driver=log_level <= logging.INFO)
-    node_ip = context.address_info.get("node_ip_address")
-    if node_ip != "127.0.0.1":
-        logger.warning("the local Ray instance runs on %s, not loopback only", node_ip)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions behind it (``__cause__``, ``__context__``), depth first, each once. A Ray error
-    around what a task raised (``.cause``; it may subclass that error too) is replaced by what it carries."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        inner = getattr(e, "cause", None)
-        if isinstance(inner, BaseException):
-            stack.append(inner)
-        else:
-            yield e
-            stack += [e.__cause__, e.__context__]
-
-
-def _refused_for_missing_token(exc: BaseException) -> bool:
-    """Whether a failed connection was the cluster refusing a missing or wrong token (Ray's AuthenticationError
-    somewhere in the chain of causes; ray.init itself only says "Failed to connect")."""
-    return any(type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e) for e in _causes(exc))
-
-
-def _fgdeploy_cause(exc: BaseException) -> FgdeployError | None:
-    """The FgdeployError a Ray error carries (raised in a task or actor), if any."""
-    return next((e for e in _causes(exc) if isinstance(e, FgdeployError)), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,8 +151,8 @@ class ModelActor:
     def __init__(self, spec: ModelSpec, topk: int, decodes: bool = False, fast_decode: bool = False) -> None:
         self._stack, loaded = _open_model(spec)
         self.predictor = loaded.predictor
-        self.class_names, self.part_names = loaded.class_names, loaded.part_names
-        self.topk, self.decodes, self.fast_decode = topk, decodes, fast_decode
+        self.maker = RecordMaker(self.predictor.input_size, topk, loaded.class_names, loaded.part_names)
+        self.decodes, self.fast_decode = decodes, fast_decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.decodes:
@@ -349,17 +160,10 @@ class ModelActor:
         items = [Decoded(str(p), None if e else image, (int(h), int(w)), error=str(e) or None)
                  for p, image, h, w, e in zip(batch["path"], batch["image"], batch["height"], batch["width"],
                                               batch["error"])]
-        good = [d for d in items if d.error is None]
-        records: Iterator[dict[str, Any]] = iter(())
-        if good:
-            outputs = self.predictor.predict(self.predictor.prepare([d.image for d in good]), len(good))
-            self.class_names, self.part_names = default_labels(outputs, self.class_names, self.part_names)
-            records = iter(to_records(outputs, good, self.predictor.input_size, self.topk, self.class_names,
-                                      self.part_names))
-        lines = [json.dumps(next(records) if d.error is None else {"path": d.path, "error": d.error},
-                            ensure_ascii=False) for d in items]
-        return {"path": np.array([d.path for d in items], dtype=object), "line": np.array(lines, dtype=object),
-                "failed": np.array([d.error is not None for d in items])}
+        entries = self.maker.score(self.predictor, items)
+        return {"path": np.array([d.path for d in items], dtype=object),
+                "line": np.array([json.dumps(e, ensure_ascii=False) for e in entries], dtype=object),
+                "failed": np.array([is_failure(e) for e in entries])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,11 +199,9 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
     with ray_session(ray_options) as ray:
         spec, actors, decode_tasks = _placement(ray, spec, ray_options.actors, ray_options.decode_tasks)
         info = _probe(ray, spec)
-        if info.fixed_batch and options.batch > info.fixed_batch:
-            raise FgdeployError(f"the model takes batches of exactly {info.fixed_batch} images (a static-shape "
-                                f"export); pass --batch {info.fixed_batch} or less (smaller batches are padded)")
-        if info.classes and options.topk > info.classes:   # write all classes, as the local run does
-            options = replace(options, topk=info.classes)
+        check_fixed_batch(info.fixed_batch, options.batch)
+        if clamp_topk(options.topk, info.classes) != options.topk:   # write all classes, as the local run does
+            options = replace(options, topk=clamp_topk(options.topk, info.classes))
             header = run_header(paths, model_id, options)
         scored = open_journal(journal, header, out, options.resume)
         todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
@@ -420,8 +222,8 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
                     sink.write(block.column("path").to_pylist(), block.column("line").to_pylist(),
                                block.column("failed").to_pylist())
         except ray.exceptions.RayError as exc:
-            cause = _fgdeploy_cause(exc)
-            raise cause or FgdeployError(f"the Ray run stopped: {_first_line(exc)}; the images finished so far are "
+            cause = fgdeploy_cause(exc)
+            raise cause or FgdeployError(f"the Ray run stopped: {first_line(exc)}; the images finished so far are "
                                          f"in {journal.path}: rerun with --resume to go on") from None
         finally:
             journal.close()
@@ -469,8 +271,8 @@ def _probe(ray: Any, spec: ModelSpec) -> ModelInfo:
     try:
         return ray.get(task.remote(spec))
     except ray.exceptions.RayError as exc:
-        raise _fgdeploy_cause(exc) or FgdeployError(f"cannot open {spec.model} on the Ray cluster: "
-                                                    f"{_first_line(exc)}") from None
+        raise fgdeploy_cause(exc) or FgdeployError(f"cannot open {spec.model} on the Ray cluster: "
+                                                    f"{first_line(exc)}") from None
 
 
 def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, options: InferOptions,

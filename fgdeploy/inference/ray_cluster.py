@@ -1,0 +1,214 @@
+"""Connecting to Ray: a cluster named by address (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``, RAY_ADDRESS) or a
+local instance started for one run. Shared by every fgdeploy command that runs on Ray (``infer --ray``).
+
+What it adds to ``ray.init``: a one-line error naming the fix when Ray is missing, when a cluster refuses the
+connection for want of its token, or when nothing answers at the address (after ``CONNECT_ATTEMPTS`` tries
+instead of Ray's ~13 minutes); Ray's routine console lines kept off stderr unless verbose; and a local instance
+that listens on 127.0.0.1 only, sends no usage statistics, runs no dashboard and uses the CPUs it is given; it is
+shut down when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fgdeploy.errors import FgdeployError
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
+LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local instance
+# The one line Ray's C++ core prints at ray.init because quiet_ray_logs set its level ("Set ray log level from
+# environment variable RAY_BACKEND_LOG_LEVEL to 3"): kept off the console unless -v.
+RAY_LOG_LEVEL_NOTE = "Set ray log level from environment variable"
+# The line Ray's GCS client repeats once a second while a connection is refused ("Failed to get cluster ID from
+# GCS server: Unauthenticated: ..."): ray_session's error says what is wrong instead (-v shows them).
+RAY_GCS_RETRY_NOTE = "Failed to get cluster ID from GCS server"
+# Joining a cluster, ray.init tries to reach its GCS 20 times by default, ~40 s each when nothing answers: a
+# mistyped address would hang for ~13 minutes. Ray reads the number of tries from this variable (a user's own
+# setting wins): 2 tries, ~85 s to a clear error (measured); a refused token fails within seconds.
+CONNECT_ATTEMPTS_VARIABLE = "RAY_gcs_server_port_wait_time_s"
+CONNECT_ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Which Ray to use and how loud it may be."""
+
+    address: str | None = None      # None/"": RAY_ADDRESS if set, else a local instance; "local"; auto, ray://h:p, h:p
+    cpus: int | None = None         # local instance: logical CPUs (None: all cores)
+    object_store_bytes: int | None = None   # local instance: object store size (None: Ray's default)
+    verbose: bool = False           # Ray's own log lines (else only its errors reach the console)
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data.
+
+    Raises:
+        FgdeployError: Ray is not installed, saying what to install.
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data comes with the ray[data] extra only
+    except ImportError as exc:
+        broken = f" ({exc})" if exc.name not in ("ray", "ray.data") else ""   # installed, but a dependency is not
+        raise FgdeployError(f"--ray needs Ray Data, which is not installed here{broken}: {INSTALL_HINT}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(options: ClusterOptions = ClusterOptions()) -> Iterator[Any]:
+    """Connect to Ray for one run and disconnect at the end; yields the ``ray`` module.
+
+    A session that is already open (a notebook's, a test's) is used as it is and left open. Otherwise
+    ``options.address`` (or RAY_ADDRESS) names a cluster to join; with neither, a local instance is started:
+    loopback only, no usage statistics, no dashboard, ``options.cpus`` CPUs.
+
+    Raises:
+        FgdeployError: Ray is missing, or the cluster cannot be reached.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    address = target_address(options)
+    if not options.verbose:
+        quiet_ray_logs()
+    log_level = logging.INFO if options.verbose else logging.ERROR
+    try:
+        quiet = without_stderr_lines(RAY_LOG_LEVEL_NOTE, RAY_GCS_RETRY_NOTE)
+        with contextlib.nullcontext() if options.verbose else quiet:
+            if address in LOCAL_ADDRESSES:
+                start_local_instance(ray, options.cpus, options.object_store_bytes, log_level)
+            else:
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                logger.info("joining the Ray cluster at %s", address)
+                with environment_default(CONNECT_ATTEMPTS_VARIABLE, str(CONNECT_ATTEMPTS)):
+                    ray.init(address=address, logging_level=log_level, log_to_driver=options.verbose)
+    except ConnectionError as exc:
+        if refused_for_missing_token(exc):
+            raise FgdeployError(
+                f"the Ray cluster at {address!r} refused the connection for want of its token (recent Ray starts "
+                "clusters with token authentication on, and sends no token to an address given explicitly unless "
+                "told to): set RAY_AUTH_MODE=token and make the cluster's token available here "
+                "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on the head "
+                "prints it), or use --ray auto on a cluster node") from None
+        attempts = os.environ.get(CONNECT_ATTEMPTS_VARIABLE, str(CONNECT_ATTEMPTS))
+        raise FgdeployError(f"cannot reach the Ray cluster at {address!r} ({first_line(exc)}, {attempts} attempts; "
+                            f"{CONNECT_ATTEMPTS_VARIABLE}=N tries N times); start it with `ray start --head` or "
+                            "pass its address (auto, ray://HOST:10001, HOST:6379)") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def environment_default(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` in the environment while the block runs, unless the user set it already."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def target_address(options: ClusterOptions) -> str:
+    """Where to run: ``options.address``; with none given, RAY_ADDRESS if set, else "local" (a new instance)."""
+    return options.address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's routine log lines (execution plans, "finished in", advice on settings, the C++ core's notes)
+    off the console: errors still come through, as exceptions. ``-v`` leaves them on."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")   # the driver's C++ core worker, read at ray.init
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def without_stderr_lines(*markers: str) -> Iterator[None]:
+    """Write to stderr (the file descriptor: C++ code writes there too) all but the lines containing one of
+    ``markers`` while the block runs; the other lines follow when it ends."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if not any(marker.encode() in line for marker in markers)]
+            if kept:
+                sys.stderr.buffer.write(b"".join(kept))
+                sys.stderr.flush()
+
+
+def start_local_instance(ray: Any, cpus: int | None = None, object_store_bytes: int | None = None,
+                         log_level: int = logging.WARNING) -> None:
+    """``ray.init`` of a one-machine instance that talks to nobody else.
+
+    127.0.0.1 as the node address makes Ray's servers listen on loopback only. Ray turns a given 127.0.0.1
+    into the machine's outward address unless its single-machine mode is on (the mode macOS and Windows run
+    in, switched by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when Ray is imported); it is set both ways here
+    so that an already imported Ray obeys too. Usage statistics and the dashboard are off.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    context = ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False,
+                       _node_ip_address="127.0.0.1", object_store_memory=object_store_bytes,
+                       logging_level=log_level, log_to_driver=log_level <= logging.INFO)
+    node_ip = context.address_info.get("node_ip_address")
+    if node_ip != "127.0.0.1":
+        logger.warning("the local Ray instance runs on %s, not loopback only", node_ip)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def error_causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it (``__cause__``, ``__context__``), depth first, each once. A Ray error
+    around what a task raised (``.cause``; it may subclass that error too) is replaced by what it carries."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        inner = getattr(e, "cause", None)
+        if isinstance(inner, BaseException):
+            stack.append(inner)
+        else:
+            yield e
+            stack += [e.__cause__, e.__context__]
+
+
+def refused_for_missing_token(exc: BaseException) -> bool:
+    """Whether a failed connection was the cluster refusing a missing or wrong token (Ray's AuthenticationError
+    somewhere in the chain of causes; ray.init itself only says "Failed to connect")."""
+    return any(type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e) for e in error_causes(exc))
+
+
+def fgdeploy_cause(exc: BaseException) -> FgdeployError | None:
+    """The FgdeployError a Ray error carries (raised in a task or actor), if any."""
+    return next((e for e in error_causes(exc) if isinstance(e, FgdeployError)), None)
