@@ -216,7 +216,8 @@ def plugin_build_spec(tensorrt_include: str | Path, archs: Sequence[str] | None 
     version = tensorrt_header_version(include) or "unknown"
     # The version is part of the name (find_plugin_library matches it) and of the hashed flags.
     flags = ["-isystem", str(include), *gencode_flags(archs or DEFAULT_ARCHS)]
-    return BuildSpec(f"libfgdeploy_plugins-trt{version}", PLUGIN_SOURCES, (*flags, f"-DFGDEPLOY_TRT={version}"))
+    return BuildSpec(f"libfgdeploy_plugins-trt{version}", PLUGIN_SOURCES,
+                     (*flags, f"-DFGDEPLOY_TRT={version}", "-ldl"))   # dlopen: FGDEPLOY_PLUGIN_AUTOREGISTER
 
 
 def build_kernel_library(out_dir: str | Path | None = None, archs: Sequence[str] | None = None,
