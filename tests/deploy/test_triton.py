@@ -260,3 +260,12 @@ def test_readme_client_snippet_sends_what_fgdeploy_infer_computes(exports, synth
     assert row["top"][0]["class"] == scope["top5"].as_numpy("logits")[0][0].decode().split(":", 2)[2]
     got = np.array([[k["x"], k["y"]] for k in row["keypoints"]])
     np.testing.assert_allclose(scope["keypoints"], got, atol=1e-3)
+
+
+def test_main_readme_shows_the_client_program_the_repositories_get():
+    from fgdeploy.deploy.triton import client_snippet
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Triton, OpenVINO, portable ONNX"):readme.index("## Scale out")]
+    shown = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert shown == client_snippet("birds", 160)
