@@ -114,7 +114,7 @@ class OnnxInfo:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """What an engine's sidecar (``<engine>.json``, written by ``fgdeploy.export.trt_build``) records."""
+    """What an engine's sidecar (``<engine>.json``, written by ``fgdeploy.export.tensorrt``) records."""
 
     path: Path
     min_batch: int
@@ -370,7 +370,7 @@ class TritonRepository:
         return server_command(self.plugin_library is not None)
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if not name or name.startswith(".") or any(c in name for c in "/\\ \t\n") or not name.isprintable():
         raise TritonConfigError(f"--triton-name {name!r}: give a model name without spaces or slashes, "
                                 "e.g. birds")
@@ -455,7 +455,7 @@ def write_triton_repository(repo: str | Path, onnx: str | Path, *, name: str | N
     if repo.exists() and not repo.is_dir():
         raise TritonConfigError(f"--triton {repo}: is a file; name a folder for the model repository")
     onnx_info = read_onnx_info(onnx_path)
-    name = _check_name(name or onnx_path.stem)
+    name = check_name(name or onnx_path.stem)
     engine_info = read_engine_info(engine) if engine is not None else None
     if engine_info is not None and engine_info.onnx_sha256 and engine_info.onnx_sha256 != onnx_info.sha256:
         raise TritonConfigError(f"engine {engine_info.path} was built from another ONNX than {onnx_path} (sha256 "

@@ -12,8 +12,8 @@ import torch
 
 from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
 from fgdeploy.data.synthetic import generate_synth_birds
-from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint, reduce_exported
-from fgdeploy.export.precision import CalibrationOptions
+from fgdeploy.export.exporter import ExportOptions, export_checkpoint, reduce_exported
+from fgdeploy.export.precision import CalibrationOptions, PrecisionOptions
 from fgdeploy.models import create_model, load_model_config, with_backbone_options
 
 SIZE = 64
@@ -48,8 +48,8 @@ def exports(ckpt, synth, tmp_path_factory) -> dict[str, Path]:
     fp32 = folder / "tiny.onnx"
     export_checkpoint(ckpt, fp32, ExportOptions(max_batch=MAX_BATCH, verify_batches=(2,)))
     fp16 = folder / "tiny_fp16.onnx"
-    export_checkpoint(ckpt, fp16, ExportOptions(fp16=True, max_batch=MAX_BATCH, verify_batches=(2,)))
+    export_checkpoint(ckpt, fp16, ExportOptions(PrecisionOptions("fp16"), max_batch=MAX_BATCH, verify_batches=(2,)))
     int8 = folder / "tiny_int8.onnx"
-    reduce_exported(fp32, int8, ExportOptions(int8=True, max_batch=MAX_BATCH,
-                                              calibration=CalibrationOptions(synth, 8)))
+    reduce_exported(fp32, int8, ExportOptions(PrecisionOptions("int8", CalibrationOptions(synth, 8)),
+                                              max_batch=MAX_BATCH))
     return {"fp32": fp32, "fp16": fp16, "int8": int8}

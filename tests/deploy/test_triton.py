@@ -104,7 +104,7 @@ def test_max_batch_above_the_export_is_refused_and_below_is_written(exports, tmp
 
 
 def test_fixed_batch_export_gets_max_batch_size_zero_with_batch_in_dims(ckpt, tmp_path):
-    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
+    from fgdeploy.export.exporter import ExportOptions, export_checkpoint
 
     fixed = tmp_path / "fixed.onnx"
     export_checkpoint(ckpt, fixed, ExportOptions(batch=2, verify_batches=(2,)))
@@ -143,7 +143,7 @@ def test_bad_name_and_a_file_as_repository_are_refused(exports, tmp_path):
 def fake_engine(monkeypatch, tmp_path, exports):
     """An engine 'built' from the fp32 export by the recording fake TensorRT, with profile 1..``max_batch``."""
     from fgdeploy.backends import trt_support
-    from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
+    from fgdeploy.export.tensorrt import EngineBuildConfig, build_engine
     from tests.plugins.fake_tensorrt import make_fake_tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.13.0.35"))
