@@ -75,7 +75,7 @@ def _tensorrt() -> Check:
 
 
 def _nvcc() -> Check:
-    from fgdeploy.plugins import find_nvcc, nvcc_version
+    from fgdeploy.native.build import find_nvcc, nvcc_version
 
     nvcc = find_nvcc()
     if nvcc is None:
@@ -85,8 +85,8 @@ def _nvcc() -> Check:
 
 
 def _kernel_library(build: bool) -> Check:
-    from fgdeploy.kernel_library import load_kernel_library
-    from fgdeploy.plugins import PluginBuildError, build_dir, build_kernel_library
+    from fgdeploy.native.kernels import load_kernel_library
+    from fgdeploy.native.build import PluginBuildError, build_dir, build_kernel_library
 
     name = "kernel library"
     try:
@@ -104,7 +104,7 @@ def _kernel_library(build: bool) -> Check:
 
 
 def _tensorrt_headers() -> Check:
-    from fgdeploy.plugins import ENV_TRT_INCLUDE, find_tensorrt_include, tensorrt_header_version
+    from fgdeploy.native.build import ENV_TRT_INCLUDE, find_tensorrt_include, tensorrt_header_version
 
     include = find_tensorrt_include()
     if include is None:
@@ -116,7 +116,7 @@ def _tensorrt_headers() -> Check:
 def _plugin_library(build: bool) -> Check:
     from fgdeploy.backends.trt_support import import_tensorrt, load_plugin_library
     from fgdeploy.errors import FgdeployError
-    from fgdeploy.plugins import build_plugin_library, find_plugin_library, find_tensorrt_include
+    from fgdeploy.native.build import build_plugin_library, find_plugin_library, find_tensorrt_include
 
     name = "trt plugin library"
     try:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import fgdeploy.plugins as plugins
+import fgdeploy.native.build as plugins
 from fgdeploy.cli import cli
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fgdeploy.plugins import build_plugin_library, tensorrt_header_version
+from fgdeploy.native.build import build_plugin_library, tensorrt_header_version
 
 HERE = Path(__file__).resolve().parent
 CUDA_INCLUDE = Path("/usr/local/cuda/include")

@@ -137,7 +137,7 @@ def test_build_engine_refuses_silent_inlining_and_names_the_cause(fake_trt: Any,
 def test_build_engine_without_plugin_library_says_how_to_get_one(fake_trt: Any, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     fake_trt()
-    import fgdeploy.plugins as plugins
+    import fgdeploy.native.build as plugins
 
     monkeypatch.setattr(plugins, "find_plugin_library", lambda *a, **k: None)
     monkeypatch.setattr(plugins, "find_tensorrt_include", lambda *a, **k: None)
