@@ -109,7 +109,7 @@ class KernelLibrary:
         Args:
             heatmaps: (N, P, Hh, Wh) CUDA tensor, float32 or float16.
             features: (N, C, Hf, Wf) CUDA tensor of the same dtype and device.
-            window, mode: as in method.md 4a.
+            window, mode: as in docs/method.md 4a.
             out: optional contiguous (N, P, C) output tensor.
 
         Returns:
