@@ -1,4 +1,5 @@
-"""``fgdeploy doctor``: what this machine can run (torch/CUDA, ONNX Runtime, TensorRT, nvcc, plugin libraries).
+"""``fgdeploy doctor``: what this machine can run (torch/CUDA, ONNX Runtime, OpenVINO, tritonclient, TensorRT, nvcc,
+plugin libraries).
 
 Always exits 0: it reports, it does not judge. ``--json`` prints the same rows as a JSON list.
 """
@@ -61,6 +62,24 @@ def _onnxruntime() -> Check:
     except ImportError as exc:
         return Check("onnxruntime", MISSING, str(exc))
     return Check("onnxruntime", OK, f"{ort.__version__}; providers: {', '.join(ort.get_available_providers())}")
+
+
+def _openvino() -> Check:
+    try:
+        import openvino as ov
+    except ImportError:
+        return Check("openvino", MISSING, "not installed (--backend openvino): pip install 'fgdeploy[openvino]'")
+    return Check("openvino", OK, f"{ov.get_version()}; devices: {', '.join(ov.Core().available_devices) or 'none'}")
+
+
+def _tritonclient() -> Check:
+    try:
+        from tritonclient.grpc import model_config_pb2  # noqa: F401
+    except ImportError:
+        return Check("tritonclient", MISSING, "not installed (export --triton): pip install 'fgdeploy[triton]'")
+    from importlib.metadata import version
+
+    return Check("tritonclient", OK, f"{version('tritonclient')} (model_config_pb2 imports)")
 
 
 def _tensorrt() -> Check:
@@ -147,7 +166,8 @@ def collect(build: bool = True) -> list[Check]:
         rows += _torch()
     except Exception as exc:  # a broken torch install must not hide the other rows
         rows.append(Check("torch", ERROR, f"{type(exc).__name__}: {exc}"))
-    for component, probe in (("cuda driver", _cuda_driver), ("onnxruntime", _onnxruntime), ("tensorrt", _tensorrt),
+    for component, probe in (("cuda driver", _cuda_driver), ("onnxruntime", _onnxruntime), ("openvino", _openvino),
+                             ("tritonclient", _tritonclient), ("tensorrt", _tensorrt),
                              ("nvcc", _nvcc), ("kernel library", lambda: _kernel_library(build)),
                              ("tensorrt headers", _tensorrt_headers),
                              ("trt plugin library", lambda: _plugin_library(build))):
@@ -165,6 +185,7 @@ def render(rows: list[Check]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--no-build", is_flag=True, help="Do not compile the native libraries (nvcc); only look for them.")
 def command(as_json: bool, no_build: bool) -> None:
-    """Report torch/CUDA, ONNX Runtime, TensorRT, nvcc and plugin-library status (exit code 0)."""
+    """Report torch/CUDA, ONNX Runtime, OpenVINO, tritonclient, TensorRT, nvcc and plugin-library status (exit code
+    0)."""
     rows = collect(build=not no_build)
     click.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else render(rows))
