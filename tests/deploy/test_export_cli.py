@@ -24,7 +24,7 @@ def _config(path):
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
-def test_export_portable_with_triton_repository(ckpt, exports, tmp_path):
+def test_export_portable_with_triton_repository(ckpt, exports, synth, tmp_path):
     out, repo = tmp_path / "m.onnx", tmp_path / "triton"
     result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(out), "--max-batch", "8", "--portable",
                                       "--triton", str(repo), "--triton-name", "birds"])
@@ -38,6 +38,9 @@ def test_export_portable_with_triton_repository(ckpt, exports, tmp_path):
         got, want = portable.infer({"images": images}), default.infer({"images": images})
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
+    parity = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"onnx:{out}", "--data",
+                                      str(synth), "--batch", "4"])
+    assert parity.exit_code == 0 and "RESULT: PASS" in parity.output, parity.output   # as the default export does
     config = _config(repo / "birds" / "config.pbtxt")
     assert config.max_batch_size == 8 and config.parameters["portable"].string_value == "true"
     assert (repo / "birds" / "1" / "model.onnx").read_bytes() == out.read_bytes()
