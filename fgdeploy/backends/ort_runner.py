@@ -173,7 +173,7 @@ class OrtRunner(Runner):
             return data
         import onnx
 
-        from fgdeploy.export.debug_outputs import add_debug_outputs
+        from fgdeploy.export.portable import add_debug_outputs  # default and --portable exports
 
         try:
             proto = onnx.load_from_string(data)
