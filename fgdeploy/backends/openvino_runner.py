@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fgdeploy.backends.base import Runner, RunnerError, TensorSpec
+from fgdeploy.backends.base import RunnerError, TensorSpec
+from fgdeploy.backends.onnx_file import OnnxFileRunner, first_line
 from fgdeploy.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def openvino_device(device: str | None) -> str:
     return name
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(OnnxFileRunner):
     """Runs an fgdeploy .onnx file (default or ``--portable`` export, or its bytes) with OpenVINO.
 
     Args:
@@ -64,19 +65,12 @@ class OpenVinoRunner(Runner):
         if inference_precision is not None and inference_precision not in PRECISIONS:
             raise RunnerError(f"inference_precision {inference_precision!r}: use one of {', '.join(PRECISIONS)} or "
                               "None (OpenVINO's default)")
-        self.model = Path(model) if isinstance(model, str) else model
         self.device = openvino_device(device)
-        self.fp16 = fp16
-        self.threads = threads
         self.inference_precision = inference_precision
-        self.debug = debug
-        self._explicit_name = name
-        super().__init__(name or f"ov-{self.device.lower()}")
+        super().__init__(model, fp16=fp16, threads=threads, debug=debug, name=name,
+                         default_name=f"ov-{self.device.lower()}")
         self._compiled: Any = None
         self._request: Any = None
-        self._meta: dict[str, Any] = {}
-        self._specs: dict[str, TensorSpec] = {}
-        self._output_names: list[str] = []
         self._graph_outputs: list[str] = []
         self.converted_on_the_fly = False   # True when a default export was made portable in memory
 
@@ -100,7 +94,7 @@ class OpenVinoRunner(Runner):
             model = core.read_model(io.BytesIO(data))
             compiled = core.compile_model(model, self.device, self._config(ov))
         except Exception as exc:  # openvino raises RuntimeError subclasses with long multi-line texts
-            raise RunnerError(f"{self._label()}: OpenVINO cannot load the model: {_first_line(exc)}") from exc
+            raise RunnerError(f"{self._label()}: OpenVINO cannot load the model: {first_line(exc)}") from exc
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._specs = {}
@@ -119,42 +113,23 @@ class OpenVinoRunner(Runner):
         self._request = None
         self._compiled = None
 
-    def _input_specs(self) -> dict[str, TensorSpec]:
-        return dict(self._specs)
-
-    def _metadata(self) -> dict[str, Any]:
-        return dict(self._meta)
-
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         except Exception as exc:
-            raise RunnerError(f"{self.name}: inference failed: {_first_line(exc)}") from exc
+            raise RunnerError(f"{self.name}: inference failed: {first_line(exc)}") from exc
         return {name: np.array(self._request.get_output_tensor(i).data, copy=True)
                 for i, name in enumerate(self._output_names)}
 
-    @property
-    def output_names(self) -> list[str]:
-        """Output names in graph order (after activation)."""
-        return list(self._output_names)
-
     # --- helpers ----------------------------------------------------------------------------------
-    def _label(self) -> str:
-        return str(self.model) if isinstance(self.model, Path) else f"<{len(self.model)} bytes of ONNX>"
-
     def _load_proto(self) -> Any:
         import onnx
 
-        if isinstance(self.model, Path):
-            if not self.model.is_file():
-                raise RunnerError(f"ONNX model {self.model} does not exist; export one with `fgdeploy export`")
-            data = self.model.read_bytes()
-        else:
-            data = bytes(self.model)
+        data = self._model_bytes()
         try:
             return onnx.load_from_string(data)
         except Exception as exc:  # DecodeError and friends
-            raise RunnerError(f"{self._label()}: not an ONNX file ({_first_line(exc)}); OpenVINO runs fgdeploy "
+            raise RunnerError(f"{self._label()}: not an ONNX file ({first_line(exc)}); OpenVINO runs fgdeploy "
                               "ONNX exports (`fgdeploy export CKPT -o model.onnx [--portable]`)") from exc
 
     def _portable_bytes(self, proto: Any) -> bytes:
@@ -183,14 +158,6 @@ class OpenVinoRunner(Runner):
             config[props.inference_num_threads] = int(self.threads)
         return config
 
-    def _check_precision(self) -> None:
-        if self.fp16 is None:
-            return
-        stored = self._meta.get("precision", "fp32")
-        wanted = "fp16" if self.fp16 else "fp32"
-        if stored != wanted:
-            raise RunnerError(f"{self._label()}: {wanted} requested but the model is {stored}; ONNX precision is "
-                              "fixed at export (`fgdeploy export --fp16` makes an fp16 model)")
 
 
 def import_openvino() -> Any:
@@ -218,8 +185,3 @@ def _numpy_dtype(element_type: Any) -> np.dtype:
         return np.dtype(element_type.to_dtype())
     except Exception as exc:  # types without a numpy equivalent (bf16, ...)
         raise RunnerError(f"model input of OpenVINO type {element_type} has no numpy equivalent") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:400]
