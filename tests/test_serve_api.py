@@ -182,3 +182,22 @@ def test_concurrent_requests_share_model_calls_and_equal_local_infer_records(tin
         assert answer == {k: v for k, v in record.items() if k != "path"}
         assert model["precision"] == "fp32" and model["source_checkpoint"] == "tiny.pt"
     assert not set(BAD) & {p.name for p in files}
+
+
+def test_serve_without_ray_serve_is_a_one_line_error_naming_the_extra(tiny_onnx, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from fgdeploy.cli import cli
+
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setitem(sys.modules, "ray.serve", None)    # `import ray.serve` now fails as if it were not installed
+    result = CliRunner().invoke(cli, ["serve", str(tiny_onnx), "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert "fgdeploy serve needs Ray Serve" in result.output and "pip install 'ray[serve]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
