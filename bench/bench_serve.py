@@ -112,7 +112,7 @@ async def closed_loop(url: str, bodies: list[bytes], concurrency: int, warmup_s:
     completed = errors = 0
     start = loop.time()
     window = (start + warmup_s, start + warmup_s + duration_s)
-    cpu: dict[str, float] = {}
+    cpu: dict[str, tuple[float, dict[str, float], float]] = {}
 
     async def client(k: int, session: aiohttp.ClientSession) -> None:
         nonlocal completed, errors

@@ -107,7 +107,12 @@ class FileImages(ImageSource):
     def load(self, indices: Sequence[int]) -> np.ndarray:
         from fgdeploy.inference.local import decode_one
 
-        images = [decode_one(self.paths[int(i)], self.size).image for i in indices]
+        images = []
+        for i in indices:
+            decoded = decode_one(self.paths[int(i)], self.size)
+            if decoded.image is None:
+                raise FgdeployError(f"{decoded.path}: {decoded.error}")
+            images.append(decoded.image)
         batch = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
         return batch / np.float32(255.0)
 

@@ -90,11 +90,11 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
             serve.start(http_options={"host": options.host, "port": options.port},
                         proxy_location="HeadOnly" if local else "EveryNode")
             check_http_options(ray, options.host, options.port)
-            app = serve.deployment(deployment).options(
+            app = serve.deployment(
                 name="FgdeployModel", num_replicas=replicas, ray_actor_options=actor_options,
                 max_ongoing_requests=max(MIN_ONGOING_REQUESTS, 4 * config.max_batch),
                 graceful_shutdown_timeout_s=options.drain_timeout_s, graceful_shutdown_wait_loop_s=0.5,
-                health_check_period_s=5.0).bind(config)
+                health_check_period_s=5.0)(deployment).bind(config)
             try:
                 serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
             except (RuntimeError, RayServeException) as exc:   # a replica's constructor failed, ...
@@ -144,7 +144,8 @@ def check_http_options(ray: Any, host: str, port: int) -> None:
     try:   # Ray Serve's controller knows its options (an internal API: skip the check if it moves)
         from ray.serve.context import _get_global_client
 
-        running = ray.get(_get_global_client()._controller.get_http_config.remote(), timeout=30)
+        running = ray.get(_get_global_client()._controller.get_http_config.remote(),  # type: ignore[union-attr]
+                          timeout=30)
         where = (str(running.host), int(running.port))
     except Exception:  # noqa: BLE001
         logger.debug("cannot read Ray Serve's HTTP options", exc_info=True)
