@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import threading
@@ -29,6 +30,8 @@ from fgdeploy.serving.api import HEALTH_PATH, ServeConfig
 logger = logging.getLogger(__name__)
 
 APP_NAME = "fgdeploy"
+PROXY_READY_VARIABLE = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+PROXY_READY_S = 60
 HEALTH_POLL_S = 0.25
 MIN_ONGOING_REQUESTS = 64   # requests a replica takes at once (Ray Serve's default, 5, would cap batches at 5)
 
@@ -74,6 +77,10 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
     local = target_address(options.ray) in LOCAL_ADDRESSES
     if local:
         check_port_free(options.host, options.port)
+        # Ray Serve's controller kills an HTTP proxy that is not ready within 5 s; starting one (a new Python
+        # process importing Serve and uvicorn) took longer on a busy 2-core machine. The local instance's
+        # processes inherit this environment (a user's own setting wins).
+        os.environ.setdefault(PROXY_READY_VARIABLE, str(PROXY_READY_S))
     with ray_session(options.ray, needs="ray.serve") as ray, \
             (contextlib.nullcontext(stop) if stop else stop_on_signals()) as stop:
         from ray import serve
@@ -87,8 +94,7 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
         try:
             if not options.ray.verbose:   # Serve's own notes ("Started Serve", "Deploying app"): -v shows them
                 logging.getLogger("ray.serve").setLevel(logging.ERROR)
-            serve.start(http_options={"host": options.host, "port": options.port},
-                        proxy_location="HeadOnly" if local else "EveryNode")
+            start_serve(serve, options.host, options.port, "HeadOnly" if local else "EveryNode")
             check_http_options(ray, options.host, options.port)
             app = serve.deployment(
                 name="FgdeployModel", num_replicas=replicas, ray_actor_options=actor_options,
@@ -108,6 +114,26 @@ def serve_forever(config: ServeConfig, options: ServerOptions, on_ready: Callabl
             logger.info("stopping: draining the requests in flight (up to %.0f s)", options.drain_timeout_s)
         finally:
             _tear_down(serve)
+
+
+def start_serve(serve: Any, host: str, port: int, proxy_location: str) -> None:
+    """``serve.start`` with its HTTP proxies on ``host:port``; a proxy that died while starting (Ray Serve's
+    controller kills one that is slow to become ready, then starts another) is waited for, not an error.
+
+    Raises:
+        FgdeployError: Ray Serve could not be started.
+    """
+    import ray
+
+    for attempt in (1, 2):
+        try:
+            serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
+            return
+        except (TimeoutError, ray.exceptions.RayError) as exc:
+            if attempt == 2:
+                raise FgdeployError(f"Ray Serve did not start ({first_line(exc)}); run with -v for Ray's logs") \
+                    from None
+            logger.debug("Ray Serve's HTTP proxy failed to start; its controller starts another", exc_info=True)
 
 
 def _tear_down(serve: Any) -> None:
