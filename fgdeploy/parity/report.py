@@ -205,6 +205,8 @@ class ParityReport:
     batch: BatchInvariance | None
     checks: list[Check]
     divergence: Divergence | None = None
+    image_ids: list[int] | None = None      # CUB image ids of the images compared (None: not from a dataset)
+    guard_overlap: int | None = None        # how many of them a precision guard chose on (None: no guard recorded)
 
     def __bool__(self) -> bool:
         return all(c.passed for c in self.checks)
@@ -244,6 +246,20 @@ class GroundTruth:
     image_ids: np.ndarray | None = None
 
 
+def id_list(ids: Sequence[int], head: int = 6, tail: int = 2) -> str:
+    """``1, 3, 5, 7, 9, 11, ..., 597, 599``: the first and last few of a long list."""
+    shown = [str(i) for i in ids]
+    return ", ".join(shown if len(shown) <= head + tail + 1 else shown[:head] + ["..."] + shown[-tail:])
+
+
+def guard_overlap_warning(overlap: int, n_images: int) -> str:
+    """The warning when parity compares on images the precision guard chose on."""
+    return (f"WARNING: {overlap} of the {n_images} images compared are ones the precision guard chose the float "
+            "nodes on (recorded in the model's metadata): on them the agreement is what the guard tuned to, not an "
+            "independent check; compare on other images (without --data parity takes the test images the guard "
+            "did not use)")
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
@@ -260,7 +276,12 @@ def _json_safe(value: Any) -> Any:
 def render_report(report: ParityReport) -> str:
     """The report as plain-text tables."""
     lines = [f"parity: {report.ref} (ref) vs {report.test} (test), {report.precision} thresholds, "
-             f"{plural(report.n_images, 'image')} ({report.data})", ""]
+             f"{plural(report.n_images, 'image')} ({report.data})"]
+    if report.image_ids:
+        lines.append(f"image ids: {id_list(report.image_ids)} (all in the JSON report)")
+    if report.guard_overlap:
+        lines.append(guard_overlap_warning(report.guard_overlap, report.n_images))
+    lines.append("")
     head = ("output", "max_abs", "mean_abs", "p99_abs", "max_rel", "p99_rel", "cosine", "range", "within",
             "min_atol", "min_rtol", "verdict")
     rows = [head] + [(o.name, _g(o.max_abs), _g(o.mean_abs), _g(o.p99_abs), _g(o.max_rel), _g(o.p99_rel),

@@ -192,7 +192,9 @@ def _int8(fp32: onnx.ModelProto, size: int, images: ImageSet, calibration: Calib
     metadata = {"quantization": calib, "float_kept_nodes": _float_nodes(builder.policy, report),
                 "precision_guard": _guard_summary(report)}
     return PrecisionResult(model, "int8", kept, metadata, report,
-                           summary={"nodes": quantized_nodes(model), "calibration": images.description})
+                           summary={"nodes": quantized_nodes(model), "calibration": images.description,
+                                    "scheme": calibration.settings.scheme,
+                                    "scheme_reason": f"{calibration.settings.chosen_by}: {calibration.settings.reason}"})
 
 
 def _fp16_fixed(fp32: onnx.ModelProto) -> PrecisionResult:
@@ -259,4 +261,5 @@ def _guard_summary(report: GuardReport | None) -> dict[str, Any] | None:
     return {"passed": report.passed, "data": report.data, "images": report.n_images,
             "thresholds": report.thresholds, "kept_float_nodes": report.kept_names,
             "top1_agreement": final.top1_agreement, "keypoint_agreement": final.keypoint_agreement,
-            "accuracy_drop_points": final.accuracy_drop}
+            "accuracy_drop_points": final.accuracy_drop, "source": report.source, "image_ids": report.image_ids,
+            "image_digests": report.image_digests}

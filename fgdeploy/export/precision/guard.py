@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.errors import ConfigError
+from fgdeploy.export.precision.images import file_digests
 from fgdeploy.parity.report import Tolerance
 from fgdeploy.parity.sources import ImageSource
 from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
@@ -128,6 +129,11 @@ class Guard:
         self.heatmap_hw = (int(hw[0]), int(hw[1]))
         self.part_names = list(self.meta.get("part_names") or PART_NAMES)
         self.evaluations = 0
+        # which images the guard chooses on, for the metadata (parity warns when it is given any of them)
+        self.image_source = str(source.root.resolve()) if source.root is not None else ""
+        ids = source.truth.image_ids
+        self.image_ids = None if ids is None else [int(i) for i in ids]
+        self.image_digests = file_digests(source.files)
 
     def evaluate(self, model: bytes) -> GuardMetrics:
         """Run ``model`` on the guard images and compare it with fp32."""
@@ -201,6 +207,9 @@ class GuardReport:
     kept_float: list[KeptNode] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = ""                         # the dataset or folder of the guard's images
+    image_ids: list[int] | None = None       # their CUB image ids (None: a plain folder)
+    image_digests: list[str] = field(default_factory=list)   # their content digests (``file_digests``)
 
     @property
     def kept_names(self) -> list[str]:
@@ -319,7 +328,8 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
                          thresholds=dataclasses.asdict(th), tie_tolerance=dataclasses.asdict(guard.tie_tolerance),
                          policy_float=dict(policy_float or {}), candidates=len(candidates), initial=initial,
                          final=current, passed=current.passes(th), kept_float=kept, evaluations=evaluations,
-                         seconds=time.perf_counter() - started)
+                         seconds=time.perf_counter() - started, source=guard.image_source, image_ids=guard.image_ids,
+                         image_digests=guard.image_digests)
     return model, report
 
 
