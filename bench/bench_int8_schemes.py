@@ -6,7 +6,7 @@
 For each scheme (``fgdeploy export --int8-scheme``): the fp32 export is calibrated on the dataset's train split
 (64 images, as ``export --int8``), quantized with every guard candidate in INT8, and compared with fp32 on the
 test images the guard does not use (agreement before the guard: top-1, keypoints in the same cell with
-near-ties); then the guard runs on its half of the test split (default thresholds) and the guarded model is
+near-ties, images whose logits and keypoint scores pass parity's int8 element check); then the guard runs on its half of the test split (default thresholds) and the guarded model is
 compared on the held-out images again. Speed: fp32, each all-INT8 and each guarded model, model-only at batch
 16, one call of each in turn per round (background load hits all alike), medians and ratios to fp32 of the same
 round. Writes JSON and a Markdown table beside it (``.md``) and records the CPU model and flags: which scheme is
@@ -36,17 +36,17 @@ def build(fp32_path: Path, data: Path, scheme: str, work: Path) -> dict[str, Any
     """All-INT8 and guarded models of one scheme, with their agreement on the held-out test images."""
     import onnx
 
+    from fgdeploy.export.precision import parity_profile
     from fgdeploy.export.precision.guard import Guard, GuardThresholds, guarded_search
     from fgdeploy.export.precision.images import (
         HELD_OUT_SELECTION, guard_and_parity_halves, guard_source, load_image_set,
     )
     from fgdeploy.export.precision.int8 import Int8Builder, Int8Settings, quantized_nodes
-    from fgdeploy.parity import DatasetImages, default_thresholds
+    from fgdeploy.parity import DatasetImages
 
     fp32 = onnx.load(str(fp32_path))
     size = int(json.loads(next(p.value for p in fp32.metadata_props if p.key == "input_size")))
-    tolerance = default_thresholds("int8").tolerance
-    thresholds = GuardThresholds()
+    thresholds, tolerance = parity_profile(GuardThresholds(), "int8")   # as `fgdeploy export --int8`
     _, held_out_ids = guard_and_parity_halves(data)
     held_out = Guard(fp32.SerializeToString(), DatasetImages(data, "test", size, 500, ids=held_out_ids,
                                                              selection=HELD_OUT_SELECTION), thresholds, tolerance)
@@ -72,7 +72,8 @@ def build(fp32_path: Path, data: Path, scheme: str, work: Path) -> dict[str, Any
 
 def _metrics(m: Any) -> dict[str, Any]:
     return {"top1_agreement": m.top1_agreement, "keypoint_agreement": m.keypoint_agreement,
-            "accuracy_drop_points": m.accuracy_drop, "class_flips": m.class_flips, "keypoint_moves": m.keypoint_moves}
+            "accuracy_drop_points": m.accuracy_drop, "class_flips": m.class_flips, "keypoint_moves": m.keypoint_moves,
+            "outputs_within": m.outputs_within}
 
 
 def time_models(paths: dict[str, Path], iters: int, threads: int) -> dict[str, dict[str, float]]:
@@ -109,16 +110,19 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['model']}, batch {BATCH}, {result['threads']} threads; agreement with fp32 on "
              f"{result['schemes'][0]['held_out_images']} test images the guard does not use; the guard on "
              f"{result['schemes'][0]['guard_images']} others; auto picks {result['auto_scheme']}", "",
-             "| scheme | top-1 before guard | keypoints before guard | convs kept float by the guard | "
-             "top-1 / keypoints after | all-INT8 speed vs fp32 | guarded speed vs fp32 |",
-             "|---|---|---|---|---|---|---|"]
+             "| scheme | before the guard: top-1 / keypoints / outputs within | convs kept float by the guard | "
+             "after: top-1 / keypoints / outputs within | all-INT8 speed vs fp32 | guarded speed vs fp32 |",
+             "|---|---|---|---|---|---|"]
     for row in result["schemes"]:
         b, a, speed = row["before_guard"], row["after_guard"], result["speed"]
-        lines.append(f"| {row['scheme']} | {_pct(b['top1_agreement'])} | {_pct(b['keypoint_agreement'])} | "
-                     f"{len(row['kept_float'])} of {row['candidates']} | {_pct(a['top1_agreement'])} / "
-                     f"{_pct(a['keypoint_agreement'])} | {speed[row['scheme'] + ' all']['speedup']:.2f}x | "
+        lines.append(f"| {row['scheme']} | {_three(b)} | {len(row['kept_float'])} of {row['candidates']} | "
+                     f"{_three(a)} | {speed[row['scheme'] + ' all']['speedup']:.2f}x | "
                      f"{speed[row['scheme'] + ' guarded']['speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
+
+
+def _three(m: dict[str, Any]) -> str:
+    return f"{_pct(m['top1_agreement'])} / {_pct(m['keypoint_agreement'])} / {_pct(m['outputs_within'])}"
 
 
 def _pct(value: float | None) -> str:

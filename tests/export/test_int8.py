@@ -129,6 +129,7 @@ def test_int8_metadata_records_precision_calibration_and_float_nodes(int8_onnx, 
     recorded = meta["precision_guard"]
     assert recorded["image_ids"] == guard_ids and recorded["source"] == str(data.resolve())
     assert len(recorded["image_digests"]) == 9 and not set(guard_ids) & set(held_out_ids)
+    assert recorded["thresholds"]["min_outputs_within"] == 0.95      # parity's element check, with a margin
 
 
 def test_int8_outputs_track_fp32_and_parity_uses_the_int8_profile(ckpt, fp32_onnx, int8_onnx, data):
@@ -185,6 +186,14 @@ def test_guard_metrics_against_thresholds():
     assert good.passes(th) and no_labels.passes(th) and good.shortfall(th) < bad.shortfall(th)
     failures = bad.failures(th)
     assert len(failures) == 3 and "accuracy drop 2.00 points > 0.50" in failures[2]
+    # parity's element check, mirrored with a margin (int8: parity wants 90 % of the images, the guard 95 %)
+    from fgdeploy.export.precision import parity_profile
+
+    strict, tolerance = parity_profile(th, "int8")
+    assert strict.min_outputs_within == 0.95 and tolerance.min_fraction == 0.9 and tolerance.atol == 0.1
+    at_parity = GuardMetrics(1.0, 0.99, 0.9, 0.0, 0.0, 0, 0, 0.01, outputs_within=0.92)
+    assert at_parity.passes(th) and not at_parity.passes(strict)
+    assert "outputs within the element tolerance on 92.00% of the images < 95.00%" in at_parity.failures(strict)[0]
     with pytest.raises(Exception, match="min-top1-agree"):
         GuardThresholds(min_top1_agree=1.5)
 

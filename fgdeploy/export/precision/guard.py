@@ -30,7 +30,7 @@ from fgdeploy.errors import ConfigError
 from fgdeploy.export.precision.images import file_digests
 from fgdeploy.parity.report import Tolerance
 from fgdeploy.parity.sources import ImageSource
-from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
+from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
 from fgdeploy.text import percent as _pct
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,13 @@ class GuardThresholds:
     min_top1_agree: float = 0.99   # fraction of images with the fp32 model's top-1 class
     min_kp_agree: float = 0.98     # fraction of (image, part) in the same heatmap cell, near-ties allowed
     max_acc_drop: float = 0.5      # accuracy(fp32) - accuracy(reduced), percentage points (needs labels)
+    # fraction of images whose logits and keypoint scores are all within the element tolerance (parity's check
+    # of the same precision: ``reduce_precision`` sets parity's min_fraction, so the guard never passes a model
+    # parity's element check would fail on the same images); 0: not checked
+    min_outputs_within: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("min_top1_agree", "min_kp_agree"):
+        for name in ("min_top1_agree", "min_kp_agree", "min_outputs_within"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} {value}: give a fraction in [0, 1], e.g. 0.99")
@@ -67,6 +71,7 @@ class GuardMetrics:
     class_flips: int
     keypoint_moves: int                  # moved keypoints that are not near-ties
     logit_error: float                   # mean |logit diff| / fp32 logit range (continuous tie-breaker)
+    outputs_within: float | None = None  # images with logits and keypoint scores within the element tolerance
 
     def failures(self, th: GuardThresholds) -> list[str]:
         """The thresholds this build misses, as readable text (empty: it passes)."""
@@ -77,6 +82,9 @@ class GuardMetrics:
             out.append(f"keypoints same cell {100 * self.keypoint_agreement:.2f}% < {100 * th.min_kp_agree:.2f}%")
         if self.accuracy_drop is not None and self.accuracy_drop > th.max_acc_drop + 1e-9:
             out.append(f"accuracy drop {self.accuracy_drop:.2f} points > {th.max_acc_drop:.2f}")
+        if self.outputs_within is not None and self.outputs_within < th.min_outputs_within - 1e-12:
+            out.append(f"outputs within the element tolerance on {100 * self.outputs_within:.2f}% of the images "
+                       f"< {100 * th.min_outputs_within:.2f}%")
         return out
 
     def passes(self, th: GuardThresholds) -> bool:
@@ -89,6 +97,8 @@ class GuardMetrics:
             miss += max(0.0, th.min_kp_agree - self.keypoint_agreement)
         if self.accuracy_drop is not None:
             miss += max(0.0, self.accuracy_drop - th.max_acc_drop) / 100.0
+        if self.outputs_within is not None:
+            miss += max(0.0, th.min_outputs_within - self.outputs_within)
         keypoints = 1.0 if self.keypoint_agreement is None else self.keypoint_agreement   # None: no keypoints
         disagreement = (1.0 - self.top1_agreement) + (1.0 - keypoints)
         return miss + 1e-2 * disagreement + 1e-4 * self.logit_error
@@ -101,7 +111,8 @@ class Guard:
         reference: the fp32 ONNX (bytes).
         source: held-out images (``DatasetImages`` adds accuracy and PCK).
         thresholds: what a build must keep.
-        tie_tolerance: parity's near-tie tolerance for keypoints (``default_thresholds(precision).tolerance``).
+        tie_tolerance: parity's tolerance for the precision (``default_thresholds(precision).tolerance``): keypoint
+            near-ties, and the element check of logits and keypoint scores.
         batch_size: images per runner call.
         threads: ONNX Runtime intra-op threads (None: its default).
     """
@@ -147,7 +158,7 @@ class Guard:
 
     def compare(self, test: dict[str, np.ndarray]) -> GuardMetrics:
         """Parity's task comparison of ``test`` outputs with the fp32 ones, summarised."""
-        from fgdeploy.parity.compare import compare_tasks
+        from fgdeploy.parity.compare import compare_output, compare_tasks
 
         ref = self.reference
         with_kp = OUTPUT_KEYPOINTS in ref and OUTPUT_KEYPOINTS in test
@@ -157,6 +168,8 @@ class Guard:
                              truth=self.source.truth, tie_tolerance=self.tie_tolerance)
         r, t = np.asarray(ref[OUTPUT_LOGITS], np.float64), np.asarray(test[OUTPUT_LOGITS], np.float64)
         span = float(np.ptp(r)) or 1.0
+        within = [compare_output(name, ref[name], test[name], self.tie_tolerance).images_within
+                  for name in (OUTPUT_LOGITS, OUTPUT_KEYPOINT_SCORES) if name in ref and name in test]
         kp_agree = task.keypoint_same_cell_or_tie if task.keypoint_same_cell_or_tie is not None \
             else task.keypoint_same_cell
         return GuardMetrics(
@@ -166,7 +179,7 @@ class Guard:
             pck_drop=None if task.pck_diff_points is None else 0.0 - task.pck_diff_points,
             class_flips=len(task.class_flips),
             keypoint_moves=sum(not f.near_tie for f in task.keypoint_flips),
-            logit_error=float(np.abs(t - r).mean() / span))
+            logit_error=float(np.abs(t - r).mean() / span), outputs_within=min(within) if within else None)
 
 
 @dataclass
@@ -230,8 +243,12 @@ class GuardReport:
         th = self.thresholds
         lines = [f"precision guard ({self.precision}): {self.n_images} images ({self.data}); thresholds: top-1 "
                  f"agreement >= {100 * th['min_top1_agree']:.2f}%, keypoints same cell (near-ties allowed) >= "
-                 f"{100 * th['min_kp_agree']:.2f}%, accuracy drop <= {th['max_acc_drop']:.2f} points", ""]
-        rows = [("build", "top-1 agree", "kp same cell", "kp strict", "acc drop", "PCK drop", "flips", "verdict"),
+                 f"{100 * th['min_kp_agree']:.2f}%, accuracy drop <= {th['max_acc_drop']:.2f} points"
+                 + (f", logits and keypoint scores within atol={self.tie_tolerance['atol']:g} "
+                    f"rtol={self.tie_tolerance['rtol']:g} on >= {100 * th['min_outputs_within']:.2f}% of the images"
+                    if th.get("min_outputs_within") else ""), ""]
+        rows = [("build", "top-1 agree", "kp same cell", "kp strict", "acc drop", "PCK drop", "outputs within",
+                 "flips", "verdict"),
                 _row("all reduced", self.initial, self._verdict(self.initial)),
                 _row("final", self.final, "PASS" if self.passed else "FAIL")]
         lines += _table(rows) + [""]
@@ -274,7 +291,8 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
     3. Bisect for the shortest prefix of that ranking whose build passes (the whole ranking first: if
        even that fails, the report says FAIL and the caller decides what that means).
     4. Try quantizing each kept node again, latest-ranked first; keep the change when the guard still
-       passes. Every node left is needed: without it (the others kept) the guard fails.
+       passes; repeat until no node can go. Every node left is needed: without it (the others kept) the guard
+       fails.
     5. For each kept node, record the metrics with it float (the final build) and without it.
     """
     started = time.perf_counter()
@@ -311,12 +329,15 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
                 else:
                     lo = mid
             floated = frozenset(ranked[:hi])
-            for node in reversed(ranked[:hi]):
-                if len(floated) == 1:
-                    break
-                trial = score(f"drop: {node}", floated - {node})
-                if trial[1].passes(th):
-                    floated, (model, current) = floated - {node}, trial
+            dropped = True
+            while dropped and len(floated) > 1:   # until every node left is needed (a later drop can free one)
+                dropped = False
+                for node in [n for n in reversed(ranked) if n in floated]:
+                    if len(floated) == 1:
+                        break
+                    trial = score(f"drop: {node}", floated - {node})
+                    if trial[1].passes(th):
+                        floated, (model, current), dropped = floated - {node}, trial, True
         else:
             floated = frozenset(ranked)
     kept = []
@@ -336,7 +357,8 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
 # --- formatting ------------------------------------------------------------------------------------
 def _row(name: str, m: GuardMetrics, verdict: str) -> tuple[str, ...]:
     return (name, _pct(m.top1_agreement), _pct(m.keypoint_agreement), _pct(m.keypoint_same_cell),
-            _pts(m.accuracy_drop), _pts(m.pck_drop), f"{m.class_flips} class, {m.keypoint_moves} kp", verdict)
+            _pts(m.accuracy_drop), _pts(m.pck_drop), _pct(m.outputs_within),
+            f"{m.class_flips} class, {m.keypoint_moves} kp", verdict)
 
 
 def _pts(value: float | None) -> str:

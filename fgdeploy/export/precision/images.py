@@ -122,9 +122,11 @@ def load_image_set(source: str | Path, size: int, n: int | None, split: str, min
 
 
 def calibration_batches(images: ImageSet, batch: int = 8) -> Iterator[np.ndarray]:
-    """Model-input batches of ``images``."""
-    for start in range(0, len(images), batch):
-        yield images.model_input(start, start + batch)
+    """Model-input batches of ``images``, all of one size: the largest divisor of the image count up to ``batch``
+    (ONNX Runtime's histogram calibrators, percentile and entropy, fail on a smaller last batch)."""
+    size = next(b for b in range(max(1, min(batch, len(images) or 1)), 0, -1) if len(images) % b == 0)
+    for start in range(0, len(images), size):
+        yield images.model_input(start, start + size)
 
 
 def calibration_reader(images: ImageSet, input_name: str, batch: int = 8):  # type: ignore[no-untyped-def]

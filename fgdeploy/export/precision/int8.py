@@ -162,6 +162,9 @@ class Int8Builder:
         onnx.save(fp32, str(self.fp32_path))
         self.cache_path = self.workdir / "calibration.json"
         self.policy = float_policy(fp32)
+        # the op types outside the policy: calibrating only their tensors leaves out the float parts' (e.g. the
+        # -inf fill of the box computation, which percentile/entropy calibration refuses)
+        self.op_types_to_quantize = sorted({n.op_type for n in fp32.graph.node if n.name not in self.policy})
         self.op_types = {n.name: n.op_type for n in fp32.graph.node}
         self.candidates = [n.name for n in fp32.graph.node
                            if n.op_type in GUARD_CANDIDATE_OPS and n.name not in self.policy]
@@ -187,6 +190,7 @@ class Int8Builder:
                     activation_type=getattr(QuantType, QUANT_TYPES[s.activation_type]),
                     weight_type=getattr(QuantType, QUANT_TYPES[s.weight_type]),
                     nodes_to_exclude=sorted(set(self.policy) | set(float_nodes)),
+                    op_types_to_quantize=self.op_types_to_quantize,
                     calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[s.calibrate_method]),
                     calibration_cache_path=str(self.cache_path),
                     extra_options={"ActivationSymmetric": s.symmetric_activations, "WeightSymmetric": True})
