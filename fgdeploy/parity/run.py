@@ -13,7 +13,7 @@ import numpy as np
 from fgdeploy.backends.base import Runner
 from fgdeploy.geometry import point_to_cell
 from fgdeploy.text import plural
-from fgdeploy.parity.compare import build_checks, compare_output, compare_tasks
+from fgdeploy.parity.compare import build_checks, compare_logits, compare_output, compare_tasks
 from fgdeploy.parity.report import (
     BatchInvariance, Divergence, ParityReport, StageDiff, TaskComparison, Thresholds, Tolerance,
     default_thresholds,
@@ -203,7 +203,9 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
     input_size = int(test_meta.get("input_size") or ref_meta.get("input_size") or source.load([0]).shape[-1])
     heatmap_hw = _heatmap_hw(ref_meta, test_meta, ref_out, test_out)
     part_names = list(test_meta.get("part_names") or ref_meta.get("part_names") or [])
-    outputs = [compare_output(name, ref_out[name], test_out[name], thresholds.tolerance,   # boxes: judged by IoU
+    outputs = [compare_logits(ref_out, test_out, thresholds.tolerance, thresholds.logits_on_settled_images)
+               if name == OUTPUT_LOGITS else
+               compare_output(name, ref_out[name], test_out[name], thresholds.tolerance,   # boxes: judged by IoU
                               judged=name not in (OUTPUT_KEYPOINTS, OUTPUT_PART_BOXES))
                for name in _common_outputs(ref_out, test_out)]
     task = TaskComparison(n_images=len(indices), top1_agreement=1.0)

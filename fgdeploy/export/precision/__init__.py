@@ -240,14 +240,13 @@ def parity_profile(thresholds: GuardThresholds, precision: str) -> tuple[GuardTh
     """The guard's thresholds with parity's element check for ``precision``, and parity's tolerance (it also tells
     keypoint near-ties): what parity will check, the guard checks first, with a margin. Parity lets a fraction
     1 - min_fraction of the images have an output outside the tolerance (10 % for int8); the guard lets half as
-    many, so that parity on other images of the same kind is likely to pass too: the guard decides on a sample
-    (measured on the trained demo model with every trunk conv INT8: 8 % of the guard's 150 images fell outside,
-    11 % of 300 images of a synth-birds set made with another seed, so parity failed there)."""
+    many, so that parity on other images of the same kind is likely to pass too: the guard decides on a sample."""
     from fgdeploy.parity.report import default_thresholds
 
-    tolerance = default_thresholds(precision).tolerance
-    within = 1.0 - (1.0 - tolerance.min_fraction) / 2
-    return dataclasses.replace(thresholds, min_outputs_within=max(thresholds.min_outputs_within, within)), tolerance
+    parity = default_thresholds(precision)
+    within = 1.0 - (1.0 - parity.tolerance.min_fraction) / 2
+    return dataclasses.replace(thresholds, min_outputs_within=max(thresholds.min_outputs_within, within),
+                               logits_on_settled_images=parity.logits_on_settled_images), parity.tolerance
 
 
 def _raise_if_failed(report: GuardReport, precision: str) -> None:

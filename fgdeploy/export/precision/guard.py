@@ -49,6 +49,7 @@ class GuardThresholds:
     # of the same precision: ``reduce_precision`` sets parity's min_fraction, so the guard never passes a model
     # parity's element check would fail on the same images); 0: not checked
     min_outputs_within: float = 0.0
+    logits_on_settled_images: bool = False   # as parity's profile: logits judged where keypoints and boxes agree
 
     def __post_init__(self) -> None:
         for name in ("min_top1_agree", "min_kp_agree", "min_outputs_within"):
@@ -158,7 +159,7 @@ class Guard:
 
     def compare(self, test: dict[str, np.ndarray]) -> GuardMetrics:
         """Parity's task comparison of ``test`` outputs with the fp32 ones, summarised."""
-        from fgdeploy.parity.compare import compare_output, compare_tasks
+        from fgdeploy.parity.compare import compare_logits, compare_output, compare_tasks
 
         ref = self.reference
         with_kp = OUTPUT_KEYPOINTS in ref and OUTPUT_KEYPOINTS in test
@@ -168,8 +169,10 @@ class Guard:
                              truth=self.source.truth, tie_tolerance=self.tie_tolerance)
         r, t = np.asarray(ref[OUTPUT_LOGITS], np.float64), np.asarray(test[OUTPUT_LOGITS], np.float64)
         span = float(np.ptp(r)) or 1.0
-        within = [compare_output(name, ref[name], test[name], self.tie_tolerance).images_within
-                  for name in (OUTPUT_LOGITS, OUTPUT_KEYPOINT_SCORES) if name in ref and name in test]
+        within = [compare_logits(ref, test, self.tie_tolerance, self.thresholds.logits_on_settled_images).images_within]
+        if OUTPUT_KEYPOINT_SCORES in ref and OUTPUT_KEYPOINT_SCORES in test:
+            within.append(compare_output(OUTPUT_KEYPOINT_SCORES, ref[OUTPUT_KEYPOINT_SCORES],
+                                         test[OUTPUT_KEYPOINT_SCORES], self.tie_tolerance).images_within)
         kp_agree = task.keypoint_same_cell_or_tie if task.keypoint_same_cell_or_tie is not None \
             else task.keypoint_same_cell
         return GuardMetrics(
@@ -210,7 +213,7 @@ class GuardReport:
     precision: str
     data: str
     n_images: int
-    thresholds: dict[str, float]
+    thresholds: dict[str, Any]
     tie_tolerance: dict[str, float]
     policy_float: dict[str, str]             # node -> why the precision policy keeps it float
     candidates: int                          # nodes the guard could keep float
@@ -246,7 +249,8 @@ class GuardReport:
                  f"{100 * th['min_kp_agree']:.2f}%, accuracy drop <= {th['max_acc_drop']:.2f} points"
                  + (f", logits and keypoint scores within atol={self.tie_tolerance['atol']:g} "
                     f"rtol={self.tie_tolerance['rtol']:g} on >= {100 * th['min_outputs_within']:.2f}% of the images"
-                    if th.get("min_outputs_within") else ""), ""]
+                    + (" (logits: of those whose keypoints and boxes agree)" if th.get("logits_on_settled_images")
+                       else "") if th.get("min_outputs_within") else ""), ""]
         rows = [("build", "top-1 agree", "kp same cell", "kp strict", "acc drop", "PCK drop", "outputs within",
                  "flips", "verdict"),
                 _row("all reduced", self.initial, self._verdict(self.initial)),
