@@ -87,7 +87,9 @@ def set_threads(threads: int | None = None, workers: int = 0) -> int:
 
 
 # --- vector extensions (what INT8 speed and accuracy depend on) ---------------------------------------
-INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+# what decides the int8 / bf16 kernels ONNX Runtime and OpenVINO can use
+INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+              "amx_bf16")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
