@@ -50,7 +50,9 @@ def build(fp32_path: Path, data: Path, scheme: str, work: Path) -> dict[str, Any
     _, held_out_ids = guard_and_parity_halves(data)
     held_out = Guard(fp32.SerializeToString(), DatasetImages(data, "test", size, 500, ids=held_out_ids,
                                                              selection=HELD_OUT_SELECTION), thresholds, tolerance)
-    guard = Guard(fp32.SerializeToString(), guard_source(None, data, size, 500), thresholds, tolerance)
+    guard_images = guard_source(None, data, size, 500)
+    assert guard_images is not None   # a CUB-format dataset
+    guard = Guard(fp32.SerializeToString(), guard_images, thresholds, tolerance)
     settings = Int8Settings(scheme=scheme)
     builder = Int8Builder(fp32, load_image_set(data, size, 64, "train", minimum=8), settings, work)
     started = time.perf_counter()
@@ -76,7 +78,7 @@ def _metrics(m: Any) -> dict[str, Any]:
             "outputs_within": m.outputs_within}
 
 
-def time_models(paths: dict[str, Path], iters: int, threads: int) -> dict[str, dict[str, float]]:
+def time_models(paths: dict[str, Path], iters: int, threads: int) -> dict[str, dict[str, Any]]:
     """Model-only img/s at batch 16, one call of each model per round; medians and per-round ratios to fp32."""
     from fgdeploy.backends.ort_runner import OrtRunner
 

@@ -130,12 +130,21 @@ def calibration_batches(images: ImageSet, batch: int = 8) -> Iterator[np.ndarray
 
 
 def calibration_reader(images: ImageSet, input_name: str, batch: int = 8):  # type: ignore[no-untyped-def]
-    """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``images`` in batches."""
+    """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``images`` in batches; ``len`` and ``set_range``
+    (in batches) let ORT's strided MinMax calibration reduce the ranges batch by batch."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    batches = list(calibration_batches(images, batch))
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self._batches = calibration_batches(images, batch)
+            self.set_range(0, len(batches))
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._batches = iter(batches[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             nxt = next(self._batches, None)

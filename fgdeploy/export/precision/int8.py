@@ -54,6 +54,10 @@ SCHEMES: dict[str, dict[str, object]] = {
     "s8s8": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "symmetric_activations": True},
 }
 INT8_TARGETS = ("cpu", "tensorrt")
+CALIBRATION_PIXELS = 160 * 160   # per image of a calibration call at the full ``Int8Settings.batch``
+# MinMax ranges merge exactly: reduce the tensors of every call before the next (ORT's strided calibration)
+# instead of keeping all calls' tensors until the end
+MEMORY_BOUND: dict[str, dict[str, object]] = {"minmax": {"CalibStridedMinMax": 1}}
 
 
 def choose_scheme(cpu: dict[str, Any]) -> tuple[str, str]:
@@ -168,6 +172,11 @@ class Int8Builder:
         self.op_types = {n.name: n.op_type for n in fp32.graph.node}
         self.candidates = [n.name for n in fp32.graph.node
                            if n.op_type in GUARD_CANDIDATE_OPS and n.name not in self.policy]
+        # ORT's calibrator keeps every tensor of the images it is fed until it computes the ranges; the paper
+        # part-net model (four VGG-16s at 448-500 px) was killed at 23 GB with 8 images per call: at most
+        # 8 x 160 x 160 pixels per call, and (MinMax) ranges reduced after every call
+        side = int(images.images.shape[1]) if len(images) else 1
+        self.calibration_batch = max(1, min(settings.batch, settings.batch * CALIBRATION_PIXELS // (side * side)))
         if not self.candidates:
             raise ExportError("int8: the model has no conv outside the float-kept parts to quantize")
         self.builds = 0
@@ -185,7 +194,7 @@ class Int8Builder:
             try:
                 quantize_static(
                     str(self.fp32_path), str(out),
-                    calibration_reader(self.images, INPUT_IMAGES, s.batch),
+                    calibration_reader(self.images, INPUT_IMAGES, self.calibration_batch),
                     quant_format=QuantFormat.QDQ, per_channel=s.per_channel, reduce_range=s.reduce_range,
                     activation_type=getattr(QuantType, QUANT_TYPES[s.activation_type]),
                     weight_type=getattr(QuantType, QUANT_TYPES[s.weight_type]),
@@ -193,7 +202,8 @@ class Int8Builder:
                     op_types_to_quantize=self.op_types_to_quantize,
                     calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[s.calibrate_method]),
                     calibration_cache_path=str(self.cache_path),
-                    extra_options={"ActivationSymmetric": s.symmetric_activations, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": s.symmetric_activations, "WeightSymmetric": True,
+                                   **MEMORY_BOUND.get(s.calibrate_method, {})})
             except Exception as exc:  # the quantizer raises plain exceptions of many types
                 raise ExportError(f"int8: ONNX Runtime's quantize_static failed: "
                                   f"{str(exc).strip().splitlines()[0][:400] or type(exc).__name__}") from exc
