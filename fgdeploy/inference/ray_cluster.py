@@ -49,17 +49,16 @@ class ClusterOptions:
 
 
 def import_ray() -> Any:
-    """The ``ray`` module with Ray Data.
+    """The ``ray`` module.
 
     Raises:
         FgdeployError: Ray is not installed, saying what to install.
     """
     try:
         import ray
-        import ray.data  # noqa: F401 - Ray Data comes with the ray[data] extra only
     except ImportError as exc:
-        broken = f" ({exc})" if exc.name not in ("ray", "ray.data") else ""   # installed, but a dependency is not
-        raise FgdeployError(f"--ray needs Ray Data, which is not installed here{broken}: {INSTALL_HINT}") from None
+        broken = f" ({exc})" if exc.name != "ray" else ""   # installed, but a dependency is not
+        raise FgdeployError(f"--ray needs Ray, which is not installed here{broken}: {INSTALL_HINT}") from None
     return ray
 
 
@@ -105,9 +104,39 @@ def ray_session(options: ClusterOptions = ClusterOptions()) -> Iterator[Any]:
                             f"{CONNECT_ATTEMPTS_VARIABLE}=N tries N times); start it with `ray start --head` or "
                             "pass its address (auto, ray://HOST:10001, HOST:6379)") from None
     try:
-        yield ray
+        with contextlib.nullcontext() if options.verbose else cluster_notices_to_log():
+            yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def cluster_notices_to_log() -> Iterator[None]:
+    """Send the notices Ray prints to the driver's stdout for the cluster ("(raylet) A worker died or was killed
+    ...", a node's raylet ending: 10-40 lines each) to this module's debug log while the block runs. Callers report
+    what those events mean for their work in a line of their own (``ray_dispatch``: one per dead worker).
+
+    Ray's driver prints them from a background thread through ``ray._private.worker.print_to_stdstream`` (Ray 2.60,
+    private); if that is not there, nothing changes.
+    """
+    try:
+        from ray._private import worker
+        original = worker.print_to_stdstream
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            original(data, ignore_prefix)
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug("ray: %s", " | ".join(line.strip() for line in data.get("lines", ()))[:2000])
+
+    worker.print_to_stdstream = print_to_stdstream
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
 
 
 @contextlib.contextmanager
