@@ -59,7 +59,7 @@ def save_model(path: Path, config: str, small: bool, classes: int = 20) -> Path:
 def model_for_backend(ckpt: Path, backend: str) -> Path:
     if backend != "ort":
         return ckpt
-    from fgdeploy.export.onnx_export import export_checkpoint
+    from fgdeploy.export.exporter import export_checkpoint
 
     onnx_path = ckpt.with_suffix(".onnx")
     export_checkpoint(ckpt, onnx_path)

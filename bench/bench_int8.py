@@ -52,8 +52,8 @@ def export_pair(config: str, work: Path, calib: Path) -> tuple[Path, Path]:
     import torch
 
     from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
-    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint, reduce_exported
-    from fgdeploy.export.precision import CalibrationOptions
+    from fgdeploy.export.exporter import ExportOptions, export_checkpoint, reduce_exported
+    from fgdeploy.export.precision import CalibrationOptions, PrecisionOptions
     from fgdeploy.models import create_model, load_model_config
 
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def export_pair(config: str, work: Path, calib: Path) -> tuple[Path, Path]:
     save_checkpoint(ckpt, create_model(cfg, len(classes)).eval(), CheckpointMeta.for_config(cfg, classes))
     fp32, int8 = work / f"{config}.onnx", work / f"{config}_int8.onnx"
     export_checkpoint(ckpt, fp32, ExportOptions(verify_batches=(1,)))
-    reduce_exported(fp32, int8, ExportOptions(int8=True, calibration=CalibrationOptions(calib, images=8)))
+    reduce_exported(fp32, int8, ExportOptions(precision=PrecisionOptions("int8", CalibrationOptions(calib, images=8))))
     return fp32, int8
 
 

@@ -80,7 +80,7 @@ def bench(checkpoint: str | None, threads: list[int], iters: int, warmup: int, b
     import onnxruntime
     import torch
 
-    from fgdeploy.export.onnx_export import ExportOptions, export_model
+    from fgdeploy.export.exporter import ExportOptions, export_model
 
     model, meta = _model(checkpoint)
     size = int(meta.input_size)

@@ -4,7 +4,7 @@
         --onnx model.onnx model_fp16.onnx model_fp16_task.onnx model_int8.onnx --out table.json [--iters 5]
 
 For each ONNX: the nodes that compute in fp32 (convs, adds, reductions, the CoordinateTransfer node, ...;
-``fgdeploy.export.fp16_task.fp32_node_names``; for INT8 the convs with float weights), the file size, ONNX
+``fgdeploy.export.precision.fp16.fp32_node_names``; for INT8 the convs with float weights), the file size, ONNX
 Runtime CPU model-only img/s at batch 16 (every model timed in turn, one call each per round, so load hits
 all alike; medians), and ``fgdeploy parity`` against the checkpoint on the dataset's test split (verdict,
 top-1 agreement, keypoints in the same cell, accuracy difference). Writes JSON and prints a Markdown table.
@@ -32,8 +32,8 @@ def fp32_nodes(path: Path) -> dict[str, Any]:
 
     import onnx
 
-    from fgdeploy.export.fp16_task import fp32_node_names
-    from fgdeploy.export.int8 import quantized_nodes
+    from fgdeploy.export.precision.fp16 import fp32_node_names
+    from fgdeploy.export.precision.int8 import quantized_nodes
     from fgdeploy.export.onnx_function import register_coordinate_transfer_schema
 
     register_coordinate_transfer_schema()

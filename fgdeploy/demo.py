@@ -221,13 +221,14 @@ def _step_eval(out: Path, options: DemoOptions) -> dict[str, Any]:
 
 
 def _step_export(out: Path) -> dict[str, Any]:
-    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
+    from fgdeploy.export.exporter import ExportOptions, export_checkpoint
+    from fgdeploy.export.precision import PrecisionOptions
 
     files = {}
-    for name, fp16 in (("model.onnx", False), ("model_fp16.onnx", True)):
+    for name, precision in (("model.onnx", "fp32"), ("model_fp16.onnx", "fp16")):
         path = out / name
         if not path.is_file():
-            export_checkpoint(_checkpoint(out), path, ExportOptions(fp16=fp16))
+            export_checkpoint(_checkpoint(out), path, ExportOptions(precision=PrecisionOptions(precision)))
         files[name] = str(path)
     int8 = _export_int8(out, files)
     return {"onnx": files, "int8": int8, "files": list(files.values())}
@@ -237,9 +238,9 @@ def _export_int8(out: Path, files: dict[str, str]) -> dict[str, Any]:
     """model_int8.onnx from model.onnx (no re-trace): calibrated on the train split, guarded on the test split
     (default thresholds). Skipped, with the reason, when the train split is too small to calibrate on."""
     from fgdeploy.data.cub import CubDataset
-    from fgdeploy.export.calibration import MIN_CALIBRATION_IMAGES
-    from fgdeploy.export.onnx_export import ExportOptions, reduce_exported
-    from fgdeploy.export.precision import CalibrationOptions, GuardOptions
+    from fgdeploy.export.exporter import ExportOptions, reduce_exported
+    from fgdeploy.export.precision import CalibrationOptions, GuardOptions, PrecisionOptions
+    from fgdeploy.export.precision.images import MIN_CALIBRATION_IMAGES
     from fgdeploy.fileio import atomic_write_json
 
     data = out / "synth-birds"
@@ -249,8 +250,8 @@ def _export_int8(out: Path, files: dict[str, str]) -> dict[str, Any]:
     path = out / "model_int8.onnx"
     record = out / "model_int8.export.json"
     if not (path.is_file() and record.is_file()):
-        result = reduce_exported(out / "model.onnx", path, ExportOptions(
-            int8=True, calibration=CalibrationOptions(data), guard=GuardOptions()))
+        precision = PrecisionOptions("int8", CalibrationOptions(data), GuardOptions())
+        result = reduce_exported(out / "model.onnx", path, ExportOptions(precision=precision))
         atomic_write_json(record, {"guard_passed": result.guard_passed, "guard_kept": result.guard_kept,
                                    "guard_report": str(result.guard_report), "nodes": result.precision_summary})
     files["model_int8.onnx"] = str(path)

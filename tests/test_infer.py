@@ -502,7 +502,7 @@ def _direct_model(backend: str, ckpt: Path, tmp_path: Path):
         return ckpt, run_torch
     import onnxruntime as ort
 
-    from fgdeploy.export.onnx_export import export_checkpoint
+    from fgdeploy.export.exporter import export_checkpoint
 
     onnx_path = tmp_path / "tiny.onnx"
     export_checkpoint(ckpt, onnx_path)

@@ -66,7 +66,7 @@ def ray_address() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
-    from fgdeploy.export.onnx_export import export_checkpoint
+    from fgdeploy.export.exporter import export_checkpoint
 
     folder = tmp_path_factory.mktemp("ray_model")
     onnx_path = folder / "tiny.onnx"

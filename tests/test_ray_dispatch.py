@@ -2,10 +2,10 @@
 their calls in order, one step per ``wait``, and die on a poison image (taking their queued calls with them).
 
 Must show: a block whose worker dies is sent again at most ``max_retries`` times, then its images alone as
-often, and the image that still kills its worker comes back as an error line naming the count; the call queued
-behind a dying one is sent again uncharged (an innocent block is never split); blocks come out in order, each
-once; actors that cannot start stop the run after ``max_retries`` tries; a run never needs more deaths than
-``2 * (max_retries + 1)`` per poison image.
+often, and the image that still kills its worker comes back as an error line naming the count; a death with two
+calls on the worker charges neither (both are sent again alone), so an innocent block is never split; blocks
+come out in order, each once; actors that cannot start stop the run after ``max_retries`` tries; a poison image
+costs ``2 * (max_retries + 1)`` deaths, one more when a block waited behind it.
 """
 
 from __future__ import annotations
@@ -133,32 +133,34 @@ def test_a_poison_image_costs_bounded_deaths_and_comes_back_as_an_error_line(max
     assert bad and poison["error"].startswith(f"worker died {max_retries + 1} time")
     assert f"--max-retries {max_retries}" in poison["error"]
     assert all(rec["ok"] and not bad for rec, bad in lines.values())
-    assert world.deaths == stats.deaths == 2 * (max_retries + 1)   # as a block, then alone
+    assert world.deaths == stats.deaths
+    assert 2 * (max_retries + 1) <= stats.deaths <= 2 * (max_retries + 1) + 1   # as a block, then alone
     assert stats.isolated == 1 and stats.given_up == 1              # only the poison's block was split
-    assert world.calls.count(["b1_1.png"]) == max_retries + 1
+    assert world.calls.count(["b1_1.png"]) == max_retries + 1      # alone, each death charged
     assert all(len(call) == 3 or (len(call) == 1 and call[0].startswith("b1_")) for call in world.calls)
 
 
-def test_the_call_queued_behind_a_dying_one_is_sent_again_uncharged():
-    """One actor, no retries: one charge splits a block and gives a single image up. Block 0 kills the actor
-    while block 1 waits behind it, then its single poison image does so while the next single waits: neither
-    waiting call is charged, so block 1 is never split and only the poison image fails."""
+def test_a_death_with_two_calls_on_the_worker_charges_neither():
+    """One actor, no retries (one charge splits a block, or gives a single image up). Block 0 kills the actor
+    while block 1 waits behind it: neither is charged, both run again alone; block 0 kills it alone (charged:
+    split), its poison image kills it alone (charged: given up). Block 1 is never split, nothing else fails."""
     blocks = _blocks(3, 4, poison="b0_2.png")
     world = _FakeRay(poison={"b0_2.png"})
     results, stats = _run(world, blocks, actors=1, max_retries=0)
+    assert world.calls[:2] == [[f"b0_{i}.png" for i in range(4)]] * 2       # once with block 1 behind, once alone
     assert not any(len(call) == 1 and not call[0].startswith("b0_") for call in world.calls)
-    assert stats.isolated == 1 and stats.given_up == 1 and stats.deaths == 2
+    assert stats.isolated == 1 and stats.given_up == 1 and stats.deaths == 3
     assert [f for _, _, fs in results for f in fs] == [False, False, True, False] + [False] * 8
 
 
-def test_a_block_that_killed_its_worker_once_is_sent_again_whole():
+def test_a_block_whose_worker_died_once_is_sent_again_whole():
     """A lost node or one out-of-memory kill: the block is sent again, nothing is split, nothing fails."""
     blocks = _blocks(5, 2)
     world = _FakeRay(transient=[["b2_0.png", "b2_1.png"]])
-    results, stats = _run(world, blocks, actors=2, max_retries=1)
+    results, stats = _run(world, blocks, actors=2, max_retries=0)
     assert [names for names, _, _ in results] == [[n for _, n in b] for b in blocks]
     assert not any(f for _, _, fs in results for f in fs)
-    assert stats.deaths == 1 and stats.resent == 1 and stats.isolated == 0 and stats.given_up == 0
+    assert stats.deaths == 1 and stats.isolated == 0 and stats.given_up == 0
     assert world.calls.count(["b2_0.png", "b2_1.png"]) == 2
 
 

@@ -1,4 +1,4 @@
-"""TensorRT runner: a serialized engine (from ``fgdeploy.export.trt_build``) run with torch CUDA buffers.
+"""TensorRT runner: a serialized engine (from ``fgdeploy.export.tensorrt``) run with torch CUDA buffers.
 
 ``activate`` checks the engine's sidecar against this machine (TensorRT version, GPU architecture;
 mismatches raise with the rebuild command), loads the plugin library once per process, deserializes
@@ -85,7 +85,7 @@ class TrtRunner(Runner):
         self._trt_version = str(trt.__version__)
         if not self.engine_path.is_file():
             raise RunnerError(f"engine {self.engine_path} does not exist; build it with `fgdeploy export CHECKPOINT "
-                              "--engine` or `python -m fgdeploy.export.trt_build MODEL.onnx`")
+                              "--engine` or `python -m fgdeploy.export.tensorrt MODEL.onnx`")
         self._sidecar = self._check_sidecar(device_index)
         plugin = self._plugin_library_path()
         if plugin is not None:

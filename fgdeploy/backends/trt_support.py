@@ -1,4 +1,4 @@
-"""TensorRT pieces shared by the engine builder (``fgdeploy.export.trt_build``) and ``TrtRunner``.
+"""TensorRT pieces shared by the engine builder (``fgdeploy.export.tensorrt``) and ``TrtRunner``.
 
 - ``import_tensorrt``: the only ``import tensorrt`` (lazy, with an install hint when missing);
 - ``load_plugin_library``: registers ``libfgdeploy_plugins.so`` once per process;

@@ -76,7 +76,9 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
             engine: bool) -> None:
     """Export CHECKPOINT (written by fgdeploy train; a run folder means its best.pt) to ONNX for ONNX Runtime
     and TensorRT."""
-    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint
+    from fgdeploy.export.exporter import ExportOptions, export_checkpoint
+    from fgdeploy.export.precision import CalibrationOptions, PrecisionOptions
+    from fgdeploy.export.precision.int8 import Int8Settings
 
     checkpoint = Path(resolve_model(checkpoint))
     check_model_kind(checkpoint, "torch", lambda found: "export takes the checkpoint written by fgdeploy train "
@@ -91,25 +93,22 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
                                    (min_top1_agree, min_kp_agree, max_acc_drop))
     calibration = None
     if calib is not None:
-        from fgdeploy.export.int8 import Int8Settings
-        from fgdeploy.export.precision import CalibrationOptions
-
         if engine and int8_target == "cpu":
             raise click.UsageError("--engine needs --int8-target tensorrt (TensorRT takes only symmetric signed INT8)")
         target = int8_target or ("tensorrt" if engine else "cpu")
         calibration = CalibrationOptions(calib, calib_images, Int8Settings.for_target(target))
-    options = ExportOptions(fp16=fp16, int8=int8, calibration=calibration, guard=guard_options, batch=batch,
-                            max_batch=max_batch, opset=opset, heatmaps=heatmaps)
+    precision = PrecisionOptions("int8" if int8 else "fp16" if fp16 else "fp32", calibration, guard_options)
+    options = ExportOptions(precision=precision, batch=batch, max_batch=max_batch, opset=opset, heatmaps=heatmaps)
     result = export_checkpoint(checkpoint, out, options)
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, sha256 {result.sha256[:16]})")
     click.echo(f"  precision {result.precision}, batch {result.batch}, opset {result.opset}, "
                f"outputs {', '.join(result.outputs)}, {result.coordinate_transfer_nodes} CoordinateTransfer node(s)")
     click.echo("  checked: onnx.checker (full), strict shape inference; ONNX Runtime vs PyTorch: "
                + ", ".join(f"{k} {v:.2e}" for k, v in result.verified.items()))
-    if result.fp16_summary:
-        fp16_convs = result.fp16_summary["fp16_nodes"].get("Conv", 0)
-        fp32_convs = result.fp16_summary["fp32_nodes"].get("Conv", 0)
-        click.echo(f"  fp16: {fp16_convs} convs fp16, {fp32_convs} kept fp32, {result.fp16_summary['casts']} casts")
+    if result.precision_summary.get("fp16_nodes") is not None:
+        summary = result.precision_summary
+        fp16_convs, fp32_convs = summary["fp16_nodes"].get("Conv", 0), summary["fp32_nodes"].get("Conv", 0)
+        click.echo(f"  fp16: {fp16_convs} convs fp16, {fp32_convs} kept fp32, {summary['casts']} casts")
     if result.precision_summary.get("nodes"):
         nodes = result.precision_summary["nodes"]
         click.echo(f"  int8: {nodes.get('Conv int8', 0)} convs int8, {nodes.get('Conv float', 0)} float; calibrated "
@@ -130,8 +129,8 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
 def _guard_options(int8: bool, fp16: bool, calib: Path | None, calib_images: int, guard: Path | None,
                    no_guard: bool, guard_images: int, thresholds: tuple[float, float, float]) -> Any:
     """The guard's options, or None (no --int8 guard / fixed-policy fp16); usage errors exit 2."""
-    from fgdeploy.export.guard import GuardThresholds
     from fgdeploy.export.precision import GuardOptions
+    from fgdeploy.export.precision.guard import GuardThresholds
 
     if calib is not None and not int8:
         raise click.UsageError("--calib is for --int8 exports")
@@ -153,7 +152,7 @@ def _guard_options(int8: bool, fp16: bool, calib: Path | None, calib_images: int
 
 def _build_engine(onnx_path: Path, max_batch: int) -> None:
     """Build the TensorRT engine next to the ONNX; BackendUnavailable (exit 1) says how to install TensorRT."""
-    from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
+    from fgdeploy.export.tensorrt import EngineBuildConfig, build_engine
 
     engine_path = onnx_path.with_suffix(".engine")
     report = build_engine(onnx_path, engine_path, EngineBuildConfig(max_batch=max_batch, opt_batch=min(8, max_batch)))

@@ -111,6 +111,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     """
     from dataclasses import replace
 
+    from fgdeploy.inference.batch_records import clamp_topk
     from fgdeploy.inference.fastpath import FastPathOptions
     from fgdeploy.inference.local import InferOptions, discover_images, model_identity, run_inference
     from fgdeploy.inference.predictors import open_predictor, resolve_backend
@@ -152,9 +153,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
         echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
         if note := stale_export_note(model, loaded.recorded or {}):
             click.echo(f"warning: {note}", err=True)
-        if loaded.class_names and topk > len(loaded.class_names):
+        if clamp_topk(topk, len(loaded.class_names)) != topk:
             echo_info(ctx, f"--topk {topk}: the model has {len(loaded.class_names)} classes; writing all of them")
-            options = replace(options, topk=len(loaded.class_names))
+            options = replace(options, topk=clamp_topk(topk, len(loaded.class_names)))
         with _progress_bar(ctx, len(paths)) as bar, _resumable_on_interrupt(ctx, out):
             report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
                                    part_names=loaded.part_names, options=options,
@@ -167,6 +168,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 
 def _score_on_ray(ctx: click.Context, paths: list[str], spec: Any, out: Path, options: Any, ray_options: Any) -> None:
     """``infer --ray``: the same outputs, summary and exit codes as a local run."""
+    from fgdeploy.inference.batch_records import clamp_topk
     from fgdeploy.inference.local import model_identity
     from fgdeploy.inference.ray_scoring import ModelInfo, run_ray_inference
 
@@ -175,7 +177,7 @@ def _score_on_ray(ctx: click.Context, paths: list[str], spec: Any, out: Path, op
                        f"{plural(actors, 'Ray actor')}, batch {spec.batch}")
         if info.stale_note:
             click.echo(f"warning: {info.stale_note}", err=True)
-        if info.classes and options.topk > info.classes:
+        if clamp_topk(options.topk, info.classes) != options.topk:
             echo_info(ctx, f"--topk {options.topk}: the model has {info.classes} classes; writing all of them")
 
     with _progress_bar(ctx, len(paths)) as bar, _resumable_on_interrupt(ctx, out):

@@ -99,7 +99,7 @@ def _signature(make: Any) -> tuple[int, list[str], dict[str, Any]]:
 def _calibration_dataset(meta: dict[str, Any]) -> Path | None:
     """An INT8 model's calibration dataset when it is a CUB-format dataset that still exists (random noise says
     little about a model whose activation ranges were calibrated on photos); None otherwise."""
-    from fgdeploy.export.calibration import is_cub_dataset
+    from fgdeploy.export.precision.images import is_cub_dataset
 
     source = (meta.get("quantization") or {}).get("source") if meta.get("precision") == "int8" else None
     if not source or not Path(source).is_dir() or not is_cub_dataset(source):

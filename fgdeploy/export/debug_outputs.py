@@ -46,9 +46,11 @@ def add_debug_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     import onnx
     from onnx import helper
 
+    from fgdeploy.export.precision.graph import elem_types
+
     new = onnx.ModelProto()
     new.CopyFrom(model)
-    types = _elem_types(new)
+    types = elem_types(new)   # best effort: unknown types fall back to the features' type
     added: list[str] = []
     for k, node in enumerate(coordinate_transfer_nodes(new)):
         pairs = ((node.input[0], debug_heatmaps_name(k)), (node.output[0], debug_part_features_name(k)))
@@ -59,19 +61,3 @@ def add_debug_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
             new.graph.output.append(helper.make_tensor_value_info(name, elem, None))
             added.append(name)
     return new, added
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor whose type shape inference can tell."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference is best effort here: unknown types fall back to the features' type
-        inferred = model
-    graph = inferred.graph
-    types = {init.name: init.data_type for init in graph.initializer}
-    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-            types[info.name] = info.type.tensor_type.elem_type
-    return types

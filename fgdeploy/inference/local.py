@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.errors import FgdeployError, ImageError
+from fgdeploy.inference.batch_records import check_fixed_batch
 from fgdeploy.inference.results import (
     Journal, ResultWriter, check_same_run, errors_path_for, journal_path_for, key_of, read_errors, read_results,
     read_run_record, render_outputs, run_record_path,
@@ -360,10 +361,7 @@ def run_inference(paths: Sequence[str], predictor: Predictor, out: str | Path, *
         FgdeployError: a journal exists but ``resume`` is off; ``resume`` of a run with another model,
             options or working directory; a batch larger than a static-batch model takes.
     """
-    fixed_batch = getattr(predictor, "fixed_batch", None)
-    if fixed_batch and options.batch > fixed_batch:
-        raise FgdeployError(f"the model takes batches of exactly {fixed_batch} images (a static-shape export); "
-                            f"pass --batch {fixed_batch} or less (smaller batches are padded)")
+    check_fixed_batch(getattr(predictor, "fixed_batch", None), options.batch)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(journal_path_for(out))

@@ -15,8 +15,12 @@ death reaches the driver, which decides:
   up to ``max_retries`` times; an image whose worker still dies gets an error line ("worker died N times
   decoding/scoring this image") and the run goes on. A poison image therefore costs ``2 * (max_retries + 1)``
   worker deaths (each a new actor: a process start and a model load) before it is reported.
-- which block is charged: an actor runs its calls in the order they were sent (one running, one waiting), so
-  when it dies the oldest unfinished call was running and is charged; the others are sent again uncharged.
+- which block is charged: a death is charged to a block only when it was the one call its worker held. A worker
+  holds two calls (one running, one waiting), and when it dies the reply of a call that had just finished can be
+  lost with it, so which one killed it is not known: then no block is charged, and each is sent again as a
+  *suspect*, which runs alone on an idle actor (as do blocks sent again after a charged death, and the single
+  images of a split block), so that its next death is its own. A poison image thus costs
+  ``2 * (max_retries + 1)`` deaths, one more if another block was waiting behind it the first time.
 - a dead actor is replaced at once (on any node with room); only actors that have loaded their model get work,
   so a replacement that cannot be placed (a node lost, no CPUs left) never holds blocks back.
 - results are kept until every earlier block is done and then handed out in block order (so OUT keeps the
@@ -49,8 +53,9 @@ class Unit:
     block: int
     first: int                          # index of the unit's first image in its block
     items: list[tuple[str, str]]        # (path the worker reads, name OUT records)
-    alone: bool = False                 # split out of a block that kept killing its worker
+    alone: bool = False                 # a single image (split out of a block that kept killing its worker)
     deaths: int = 0                     # worker deaths charged to this unit
+    suspect: bool = False               # was on a worker that died: runs alone on an idle actor
 
 
 @dataclass
@@ -158,16 +163,22 @@ class Dispatcher:
                 self._decoding[self.decode(unit.items)] = unit
         queue = self._decoded if self.decode else self._pending
         while queue:
-            free = [a for a in self._actors if a.ready is None and len(a.calls) < CALLS_PER_ACTOR]
-            if not free:
+            unit = queue[0][1] if self.decode else queue[0]
+            ready = [a for a in self._actors if a.ready is None]
+            if unit.suspect:   # alone on an idle actor; until one is idle, nothing else is sent
+                choices = [a for a in ready if not a.calls]
+            else:
+                choices = [a for a in ready
+                           if len(a.calls) < CALLS_PER_ACTOR and not any(u.suspect for _, u in a.calls)]
+            if not choices:
                 return
             if self.decode:
                 ref, unit = queue.popleft()
-                actor = self._near(free, ref)
+                actor = self._near(choices, ref)
                 actor.calls.append((actor.handle.score_decoded.remote(ref), unit))
             else:
-                unit = queue.popleft()
-                actor = min(free, key=lambda a: len(a.calls))
+                queue.popleft()
+                actor = min(choices, key=lambda a: len(a.calls))
                 actor.calls.append((actor.handle.score_paths.remote(unit.items), unit))
 
     def _near(self, actors: list[_Actor], ref: Any) -> _Actor:
@@ -251,25 +262,29 @@ class Dispatcher:
         self._last_alive = time.monotonic()
 
     def _on_actor_death(self, actor: _Actor) -> None:
-        """The actor died: its oldest unfinished call was running and is charged, the others are resent."""
+        """The actor died: the call it held is charged; of several, none is (which one killed it is not known:
+        a finished call's reply can die with the process), and each is sent again as a suspect."""
         self._actors.remove(actor)
         self._kill(actor.handle)
         self.stats.deaths += 1
         refs = [ref for ref, _ in actor.calls]
         self.ray.wait(refs, num_returns=len(refs), timeout=30.0)
-        charged = False
+        lost: list[tuple[Unit, BaseException]] = []
         for ref, unit in actor.calls:
             try:
                 lines, failed = self.ray.get(ref, timeout=0)
             except Exception as exc:  # noqa: BLE001 - a dead actor's calls fail with its death
-                if charged:
-                    self._pending.appendleft(unit)
-                else:
-                    charged = True
-                    self._charge(unit, exc)
+                lost.append((unit, exc))
                 continue
             self._fill(unit, lines, failed)
         actor.calls.clear()
+        if len(lost) == 1:
+            self._charge(*lost[0])
+            return
+        for unit, _ in reversed(lost):
+            unit.suspect = True
+            self.stats.resent += 1
+            self._pending.appendleft(unit)
 
     def _charge(self, unit: Unit, exc: BaseException) -> None:
         """A worker died on ``unit``: send it again, split it into single images, or give its image up."""
@@ -278,10 +293,12 @@ class Dispatcher:
                     unit.deaths, first_line(exc))
         if unit.deaths <= self.max_retries:
             self.stats.resent += 1
+            unit.suspect = True
             self._pending.appendleft(unit)
         elif not unit.alone:
             self.stats.isolated += 1
-            singles = [Unit(unit.block, unit.first + i, [item], alone=True) for i, item in enumerate(unit.items)]
+            singles = [Unit(unit.block, unit.first + i, [item], alone=True, suspect=True)
+                       for i, item in enumerate(unit.items)]
             self._pending.extendleft(reversed(singles))
         else:
             self.stats.given_up += 1

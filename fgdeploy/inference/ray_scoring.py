@@ -5,7 +5,7 @@ Pipeline:
     driver: discover_images -> paths not yet journaled -> (absolute path, name as given) -> blocks
       -> on GPUs: CPU tasks (``decode_paths``): ``decode_one`` per path, the local run's per-image code: S x S
          uint8 images, the sizes as stored, and the reason for each bad file; then the model actors
-         (``ModelActor``; ``actors`` of them, one GPU each): the predictor on the good images, ``to_records``;
+         (``ModelActor``; ``actors`` of them, one GPU each): the predictor on the good images, ``RecordMaker``;
          one journal line per image (a result or an error)
       -> on CPUs: the model actors decode their own blocks (the same ``decode_paths``) and run the model, one
          actor per CPU by default
@@ -47,7 +47,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,11 +58,10 @@ from fgdeploy.errors import FgdeployError
 from fgdeploy.inference.local import (
     Decoded, InferOptions, InferReport, decode_one, open_journal, run_header, single_threaded_cv2,
 )
+from fgdeploy.inference.batch_records import RecordMaker, check_fixed_batch, clamp_topk, is_failure
 from fgdeploy.inference.ray_cluster import ClusterOptions, fgdeploy_cause, first_line, ray_session
 from fgdeploy.inference.ray_dispatch import Dispatcher
-from fgdeploy.inference.results import (
-    Journal, default_labels, errors_path_for, journal_path_for, key_of, render_outputs, to_records,
-)
+from fgdeploy.inference.results import Journal, errors_path_for, journal_path_for, key_of, render_outputs
 from fgdeploy.tensors import PART_NAMES
 
 logger = logging.getLogger(__name__)
@@ -184,8 +183,8 @@ class ModelActor:
     def __init__(self, spec: ModelSpec, topk: int, batch: int, decode: DecodeSpec | None = None) -> None:
         self._stack, loaded = _open_model(spec)
         self.predictor = loaded.predictor
-        self.class_names, self.part_names = loaded.class_names, loaded.part_names
-        self.topk, self.batch, self.decode = topk, batch, decode
+        self.maker = RecordMaker(self.predictor.input_size, topk, loaded.class_names, loaded.part_names)
+        self.batch, self.decode = batch, decode
 
     def ready(self) -> str:
         """The node this actor runs on, once its model is loaded."""
@@ -209,18 +208,10 @@ class ModelActor:
         items = [Decoded(str(p), None if e else image, (int(h), int(w)), error=str(e) or None)
                  for p, image, h, w, e in zip(batch["path"], batch["image"], batch["height"], batch["width"],
                                               batch["error"])]
-        good = [d for d in items if d.error is None]
-        records: list[dict[str, Any]] = []
-        for i in range(0, len(good), self.batch):
-            chunk = good[i:i + self.batch]
-            outputs = self.predictor.predict(self.predictor.prepare([d.image for d in chunk]), len(chunk))
-            self.class_names, self.part_names = default_labels(outputs, self.class_names, self.part_names)
-            records += to_records(outputs, chunk, self.predictor.input_size, self.topk, self.class_names,
-                                  self.part_names)
-        results = iter(records)
-        lines = [json.dumps(next(results) if d.error is None else {"path": d.path, "error": d.error},
-                            ensure_ascii=False) for d in items]
-        return lines, [d.error is not None for d in items]
+        entries: list[dict[str, Any]] = []
+        for i in range(0, len(items), self.batch):   # the shared per-batch path, ``batch`` images per model call
+            entries += self.maker.score(self.predictor, items[i:i + self.batch])
+        return [json.dumps(e, ensure_ascii=False) for e in entries], [is_failure(e) for e in entries]
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,11 +250,9 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
     with ray_session(ray_options) as ray:
         spec, actors, decode_tasks = _placement(ray, spec, ray_options.actors, ray_options.decode_tasks)
         info = _probe(ray, spec)
-        if info.fixed_batch and options.batch > info.fixed_batch:
-            raise FgdeployError(f"the model takes batches of exactly {info.fixed_batch} images (a static-shape "
-                                f"export); pass --batch {info.fixed_batch} or less (smaller batches are padded)")
-        if info.classes and options.topk > info.classes:   # write all classes, as the local run does
-            options = replace(options, topk=info.classes)
+        check_fixed_batch(info.fixed_batch, options.batch)
+        if clamp_topk(options.topk, info.classes) != options.topk:   # write all classes, as the local run does
+            options = replace(options, topk=clamp_topk(options.topk, info.classes))
             header = run_header(paths, model_id, options)
         scored = open_journal(journal, header, out, options.resume)
         todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]

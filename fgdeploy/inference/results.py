@@ -1,14 +1,11 @@
-"""Results of batch inference: per-image records, the fsync'd journal, CSV/JSONL output, drawings.
+"""Results of batch inference: the fsync'd journal, CSV/JSONL output, the errors file, drawings.
 
-A record is a dict: ``path``, ``width``, ``height`` (the image as stored), ``top`` (k dicts: ``label``,
-``class``, ``prob``), ``keypoints`` (P dicts: ``part``, ``x``, ``y``, ``score``; x, y in the original
-image's continuous pixels), and for part-net models ``boxes`` (head and body: ``part``, ``x0``, ``y0``, ``x1``,
-``y1`` in the original image's pixels; CSV columns ``head_x0`` ... ``body_y1``). The journal
-(``OUT.partial.jsonl``) is a header line then one JSON record
-(or ``{"path", "error"}``) per line, appended and fsync'd per batch; ``render_outputs`` turns it into
-``OUT`` (.csv: one row per image; .jsonl: one record per line), ``<stem>.errors.csv`` and the run record
-``<stem>.run.json`` (model, options, counts; ``--resume`` checks it before extending a finished ``OUT``),
-each atomically.
+Records (one per image) are made by ``fgdeploy.inference.batch_records``: ``path``, ``width``, ``height``,
+``top``, ``keypoints`` and, for part-net models, ``boxes`` (CSV columns ``head_x0`` ... ``body_y1``). The
+journal (``OUT.partial.jsonl``) is a header line then one JSON record (or ``{"path", "error"}``) per line,
+appended and fsync'd per batch; ``render_outputs`` turns it into ``OUT`` (.csv: one row per image; .jsonl: one
+record per line), ``<stem>.errors.csv`` and the run record ``<stem>.run.json`` (model, options, counts;
+``--resume`` checks it before extending a finished ``OUT``), each atomically.
 """
 
 from __future__ import annotations
@@ -29,55 +26,13 @@ import numpy as np
 
 from fgdeploy.errors import FgdeployError
 from fgdeploy.fileio import atomic_open, atomic_write_json
-from fgdeploy.tensors import OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, OUTPUT_PART_BOXES, PART_NAMES
+from fgdeploy.inference.batch_records import (  # noqa: F401 - to_records, default_labels: also imported from here
+    BOX_KEYS, RecordMaker, default_labels, is_failure, to_records,
+)
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
-BOX_KEYS = ("x0", "y0", "x1", "y1")   # a head/body box in records and CSV columns (<part>_x0 ...)
-
-
-def to_records(outputs: dict[str, np.ndarray], items: Sequence[Any], input_size: int, topk: int,
-               class_names: Sequence[str], part_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Per-image result dicts: top-k classes with softmax probabilities, keypoints in original pixels."""
-    logits = outputs[OUTPUT_LOGITS].astype(np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]   # stable: ties -> lowest index, like argmax
-    keypoints = outputs[OUTPUT_KEYPOINTS].astype(np.float64)
-    scores = outputs[OUTPUT_KEYPOINT_SCORES].astype(np.float64)
-    records = []
-    for n, item in enumerate(items):
-        h, w = item.size_hw
-        xs, ys = keypoints[n, :, 0] * w / input_size, keypoints[n, :, 1] * h / input_size
-        records.append({
-            "path": item.path, "width": int(w), "height": int(h),
-            "top": [{"label": int(c), "class": class_names[c], "prob": round(float(probs[n, c]), 6)}
-                    for c in order[n]],
-            "keypoints": [{"part": part_names[p], "x": round(float(xs[p]), 3), "y": round(float(ys[p]), 3),
-                           "score": round(float(scores[n, p]), 6)} for p in range(len(part_names))],
-        })
-        if OUTPUT_PART_BOXES in outputs:
-            records[-1]["boxes"] = _box_records(outputs[OUTPUT_PART_BOXES][n], w / input_size, h / input_size)
-    return records
-
-
-def _box_records(boxes: np.ndarray, sx: float, sy: float) -> list[dict[str, Any]]:
-    """Head/body boxes of one image, input pixels -> original pixels (the test resize is a plain scale)."""
-    from fgdeploy.reference.part_boxes import PART_BOX_NAMES
-
-    b = np.asarray(boxes, np.float64) * np.array([sx, sy, sx, sy])
-    return [{"part": name, **{k: round(float(v), 3) for k, v in zip(BOX_KEYS, b[i])}}
-            for i, name in enumerate(PART_BOX_NAMES)]
-
-
-def default_labels(outputs: dict[str, np.ndarray], class_names: Sequence[str],
-                   part_names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The labels to write: the model's, else "class_<i>" and the CUB part names (or "part_<i>")."""
-    classes = list(class_names) or [f"class_{i}" for i in range(outputs[OUTPUT_LOGITS].shape[1])]
-    p = outputs[OUTPUT_KEYPOINTS].shape[1]
-    parts = list(part_names) or (list(PART_NAMES) if p == len(PART_NAMES) else [f"part_{i}" for i in range(p)])
-    return classes, parts
 
 
 def key_of(path: str, cwd: str) -> str:
@@ -332,7 +287,7 @@ def _csv_record(row: list[str], topk: int, parts: Sequence[str], boxes: Sequence
 
 
 class ResultWriter:
-    """Turns predictor outputs into records and journals them on a background thread.
+    """Turns predictor outputs into records (``RecordMaker``) and journals them on a background thread.
 
     The caller's thread can then start the next batch on the device while this one is converted,
     written and fsync'd. ``put`` re-raises an error of the writer thread; ``close`` writes what is
@@ -343,10 +298,7 @@ class ResultWriter:
                  part_names: Sequence[str] | None, vis_dir: Path | None = None,
                  on_progress: Callable[[int], None] | None = None, visibility_threshold: float = 0.5) -> None:
         self.journal = journal
-        self.input_size = input_size
-        self.topk = topk
-        self.class_names = list(class_names or [])
-        self.part_names = list(part_names or [])
+        self.maker = RecordMaker(input_size, topk, class_names, part_names)
         self.vis_dir = vis_dir
         self.visibility_threshold = visibility_threshold
         self.on_progress = on_progress
@@ -367,6 +319,11 @@ class ResultWriter:
                 return
             except queue.Full:
                 continue
+
+    @property
+    def part_names(self) -> list[str]:
+        """The part names written (the model's, else the defaults once a batch was scored)."""
+        return self.maker.part_names
 
     def close(self) -> None:
         """Write everything queued, then stop; re-raise the writer's error."""
@@ -389,17 +346,15 @@ class ResultWriter:
                 return
 
     def _write(self, items: Sequence[Any], outputs: dict[str, np.ndarray]) -> None:
-        good = [d for d in items if d.error is None]
-        records: list[dict[str, Any]] = []
-        if good:
-            self.class_names, self.part_names = default_labels(outputs, self.class_names, self.part_names)
-            records = to_records(outputs, good, self.input_size, self.topk, self.class_names, self.part_names)
-        failures = [{"path": d.path, "error": d.error} for d in items if d.error is not None]
-        self.journal.append(records + failures)
-        self.errors += [(f["path"], f["error"]) for f in failures]
+        entries = self.maker.entries(items, outputs)
+        self.journal.append(entries)
+        self.errors += [(e["path"], e["error"]) for e in entries if is_failure(e)]
         self.attempted += len(items)
-        if self.vis_dir is not None and good:
-            save_visualisations(good, records, self.vis_dir, self.visibility_threshold)
+        if self.vis_dir is not None:
+            scored = [(d, e) for d, e in zip(items, entries) if not is_failure(e)]
+            if scored:
+                save_visualisations([d for d, _ in scored], [e for _, e in scored], self.vis_dir,
+                                    self.visibility_threshold)
         if self.on_progress:
             self.on_progress(len(items))
 

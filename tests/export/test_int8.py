@@ -21,12 +21,12 @@ from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
 from fgdeploy.cli import cli
 from fgdeploy.data.synthetic import generate_synth_birds
 from fgdeploy.errors import ImageError
-from fgdeploy.export.calibration import MIN_CALIBRATION_IMAGES, load_image_set
-from fgdeploy.export.fp16_task import ALWAYS_FP32_REASON, Fp16Builder, fp32_node_names
-from fgdeploy.export.guard import Guard, GuardMetrics, GuardThresholds, guarded_search
-from fgdeploy.export.int8 import Int8Builder, Int8Settings, float_policy, quantized_nodes
-from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint, reduce_exported
-from fgdeploy.export.precision import CalibrationOptions, GuardOptions, guard_source
+from fgdeploy.export.precision.images import MIN_CALIBRATION_IMAGES, guard_source, load_image_set
+from fgdeploy.export.precision.fp16 import ALWAYS_FP32_REASON, Fp16Builder, fp32_node_names
+from fgdeploy.export.precision.guard import Guard, GuardMetrics, GuardThresholds, guarded_search
+from fgdeploy.export.precision.int8 import Int8Builder, Int8Settings, float_policy, quantized_nodes
+from fgdeploy.export.exporter import ExportOptions, export_checkpoint, reduce_exported
+from fgdeploy.export.precision import CalibrationOptions, GuardOptions, PrecisionOptions
 from fgdeploy.models import create_model, load_model_config, with_backbone_options
 from fgdeploy.parity import DatasetImages, ParityConfig, Tolerance, default_thresholds, run_parity
 
@@ -65,8 +65,8 @@ def fp32_onnx(ckpt, tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_onnx(fp32_onnx, data):
     out = fp32_onnx.with_name("tiny_int8.onnx")
-    result = reduce_exported(fp32_onnx, out, ExportOptions(int8=True, calibration=CalibrationOptions(data),
-                                                           guard=GuardOptions()))
+    precision = PrecisionOptions("int8", CalibrationOptions(data), GuardOptions())
+    result = reduce_exported(fp32_onnx, out, ExportOptions(precision=precision))
     assert result.precision == "int8" and result.guard_report is not None
     return out
 
@@ -177,14 +177,24 @@ def test_guard_metrics_against_thresholds():
         GuardThresholds(min_top1_agree=1.5)
 
 
+def test_a_keypoint_agreement_of_zero_ranks_below_any_other():
+    """Review of #24: ``shortfall`` read a keypoint agreement of 0.0 as 1.0 (``or 1.0``), so a build that moved
+    every keypoint ranked as the best near miss."""
+    th = GuardThresholds(0.0, 0.0, 100.0)             # every build passes: only the continuous term ranks them
+    every_keypoint_moved = GuardMetrics(1.0, 0.0, 0.0, None, None, 0, 30, 0.0)
+    half_moved = GuardMetrics(1.0, 0.5, 0.5, None, None, 0, 15, 0.0)
+    no_keypoints = GuardMetrics(1.0, None, None, None, None, 0, 0, 0.0)
+    assert every_keypoint_moved.shortfall(th) > half_moved.shortfall(th) > no_keypoints.shortfall(th)
+
+
 def test_guard_source_defaults_to_the_calibration_datasets_test_split(data, tmp_path):
-    source = guard_source(GuardOptions(), data, SIZE)
+    source = guard_source(None, data, SIZE, 500)
     assert source is not None and "test" in source.description and source.truth.labels is not None
     folder = tmp_path / "plain"
     folder.mkdir()
-    assert guard_source(GuardOptions(), folder, SIZE) is None     # a plain calibration folder: no held-out split
+    assert guard_source(None, folder, SIZE, 500) is None     # a plain calibration folder: no held-out split
     (folder / "a.png").write_bytes((data / "images").glob("*/*.jpg").__next__().read_bytes())
-    plain = guard_source(GuardOptions(source=folder), None, SIZE)
+    plain = guard_source(folder, None, SIZE, 500)
     assert plain is not None and len(plain) == 1 and plain.truth.labels is None
 
 
@@ -208,7 +218,7 @@ def test_task_driven_fp16_starts_all_fp16_and_keeps_what_the_guard_needs(fp32_on
 
 def test_export_fp16_with_guard_via_api(fp32_onnx, data, tmp_path):
     out = tmp_path / "tiny_fp16_task.onnx"
-    result = reduce_exported(fp32_onnx, out, ExportOptions(fp16=True, guard=GuardOptions(source=data)))
+    result = reduce_exported(fp32_onnx, out, ExportOptions(precision=PrecisionOptions("fp16", guard=GuardOptions(source=data))))
     assert result.precision == "fp16" and result.guard_passed is True
     with OrtRunner(out) as runner:
         meta = runner.metadata()
@@ -221,7 +231,7 @@ def test_export_fp16_with_guard_via_api(fp32_onnx, data, tmp_path):
 def test_tensorrt_target_is_signed_symmetric(fp32_onnx, data, tmp_path):
     out = tmp_path / "tiny_int8_trt.onnx"
     settings = Int8Settings.for_target("tensorrt")
-    reduce_exported(fp32_onnx, out, ExportOptions(int8=True, calibration=CalibrationOptions(data, settings=settings)))
+    reduce_exported(fp32_onnx, out, ExportOptions(precision=PrecisionOptions("int8", CalibrationOptions(data, settings=settings))))
     model = onnx.load(out)
     inits = {i.name: i for i in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in model.graph.node

@@ -284,12 +284,12 @@ def test_parity_and_infer_say_when_an_export_is_not_from_the_checkpoint(ckpt, tm
 
 def test_export_checks_the_output_before_the_work(ckpt, tmp_path, monkeypatch):
     """#3, #7: -o x.txt exited 0; /proc/x.onnx and notes.txt/x.onnx failed only after the whole export."""
-    import fgdeploy.export.onnx_export as onnx_export
+    import fgdeploy.export.exporter as exporter
 
     def never(*args, **kwargs):
         raise AssertionError("export ran although its output path is unusable")
 
-    monkeypatch.setattr(onnx_export, "export_checkpoint", never)
+    monkeypatch.setattr(exporter, "export_checkpoint", never)
     (tmp_path / "notes.txt").write_text("a file")
     for out, message in [(tmp_path / "x.txt", "name the file .onnx"),
                          (tmp_path / "x.engine", "give " + str(tmp_path / "x.onnx") + " --engine"),

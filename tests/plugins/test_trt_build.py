@@ -1,4 +1,4 @@
-"""fgdeploy.export.trt_build against a recording fake ``tensorrt`` (real TensorRT: test_trt_engine.py).
+"""fgdeploy.export.tensorrt against a recording fake ``tensorrt`` (real TensorRT: test_trt_engine.py).
 
 Checks the decisions that cannot be seen without TensorRT: network/parser flags per version, the batch
 profile, workspace limit, timing cache, plugin-vs-inlined detection, the sidecar, and error messages.
@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from fgdeploy.backends import trt_support
 from fgdeploy.errors import BackendUnavailable, ExportError
 from fgdeploy.export.metadata import encode_metadata
-from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
+from fgdeploy.export.tensorrt import EngineBuildConfig, build_engine
 from .fake_tensorrt import make_fake_tensorrt
 
 

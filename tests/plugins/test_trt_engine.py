@@ -58,7 +58,7 @@ def _model(path: Path, mode: int, fp16: bool, plugin_attributes: bool) -> Path:
 @pytest.mark.parametrize("plugin_attributes", [True, False])
 def test_trt_engine_matches_reference(tmp_path: Path, mode: int, fp16: bool, plugin_attributes: bool) -> None:
     from fgdeploy.backends.trt_runner import TrtRunner
-    from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
+    from fgdeploy.export.tensorrt import EngineBuildConfig, build_engine
     from fgdeploy.reference.coordinate_transfer import coordinate_transfer, make_coordinate_transfer_inputs
 
     onnx_path = _model(tmp_path / "ct.onnx", mode, fp16, plugin_attributes)
@@ -87,10 +87,10 @@ def test_trt_int8_engine_from_a_tensorrt_target_export_agrees_with_onnx_runtime(
     from fgdeploy.backends.trt_runner import TrtRunner
     from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
     from fgdeploy.data.synthetic import generate_synth_birds
-    from fgdeploy.export.int8 import Int8Settings
-    from fgdeploy.export.onnx_export import ExportOptions, export_checkpoint, reduce_exported
-    from fgdeploy.export.precision import CalibrationOptions
-    from fgdeploy.export.trt_build import EngineBuildConfig, build_engine
+    from fgdeploy.export.precision.int8 import Int8Settings
+    from fgdeploy.export.exporter import ExportOptions, export_checkpoint, reduce_exported
+    from fgdeploy.export.precision import CalibrationOptions, PrecisionOptions
+    from fgdeploy.export.tensorrt import EngineBuildConfig, build_engine
     from fgdeploy.models import create_model, load_model_config, with_backbone_options
 
     data = tmp_path / "birds"
@@ -102,7 +102,7 @@ def test_trt_int8_engine_from_a_tensorrt_target_export_agrees_with_onnx_runtime(
     export_checkpoint(tmp_path / "m.pt", tmp_path / "m.onnx", ExportOptions(verify_batches=(2,)))
     settings = Int8Settings.for_target("tensorrt")
     reduce_exported(tmp_path / "m.onnx", tmp_path / "m_int8.onnx",
-                    ExportOptions(int8=True, calibration=CalibrationOptions(data, settings=settings)))
+                    ExportOptions(precision=PrecisionOptions("int8", CalibrationOptions(data, settings=settings))))
     report = build_engine(tmp_path / "m_int8.onnx", tmp_path / "m_int8.engine",
                           EngineBuildConfig(min_batch=1, opt_batch=4, max_batch=8, workspace_mib=512))
     assert report.precision == "int8" and report.sidecar["metadata"]["quantization"]["target"] == "tensorrt"

@@ -18,7 +18,7 @@ from fgdeploy.errors import BackendUnavailable, FgdeployError
 
 from .fake_tensorrt import make_fake_tensorrt
 
-REBUILD = "python -m fgdeploy.export.trt_build /m/model.onnx --engine /m/model.engine --max-batch 32"
+REBUILD = "python -m fgdeploy.export.tensorrt /m/model.onnx --engine /m/model.engine --max-batch 32"
 H100 = {"tensorrt_version": "10.13.0.35", "compute_capability": "9.0", "gpu_name": "NVIDIA H100 80GB HBM3",
         "cuda_runtime": "12.8"}
 

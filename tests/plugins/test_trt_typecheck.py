@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKED = ("fgdeploy/backends/trt_runner.py", "fgdeploy/backends/trt_support.py", "fgdeploy/export/trt_build.py")
+CHECKED = ("fgdeploy/backends/trt_runner.py", "fgdeploy/backends/trt_support.py", "fgdeploy/export/tensorrt.py")
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 
 
@@ -93,7 +93,7 @@ def test_tensorrt_backend_type_checks_against_stubs(stubs: Path) -> None:
 
 
 def test_type_check_catches_a_misspelled_tensorrt_call(stubs: Path, tmp_path: Path) -> None:
-    source = (ROOT / "fgdeploy/export/trt_build.py").read_text()
+    source = (ROOT / "fgdeploy/export/tensorrt.py").read_text()
     assert "builder.build_serialized_network(" in source
     bad = tmp_path / "trt_build_misspelled.py"
     bad.write_text(source.replace("builder.build_serialized_network(", "builder.build_serialised_network(", 1))

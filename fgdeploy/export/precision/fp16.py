@@ -1,6 +1,19 @@
-"""FP32 -> mixed FP16 ONNX: the precision lives in the graph (TensorRT 11 builds strongly typed only).
+"""FP32 -> FP16 ONNX: the precision lives in the graph (TensorRT 11 builds strongly typed only).
 
-Policy (what runs in fp16 and what is kept in fp32):
+Two conversions:
+
+- ``convert_to_mixed_fp16`` (``export --fp16``): a fixed policy.
+- ``Fp16Builder`` (``export --fp16 --guard``): task-driven. onnxconverter-common's
+  ``convert_float_to_float16`` (graph input and outputs stay float32, ``keep_io_types``; its default op block
+  list keeps ops without fp16 kernels, e.g. Resize, in fp32) with a node block list: the nodes the guard
+  (``fgdeploy.export.precision.guard``) keeps fp32. The exporter's graph casts the keypoint cell indices
+  (int64) to float with Cast(to=FLOAT) nodes; onnxconverter-common 1.15-1.16 retypes such a Cast's output to
+  float16 without changing its ``to`` attribute, and ONNX Runtime then refuses the model ("Type
+  (tensor(float16)) of output arg ... does not match expected type (tensor(float))"; onnxconverter-common
+  issue #320, fix proposed in PR #326). Those Casts are therefore on the block list always: they move
+  integers, not activations, so no fp16 compute is lost.
+
+The fixed policy (what runs in fp16 and what is kept in fp32):
 
 - fp16: every Conv/ConvTranspose of the backbones (weights stored as fp16), and the ops that only move
   or combine their results (Relu, MaxPool, Add, Resize, Concat, ...) while all their activation inputs
@@ -18,10 +31,15 @@ Policy (what runs in fp16 and what is kept in fp32):
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fgdeploy.errors import ExportError
+from fgdeploy.export.precision.graph import (
+    CONV_OPS, DATA_INPUTS, TYPE_AGNOSTIC_OPS, elem_types, heatmap_head, op_label,
+)
 from fgdeploy.tensors import OP_DOMAIN, OP_NAME
 
 if TYPE_CHECKING:
@@ -29,18 +47,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FP16_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose"})
+FP16_COMPUTE_OPS = CONV_OPS
 # Ops that may run in fp16 when all their activation (non-constant) float inputs are fp16.
 FP16_FOLLOW_OPS = frozenset({
     "Relu", "LeakyRelu", "MaxPool", "AveragePool", "Add", "Sub", "Mul", "Concat", "Reshape", "Flatten",
     "Transpose", "Identity", "Resize", "Slice", "Squeeze", "Unsqueeze", "Split", "Pad", "Expand", "Clip",
     "Dropout", "BatchNormalization",
 })
-# Float inputs that must keep their own type (not the op's T): {op: input indices to convert}.
-TYPED_INPUTS: dict[str, tuple[int, ...]] = {"Resize": (0,), "Pad": (0, 2), "Reshape": (0,), "Expand": (0,),
-                                            "Slice": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Split": (0,)}
-# Ops that accept any input type unchanged (no cast needed on their inputs).
-TYPE_AGNOSTIC_OPS = frozenset({"Shape", "Size", "Cast", "CastLike"})
+# Float inputs converted with the op's T (the others, e.g. Resize scales, keep their own type): DATA_INPUTS.
+# Ops that accept any input type unchanged (no cast needed on their inputs): TYPE_AGNOSTIC_OPS.
 
 KEPT_FP32 = (
     "input normalisation (graph input stays float32)",
@@ -74,10 +89,10 @@ def convert_to_mixed_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16
     new = onnx.ModelProto()
     new.CopyFrom(model)
     graph = new.graph
-    orig_types = _elem_types(new)
+    orig_types = elem_types(new)
     inits = {i.name: i for i in graph.initializer}
     consts = {n.output[0] for n in graph.node if n.op_type == "Constant"} | set(inits)
-    keep_fp32 = _heatmap_head(graph, orig_types)
+    keep_fp32 = heatmap_head(graph, orig_types)
     cur: dict[str, int] = {name: t for name, t in orig_types.items()}
     summary = Fp16Summary()
     fp16_counts: Counter[str] = Counter()
@@ -107,11 +122,11 @@ def convert_to_mixed_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16
         floats = [i for i, name in enumerate(node.input) if name and orig_types.get(name) == TensorProto.FLOAT]
         target = _node_precision(node, floats, cur, consts, keep_fp32)
         if target is not None and node.op_type not in TYPE_AGNOSTIC_OPS:
-            convert = TYPED_INPUTS.get(node.op_type, tuple(floats))
+            convert = DATA_INPUTS.get(node.op_type, tuple(floats))
             for i in floats:
                 if i in convert and cur.get(node.input[i]) != target:
                     node.input[i] = cast(node.input[i], target)
-        (fp16_counts if target == TensorProto.FLOAT16 else fp32_counts)[_label(node)] += 1
+        (fp16_counts if target == TensorProto.FLOAT16 else fp32_counts)[op_label(node)] += 1
         for out in node.output:
             if orig_types.get(out) == TensorProto.FLOAT:
                 cur[out] = target if target is not None and node.op_type != "Cast" else TensorProto.FLOAT
@@ -174,49 +189,66 @@ def _node_precision(node: onnx.NodeProto, floats: list[int], cur: dict[str, int]
     return TensorProto.FLOAT
 
 
-def _heatmap_head(graph: onnx.GraphProto, types: dict[str, int]) -> set[str]:
-    """Names of the nodes between the trunk features and the heatmaps: walk back from every
-    CoordinateTransfer heatmaps input and every ArgMax input along float data inputs (never into
-    shape computations), stopping after the first conv met on each path (the score convs)."""
+# --- task-driven fp16 (``--fp16 --guard``) ----------------------------------------------------------
+# Nodes the guard may keep fp32: the ones that compute on activations (not shape plumbing or casts).
+TASK_GUARD_CANDIDATE_OPS = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "ArgMax", "ReduceMax", "ReduceMean",
+    "ReduceL2", "Sigmoid", "Softmax", "Clip", OP_NAME,
+})
+ALWAYS_FP32_REASON = "Cast(to=float) of integer keypoint cells (onnxconverter-common issue #320)"
+
+
+class Fp16Builder:
+    """``builder(float_nodes)`` returns the fp16 ONNX bytes with ``float_nodes`` (and the float Casts) fp32.
+
+    Args:
+        fp32: the exported fp32 model (with its CoordinateTransfer function).
+    """
+
+    def __init__(self, fp32: onnx.ModelProto) -> None:
+        from onnx import TensorProto
+        from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST
+
+        self.fp32 = fp32
+        self.op_types = {n.name: n.op_type for n in fp32.graph.node}
+        self.policy = {n.name: ALWAYS_FP32_REASON for n in fp32.graph.node if n.op_type == "Cast"
+                       and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)}
+        self.op_block_list = sorted(DEFAULT_OP_BLOCK_LIST)
+        self.candidates = [n.name for n in fp32.graph.node
+                           if (n.op_type in TASK_GUARD_CANDIDATE_OPS and (n.domain in ("", "ai.onnx") or
+                                                                      (n.domain == OP_DOMAIN and n.op_type == OP_NAME)))
+                           and n.op_type not in DEFAULT_OP_BLOCK_LIST and n.name not in self.policy]
+
+    def convert(self, float_nodes: frozenset[str]) -> onnx.ModelProto:
+        """The fp16 model with ``float_nodes`` kept fp32."""
+        import onnx
+        from onnxconverter_common.float16 import convert_float_to_float16
+
+        unknown = sorted(set(float_nodes) - set(self.op_types))
+        if unknown:
+            raise ExportError(f"fp16: no node(s) {unknown[:5]} in the model")
+        model = onnx.ModelProto()
+        model.CopyFrom(self.fp32)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "the float32 number 1e-12 will be truncated to 1e-07" etc.
+                return convert_float_to_float16(model, keep_io_types=True,
+                                                node_block_list=sorted(set(self.policy) | set(float_nodes)))
+        except Exception as exc:  # the converter raises plain exceptions of many types
+            raise ExportError(f"fp16: onnxconverter-common's convert_float_to_float16 failed: "
+                              f"{str(exc).strip().splitlines()[0][:400] or type(exc).__name__}") from exc
+
+    def __call__(self, float_nodes: frozenset[str]) -> bytes:
+        return self.convert(float_nodes).SerializeToString()
+
+
+def fp32_node_names(model: onnx.ModelProto) -> list[str]:
+    """Nodes of ``model`` that compute in fp32 (a float32 output) among the guard's candidate op types."""
+    import onnx
     from onnx import TensorProto
 
-    producer = {out: n for n in graph.node for out in n.output}
-    starts = [n.input[0] for n in graph.node if (n.op_type == OP_NAME and n.domain == OP_DOMAIN)
-              or n.op_type == "ArgMax"]
-    head: set[str] = set()
-    stack = list(starts)
-    seen: set[str] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in producer:
-            continue
-        seen.add(name)
-        node = producer[name]
-        head.add(node.name)
-        if node.op_type in FP16_COMPUTE_OPS or node.op_type in TYPE_AGNOSTIC_OPS:
-            continue  # a score conv (its input is trunk features), or a cast from elsewhere
-        data = TYPED_INPUTS.get(node.op_type, tuple(range(len(node.input))))
-        stack.extend(node.input[i] for i in data
-                     if i < len(node.input) and node.input[i] and types.get(node.input[i]) == TensorProto.FLOAT)
-    return head
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    types = {i.name: i.data_type for i in g.initializer}
-    for info in list(g.input) + list(g.output) + list(g.value_info):
-        if info.type.HasField("tensor_type"):
-            types[info.name] = info.type.tensor_type.elem_type
-    for node in g.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    types[node.output[0]] = attr.t.data_type
-    return types
-
-
-def _label(node: onnx.NodeProto) -> str:
-    return f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.output) if v.type.HasField("tensor_type")}
+    return [n.name for n in model.graph.node if n.op_type in TASK_GUARD_CANDIDATE_OPS
+            and any(types.get(o) == TensorProto.FLOAT for o in n.output)]

@@ -1,6 +1,6 @@
 """The precision guard: keep in float only the nodes the task metrics need.
 
-A reduced-precision build (INT8 in ``fgdeploy.export.int8``, FP16 in ``fgdeploy.export.fp16_task``) is
+A reduced-precision build (INT8 in ``fgdeploy.export.precision.int8``, FP16 in ``fgdeploy.export.precision.fp16``) is
 a function ``build(float_nodes) -> ONNX bytes``: the nodes named in ``float_nodes`` stay fp32. The guard
 runs the fp32 model once on held-out images (``Guard``), then scores a build with parity's task metrics
 (``fgdeploy.parity.compare_tasks``: top-1 agreement, keypoints in the same heatmap cell with parity's
@@ -88,7 +88,8 @@ class GuardMetrics:
             miss += max(0.0, th.min_kp_agree - self.keypoint_agreement)
         if self.accuracy_drop is not None:
             miss += max(0.0, self.accuracy_drop - th.max_acc_drop) / 100.0
-        disagreement = (1.0 - self.top1_agreement) + (1.0 - (self.keypoint_agreement or 1.0))
+        keypoints = 1.0 if self.keypoint_agreement is None else self.keypoint_agreement   # None: no keypoints
+        disagreement = (1.0 - self.top1_agreement) + (1.0 - keypoints)
         return miss + 1e-2 * disagreement + 1e-4 * self.logit_error
 
 

@@ -12,7 +12,7 @@ The same FP32, FP16 or INT8 (QDQ: explicit quantization) ONNX builds the same st
 
 Command line (for rebuilding from an ONNX file)::
 
-    python -m fgdeploy.export.trt_build model.onnx --engine model.engine --min-batch 1 --opt-batch 8 --max-batch 32
+    python -m fgdeploy.export.tensorrt model.onnx --engine model.engine --min-batch 1 --opt-batch 8 --max-batch 32
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def add_batch_profile(builder: trt.Builder, network: trt.INetworkDefinition,
 
 def rebuild_command(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig) -> str:
     """The shell command that rebuilds this engine from its ONNX (put in the sidecar and in errors)."""
-    args = ["python", "-m", "fgdeploy.export.trt_build", str(onnx_path.resolve()), "--engine",
+    args = ["python", "-m", "fgdeploy.export.tensorrt", str(onnx_path.resolve()), "--engine",
             str(engine_path.resolve()), "--min-batch", str(cfg.min_batch), "--opt-batch", str(cfg.opt_batch),
             "--max-batch", str(cfg.max_batch), "--workspace-mib", str(cfg.workspace_mib)]
     return " ".join(shlex.quote(a) for a in args)

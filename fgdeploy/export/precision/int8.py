@@ -13,7 +13,7 @@ Kept float by policy (the same parts the fp16 policy keeps fp32, for the same re
   decode, keypoint scores, the CoordinateTransfer node (it pools at exactly the keypoint cell), the
   reductions (holistic pooling, L2 normalisation) and the classifier: everything downstream of them.
 
-The trunk convs are quantized; the guard (``fgdeploy.export.guard``) may keep some of them float.
+The trunk convs are quantized; the guard (``fgdeploy.export.precision.guard``) may keep some of them float.
 Calibration runs once per export (ORT's calibration cache); each guard build only changes which nodes
 are excluded.
 """
@@ -29,18 +29,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fgdeploy.errors import ConfigError, ExportError
-from fgdeploy.export.calibration import ImageSet, calibration_reader
-from fgdeploy.tensors import INPUT_IMAGES, OP_DOMAIN, OP_NAME
+from fgdeploy.export.precision.graph import (
+    CONV_OPS, downstream, elem_types, heatmap_head, input_normalisation, is_coordinate_transfer,
+)
+from fgdeploy.export.precision.images import ImageSet, calibration_reader
+from fgdeploy.tensors import INPUT_IMAGES
 
 if TYPE_CHECKING:
     import onnx
 
 logger = logging.getLogger(__name__)
 
-# Nodes of these types, and everything downstream of them, stay float (decode, pooling, logits).
-FLOAT_OPS = frozenset({"ArgMax", "ReduceMax", "ReduceMean", "ReduceL2", "Gemm", "MatMul", "Sigmoid", "Softmax"})
+MATMUL_OPS = frozenset({"Gemm", "MatMul"})
+# Nodes of these types, and everything downstream of them, stay float (decode, pooling, logits): the
+# classifier and the compact bilinear projections (Gemm/MatMul) are float by policy, never guard candidates.
+FLOAT_OPS = frozenset({"ArgMax", "ReduceMax", "ReduceMean", "ReduceL2", "Sigmoid", "Softmax"}) | MATMUL_OPS
 # Quantized nodes the guard may keep float (the compute; the ops between them follow their inputs).
-GUARD_CANDIDATE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+GUARD_CANDIDATE_OPS = CONV_OPS
 QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
@@ -95,50 +100,22 @@ class Int8Settings:
 
 def float_policy(model: onnx.ModelProto) -> dict[str, str]:
     """Node name -> why it stays float (see the module docstring)."""
-    from fgdeploy.export.fp16 import _elem_types, _heatmap_head
-
     graph = model.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    policy: dict[str, str] = {}
-    for node in _input_normalisation(graph, consumers):
-        policy[node] = POLICY_REASONS["input"]
-    head = _heatmap_head(graph, _elem_types(model))
+    policy = {node: POLICY_REASONS["input"] for node in input_normalisation(graph, MATMUL_OPS | CONV_OPS)}
+    head = heatmap_head(graph, elem_types(model))
     seeds = []
     for node in graph.node:
         if node.name in head:
             policy[node.name] = POLICY_REASONS["head"]
             seeds.append(node)
-        elif node.op_type == OP_NAME and node.domain == OP_DOMAIN:
+        elif is_coordinate_transfer(node):
             policy[node.name] = POLICY_REASONS["op"]
             seeds.append(node)
         elif node.op_type in FLOAT_OPS:
             seeds.append(node)
-    stack = list(seeds)
-    seen: set[str] = set()
-    while stack:
-        node = stack.pop()
-        if node.name in seen:
-            continue
-        seen.add(node.name)
-        policy.setdefault(node.name, POLICY_REASONS["downstream"])
-        stack.extend(c for out in node.output for c in consumers.get(out, []))
+    for name in downstream(graph, seeds):
+        policy.setdefault(name, POLICY_REASONS["downstream"])
     return policy
-
-
-def _input_normalisation(graph: onnx.GraphProto, consumers: dict[str, list[onnx.NodeProto]]) -> set[str]:
-    """Nodes between the image input and the first convs (mean/std normalisation, shape reads)."""
-    found: set[str] = set()
-    stack = [c for c in consumers.get(INPUT_IMAGES, [])]
-    while stack:
-        node = stack.pop()
-        if node.name in found or node.op_type in GUARD_CANDIDATE_OPS:
-            continue
-        found.add(node.name)
-        stack.extend(c for out in node.output for c in consumers.get(out, []))
-    return found
 
 
 class Int8Builder:
@@ -147,7 +124,7 @@ class Int8Builder:
 
     Args:
         fp32: the exported fp32 model (with its CoordinateTransfer function).
-        images: calibration images (``fgdeploy.export.calibration.load_image_set``).
+        images: calibration images (``fgdeploy.export.precision.images.load_image_set``).
         settings: quantization settings.
         workdir: folder for the fp32 copy, the calibration cache and the builds.
     """
@@ -164,7 +141,7 @@ class Int8Builder:
         self.candidates = [n.name for n in fp32.graph.node
                            if n.op_type in GUARD_CANDIDATE_OPS and n.name not in self.policy]
         if not self.candidates:
-            raise ExportError("int8: the model has no conv or matmul outside the float-kept parts to quantize")
+            raise ExportError("int8: the model has no conv outside the float-kept parts to quantize")
         self.builds = 0
 
     def __call__(self, float_nodes: frozenset[str]) -> bytes:
@@ -205,7 +182,7 @@ def quantized_nodes(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             counts[node.op_type] += 1
-        elif node.op_type in GUARD_CANDIDATE_OPS:
+        elif node.op_type in GUARD_CANDIDATE_OPS | MATMUL_OPS:
             quantized = len(node.input) > 1 and producers.get(node.input[1]) == "DequantizeLinear"  # int8 weights
             counts[f"{node.op_type} int8" if quantized else f"{node.op_type} float"] += 1
     return dict(sorted(counts.items()))

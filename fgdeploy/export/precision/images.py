@@ -2,7 +2,7 @@
 
 A source is a CUB-format dataset (a folder holding images.txt, e.g. synth-birds) or a plain folder of
 images (searched recursively, as ``fgdeploy infer`` does). Calibration reads a dataset's train split;
-the guard (``fgdeploy.export.guard``) holds out its test split. Every image goes through
+the guard (``fgdeploy.export.precision.guard``) holds out its test split (``guard_source``). Every image goes through
 ``fgdeploy.inference.local.decode_one`` (the project's decoder, anisotropic resize to S x S) and becomes model
 input as ``RunnerPredictor.prepare`` makes it (RGB / 255, NCHW float32).
 """
@@ -13,10 +13,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fgdeploy.errors import ImageError
+from fgdeploy.errors import ConfigError, ImageError
+
+if TYPE_CHECKING:
+    from fgdeploy.parity.sources import ImageSource
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +136,27 @@ def calibration_reader(images: ImageSet, input_name: str, batch: int = 8):  # ty
             return None if nxt is None else {input_name: nxt}
 
     return Reader()
+
+
+def guard_source(source: Path | None, calibration: Path | None, size: int, n: int) -> ImageSource | None:
+    """The guard's images: ``source`` (a CUB-format dataset's test split with ground truth, or a folder of
+    images), else the ``calibration`` dataset's test split; None when there is neither. ``n`` images at most,
+    spread over the split or folder.
+
+    Raises:
+        ConfigError: a CUB-format ``source`` without test images.
+        ImageError: a folder without usable images, or an image that cannot be decoded.
+    """
+    from fgdeploy.parity.sources import ArrayImages, DatasetImages
+
+    if source is None:
+        if calibration is None or not is_cub_dataset(calibration):
+            return None
+        source = calibration
+    if is_cub_dataset(source):
+        images = DatasetImages(source, "test", size, n)
+        if len(images) == 0:
+            raise ConfigError(f"guard: {source} has no test images; give --guard a folder of held-out images")
+        return images
+    held_out = load_image_set(source, size, n, "all", minimum=1, what="guard")
+    return ArrayImages(held_out.model_input(), description=held_out.description)
