@@ -12,14 +12,12 @@ limit (subprocess timeout), the module's cluster is shut down at its end.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,52 +35,14 @@ DECODE_SECONDS = 0.04          # the nodes' workers sleep this long per image (a
 RUN_TIMEOUT = 150              # seconds a driver may run before the test fails instead of hanging CI
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[object]:
     """A head and two worker nodes (1 CPU each) on 127.0.0.1, started in a folder of their own."""
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
+    from fgdeploy.inference.ray_cluster import loopback_cluster
 
-    nodes_cwd = tmp_path_factory.mktemp("nodes_cwd")
-    ray_tmp = tempfile.mkdtemp(prefix="fgr", dir="/tmp")   # short: Ray's socket paths must fit 107 bytes
-    single_machine = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False               # keep 127.0.0.1 (see start_local_instance)
-    previous_cwd = os.getcwd()
-    fast_health_checks = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                          "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
-    with _environment(RAY_TMPDIR=ray_tmp, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-                      FGDEPLOY_TEST_EXIT_ON=POISON, FGDEPLOY_TEST_DECODE_SECONDS=str(DECODE_SECONDS)):
-        os.chdir(nodes_cwd)
-        started = None
-        try:
-            started = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-                "_system_config": fast_health_checks})
-            for _ in range(2):
-                started.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-            started.wait_for_nodes(timeout=60)
-            os.chdir(previous_cwd)
-            yield started
-        finally:
-            os.chdir(previous_cwd)
-            if started is not None:
-                started.shutdown()
-            ray_constants.ENABLE_RAY_CLUSTER = single_machine
-            shutil.rmtree(ray_tmp, ignore_errors=True)
+    hooks = {"FGDEPLOY_TEST_EXIT_ON": POISON, "FGDEPLOY_TEST_DECODE_SECONDS": str(DECODE_SECONDS)}
+    with loopback_cluster(2, 1, tmp_path_factory.mktemp("nodes_cwd"), hooks) as started:
+        yield started
 
 
 def _images(folder: Path, names: list[str]) -> list[str]:
