@@ -281,6 +281,9 @@ class Dispatcher:
         if len(lost) == 1:
             self._charge(*lost[0])
             return
+        if lost:
+            logger.info("a worker died holding %d blocks (%s); each is sent again alone", len(lost),
+                        first_line(lost[0][1]))
         for unit, _ in reversed(lost):
             unit.suspect = True
             self.stats.resent += 1
