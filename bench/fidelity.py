@@ -8,12 +8,12 @@ for the classification net:
              predicted parts)
   holistic   demo with ``classification.use_parts: false`` (the parts branch off): the keypoint stages do not
              apply, stages 3-4 train the same trunk with the same epochs and learning rates
-  partnets   ``demo_partnets``: demo plus head/body part nets (method.md 7): stage 0 fine-tunes them alone on
+  partnets   ``demo_partnets``: demo plus head/body part nets (docs/method.md 7): stage 0 fine-tunes them alone on
              ground-truth-box crops, stages 1-4 as ``parts`` (the joint classifier sees all features)
 
 then evaluates each on the test split (predicted parts and boxes, no ground truth at test). Claims checked:
 top-1(parts) - top-1(holistic) >= 10 points and mean PCK@0.1(parts) >= 85 %; top-1(partnets) - top-1(parts)
->= 3 points, PCP head >= 80 % and body >= 90 % (method.md 12 (a)); each model's training and evaluation within
+>= 3 points, PCP head >= 80 % and body >= 90 % (docs/method.md 12 (a)); each model's training and evaluation within
 20 min on 2 idle CPU cores (the budget rule; the machine's load is recorded).
 
 A model whose run folder already holds a finished run is not trained again (its last.pt is resumed, which does

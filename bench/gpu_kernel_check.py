@@ -2,7 +2,7 @@
 
     python bench/gpu_kernel_check.py --out gpu_kernel_check.json
 
-1. builds the ctypes kernel library with nvcc for the local GPU (``fgdeploy.kernel_library``);
+1. builds the ctypes kernel library with nvcc for the local GPU (``fgdeploy.native.kernels``);
 2. compares kernel vs torch op (``torch.ops.fgdeploy.coordinate_transfer``) vs the float64 NumPy reference
    (``fgdeploy.reference``) on random inputs (never zeros; heatmap maxima planted on every border and in
    ties) in fp32 and fp16, max and average mode, windows 1/3/5 (7 where it exceeds the grid), batch 1
@@ -70,7 +70,7 @@ def run_checks(lib: Any, seed: int, configs: list[Any] | None = None, device: st
     """Every (config, dtype, window, mode): kernel~reference, torch~reference, kernel~torch."""
     import torch
 
-    from fgdeploy.kernel_library import compare_to_reference
+    from fgdeploy.native.kernels import compare_to_reference
     from fgdeploy.reference.coordinate_transfer import coordinate_transfer as reference
 
     rows: list[dict[str, Any]] = []
@@ -159,7 +159,7 @@ def run_timing(lib: Any, reps: int, inner: int) -> list[dict[str, Any]]:
 def _environment(lib_path: str) -> dict[str, Any]:
     import torch
 
-    from fgdeploy.plugins import find_nvcc, nvcc_version
+    from fgdeploy.native.build import find_nvcc, nvcc_version
 
     nvcc = find_nvcc()
     major, minor = torch.cuda.get_device_capability()
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import fgdeploy.ops  # noqa: F401  registers torch.ops.fgdeploy.coordinate_transfer
-    from fgdeploy.kernel_library import load_kernel_library
-    from fgdeploy.plugins import PluginBuildError
+    from fgdeploy.native.kernels import load_kernel_library
+    from fgdeploy.native.build import PluginBuildError
 
     result: dict[str, Any] = {"passed": False, "checks": [], "misc": [], "timing": []}
     if not torch.cuda.is_available():

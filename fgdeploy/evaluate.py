@@ -1,4 +1,4 @@
-"""Evaluation: top-1, mean per-class accuracy, PCK per part, head/body PCP (method.md section 12), table, JSON,
+"""Evaluation: top-1, mean per-class accuracy, PCK per part, head/body PCP (docs/method.md section 12), table, JSON,
 PNG grid.
 
 PCK is computed in the ORIGINAL image's pixels, normalised by max(w, h) of the ground-truth box as in
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 PCK_ALPHAS: tuple[float, ...] = (0.02, 0.05, 0.08, 0.10)
 PCP_IOU = 0.5
-PCP_GROUND_TRUTH = ("method.md 7 box rule on the ground-truth keypoints in the model input frame (as the model "
+PCP_GROUND_TRUTH = ("docs/method.md 7 box rule on the ground-truth keypoints in the model input frame (as the model "
                     "applies it to its predictions), mapped back to original image pixels")
 
 
@@ -120,7 +120,7 @@ def _part_boxes(model: Any, res: dict[str, Any], batch: dict[str, Any], affine: 
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, ground-truth) head/body boxes in original-image pixels; (N, 0, 4) each without part nets.
 
-    The ground-truth box is the model's own rule (method.md 7, its padding and minimum side) applied to the
+    The ground-truth box is the model's own rule (docs/method.md 7, its padding and minimum side) applied to the
     ground-truth keypoints and visibility in the same frame the model applies it to its predictions (the S x S
     input), then mapped back like the predicted box; so PCP measures the keypoints and visibility, not a
     difference of frames (the minimum side is in input pixels).

@@ -1,4 +1,4 @@
-"""Cell mapping between input pixels and score/feature grids (method.md sections 2 and 4a).
+"""Cell mapping between input pixels and score/feature grids (docs/method.md sections 2 and 4a).
 
 Coordinates are continuous: u in [0, W), v in [0, H); pixel k covers [k, k+1).
 Every map tiles the S x S model input uniformly. These NumPy functions are the single
@@ -40,7 +40,7 @@ def cell_to_point(ij: np.ndarray, grid_hw: tuple[int, int], size: int) -> np.nda
 def heatmap_cell_to_feature_cell(
     ij: np.ndarray, heatmap_hw: tuple[int, int], feature_hw: tuple[int, int]
 ) -> np.ndarray:
-    """Centre cell on the feature grid of a heatmap cell, in integer arithmetic (method.md 4a).
+    """Centre cell on the feature grid of a heatmap cell, in integer arithmetic (docs/method.md 4a).
 
     cy = ((2 i + 1) Hf) div (2 Hh), cx likewise, clamped to the feature grid.
     """

@@ -24,7 +24,7 @@ OUTPUT_HEATMAPS = "heatmaps"       # (N, P, Hh, Wh) float, raw keypoint logits
 OUTPUT_PART_BOXES = "part_boxes"   # (N, 2, 4) float, head/body boxes [x0, y0, x1, y1] in input pixels (part nets)
 MODEL_OUTPUTS: tuple[str, ...] = (OUTPUT_LOGITS, OUTPUT_KEYPOINTS, OUTPUT_KEYPOINT_SCORES)
 
-# The custom op (method.md section 4a).
+# The custom op (docs/method.md section 4a).
 OP_DOMAIN = "fgdeploy"
 OP_NAME = "CoordinateTransfer"
 OP_VERSION = "1"

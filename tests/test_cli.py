@@ -39,10 +39,22 @@ def test_cli_bad_device_is_a_usage_error_naming_the_choices(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.pt").write_bytes(b"x")
     (tmp_path / "m.onnx").write_bytes(b"x")
+    result = CliRunner().invoke(cli, [*command, "--device", "tpu"])
+    assert result.exit_code == 2, result.output
+    assert "'tpu' is not a device; use" in result.output and "cuda:N" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("command", [["infer", "imgs", "--model", "m.onnx"], ["bench", "--model", "m.onnx"],
+                                     ["parity", "--ref", "onnx:m.onnx", "--test", "onnx:m.onnx"],
+                                     ["train"], ["eval", "m.pt"]])
+def test_cli_openvino_device_without_openvino_backend_is_a_usage_error(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.pt").write_bytes(b"x")
+    (tmp_path / "m.onnx").write_bytes(b"\x08x")
     result = CliRunner().invoke(cli, [*command, "--device", "gpu"])
     assert result.exit_code == 2, result.output
-    assert "'gpu' is not a device; use" in result.output and "cuda:N" in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "gpu" in result.output and ("--backend openvino" in result.output or "is not a device" in result.output)
 
 
 @pytest.mark.parametrize("name", ["demo", "train", "eval", "parity", "infer", "bench"])

@@ -1,4 +1,4 @@
-"""Head/body PCP in eval (method.md 12 (a)): boxes mapped back to original pixels, ground truth by the section 7
+"""Head/body PCP in eval (docs/method.md 12 (a)): boxes mapped back to original pixels, ground truth by the section 7
 rule, table/JSON/summary entries, and the grid drawing both boxes."""
 
 from __future__ import annotations

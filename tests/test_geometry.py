@@ -1,4 +1,4 @@
-"""Cell mapping (method.md sections 2 and 4a)."""
+"""Cell mapping (docs/method.md sections 2 and 4a)."""
 
 import numpy as np
 

@@ -32,9 +32,16 @@ BACKENDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "torch": ("fgdeploy.backends.torch_runner", "TorchRunner", ("torch",)),
     "ort": ("fgdeploy.backends.ort_runner", "OrtRunner", ("onnxruntime",)),
     "trt": ("fgdeploy.backends.trt_runner", "TrtRunner", ("tensorrt",)),
+    "openvino": ("fgdeploy.backends.openvino_runner", "OpenVinoRunner", ("openvino",)),
+}
+# What to install for a backend whose package is missing (the error says it).
+INSTALL_HINTS: dict[str, str] = {
+    "openvino": "pip install 'fgdeploy[openvino]' (or pip install openvino)",
+    "trt": "pip install 'fgdeploy[trt]' (TensorRT needs an NVIDIA GPU)",
 }
 # Other spellings accepted by open_runner and the CLI ("onnx:model.onnx" means ONNX Runtime).
-BACKEND_ALIASES: dict[str, str] = {"onnx": "ort", "onnxruntime": "ort", "pytorch": "torch", "tensorrt": "trt"}
+BACKEND_ALIASES: dict[str, str] = {"onnx": "ort", "onnxruntime": "ort", "pytorch": "torch", "tensorrt": "trt",
+                                   "ov": "openvino"}
 
 
 def _canonical(kind: str) -> str:
@@ -66,10 +73,11 @@ def open_runner(
     """Create (but do not activate) a runner of backend ``kind`` for ``artifact``.
 
     Args:
-        kind: "torch", "ort" (alias "onnx") or any name registered in ``BACKENDS``.
+        kind: "torch", "ort" (alias "onnx"), "trt", "openvino" (alias "ov") or any name registered in ``BACKENDS``.
         artifact: what the backend runs: an ``nn.Module`` or checkpoint path (torch), an .onnx path or
-            bytes (ort), an engine path (trt).
-        device: "cpu", "cuda" or "cuda:K". Defaults to "cpu" (ort: chosen from ``providers``).
+            bytes (ort, openvino), an engine path (trt).
+        device: "cpu", "cuda" or "cuda:K"; for openvino "cpu", "gpu", "npu" or an OpenVINO device name.
+            Defaults to "cpu" (ort: chosen from ``providers``).
         fp16: run in half precision (torch). ONNX/TensorRT artifacts carry their own precision; asking
             for fp16 on an fp32 ONNX is an error raised on activation. Defaults to None (as stored).
         providers: ONNX Runtime execution providers ("cpu", "cuda", "tensorrt" or full EP names).
@@ -86,9 +94,10 @@ def open_runner(
     module_name, class_name, packages = BACKENDS[name]
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     if missing:
+        hint = f": {INSTALL_HINTS[name]}" if name in INSTALL_HINTS else ""
         raise BackendUnavailable(
-            f"backend {name!r} needs the Python package(s) {', '.join(missing)}, which are not installed here; "
-            f"installed backends: {', '.join(available_backends())}"
+            f"backend {name!r} needs the Python package(s) {', '.join(missing)}, which are not installed here"
+            f"{hint}; installed backends: {', '.join(available_backends())}"
         )
     cls = getattr(importlib.import_module(module_name), class_name)
     kwargs: dict[str, Any] = dict(options)

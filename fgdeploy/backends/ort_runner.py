@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from fgdeploy.backends.base import Runner, RunnerError, TensorSpec
+from fgdeploy.backends.base import RunnerError, TensorSpec
+from fgdeploy.backends.onnx_file import OnnxFileRunner, first_line
 from fgdeploy.errors import BackendUnavailable, cuda_unavailable
 from fgdeploy.text import listed, sentence
 
@@ -56,7 +57,7 @@ def resolve_providers(providers: Sequence[str] | None, device: str | None) -> li
     return list(dict.fromkeys(names))
 
 
-class OrtRunner(Runner):
+class OrtRunner(OnnxFileRunner):
     """Runs an .onnx file (or serialized bytes) with ONNX Runtime.
 
     Args:
@@ -82,19 +83,11 @@ class OrtRunner(Runner):
         debug: bool = False,
         name: str | None = None,
     ) -> None:
-        self.model = Path(model) if isinstance(model, str) else model
         self.device = device or "cpu"
         self.providers = resolve_providers(providers, self.device)
-        self.fp16 = fp16
-        self.threads = threads
-        self.debug = debug
-        self._explicit_name = name
         short = self.providers[0].replace("ExecutionProvider", "").lower()
-        super().__init__(name or f"ort-{short}")
+        super().__init__(model, fp16=fp16, threads=threads, debug=debug, name=name, default_name=f"ort-{short}")
         self._session: Any = None
-        self._meta: dict[str, Any] = {}
-        self._specs: dict[str, TensorSpec] = {}
-        self._output_names: list[str] = []
 
     # --- Runner implementation --------------------------------------------------------------------
     def _activate(self) -> None:
@@ -117,7 +110,7 @@ class OrtRunner(Runner):
             session = ort.InferenceSession(model_bytes, sess_options=options, providers=self._provider_list())
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise RunnerError(
-                f"{self._label()}: ONNX Runtime cannot load the model: {sentence(_first_line(exc))} "
+                f"{self._label()}: ONNX Runtime cannot load the model: {sentence(first_line(exc))} "
                 "The file is corrupt or not an ONNX model; re-export it with `fgdeploy export`."
             ) from exc
         dropped = [p for p in self.providers if p not in session.get_providers()]
@@ -140,45 +133,26 @@ class OrtRunner(Runner):
     def _deactivate(self) -> None:
         self._session = None
 
-    def _input_specs(self) -> dict[str, TensorSpec]:
-        return dict(self._specs)
-
-    def _metadata(self) -> dict[str, Any]:
-        return dict(self._meta)
-
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             arrays = self._session.run(self._output_names, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
         except Exception as exc:
-            raise RunnerError(f"{self.name}: inference failed: {_first_line(exc)}") from exc
+            raise RunnerError(f"{self.name}: inference failed: {first_line(exc)}") from exc
         return dict(zip(self._output_names, arrays))
 
-    @property
-    def output_names(self) -> list[str]:
-        """Output names in graph order (after activation)."""
-        return list(self._output_names)
-
     # --- helpers ----------------------------------------------------------------------------------
-    def _label(self) -> str:
-        return str(self.model) if isinstance(self.model, Path) else f"<{len(self.model)} bytes of ONNX>"
-
     def _load_bytes(self) -> bytes:
-        if isinstance(self.model, Path):
-            if not self.model.is_file():
-                raise RunnerError(f"ONNX model {self.model} does not exist; export one with `fgdeploy export`")
-            data = self.model.read_bytes()
-        else:
-            data = bytes(self.model)
+        data = self._model_bytes()
         if not self.debug:
             return data
         import onnx
 
-        from fgdeploy.export.debug_outputs import add_debug_outputs
+        from fgdeploy.export.portable import add_debug_outputs  # default and --portable exports
 
         try:
             proto = onnx.load_from_string(data)
         except Exception as exc:
-            raise RunnerError(f"{self._label()}: not a valid ONNX file: {_first_line(exc)}") from exc
+            raise RunnerError(f"{self._label()}: not a valid ONNX file: {first_line(exc)}") from exc
         proto, added = add_debug_outputs(proto)
         logger.debug("%s: debug outputs %s", self._label(), added)
         return proto.SerializeToString()
@@ -186,17 +160,6 @@ class OrtRunner(Runner):
     def _provider_list(self) -> list[Any]:
         device_id = int(self.device.split(":", 1)[1]) if self.device.startswith("cuda:") else 0
         return [(p, {"device_id": device_id}) if p in _GPU_PROVIDERS else p for p in self.providers]
-
-    def _check_precision(self) -> None:
-        if self.fp16 is None:
-            return
-        stored = self._meta.get("precision", "fp32")
-        wanted = "fp16" if self.fp16 else "fp32"
-        if stored != wanted:
-            raise RunnerError(
-                f"{self._label()}: {wanted} requested but the model is {stored}; ONNX precision is fixed at "
-                f"export (`fgdeploy export --fp16` makes an fp16 model)"
-            )
 
 
 def _import_onnxruntime() -> Any:
@@ -213,8 +176,3 @@ def _spec(node_arg: Any) -> TensorSpec:
         raise RunnerError(f"input {node_arg.name} has unsupported type {node_arg.type}")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node_arg.shape or []))
     return TensorSpec(node_arg.name, dtype, shape)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:400]

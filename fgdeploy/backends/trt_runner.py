@@ -52,7 +52,7 @@ class TrtRunner(Runner):
         device: "cuda" or "cuda:K". Defaults to "cuda".
         fp16: if given, the precision recorded in the sidecar must match it.
         plugin_library: libfgdeploy_plugins.so; default: the sidecar's path if it exists, else
-            ``fgdeploy.plugins.find_plugin_library``.
+            ``fgdeploy.native.build.find_plugin_library``.
         strict: raise on sidecar mismatches (TensorRT version, GPU architecture) instead of warning.
         name: label for reports. Defaults to "trt-<precision>".
     """
@@ -172,7 +172,7 @@ class TrtRunner(Runner):
         recorded = ((sidecar if sidecar is not None else self._sidecar).get("plugin_library") or {}).get("path")
         if recorded and Path(recorded).is_file():
             return Path(recorded)
-        from fgdeploy.plugins import find_plugin_library
+        from fgdeploy.native.build import find_plugin_library
 
         return find_plugin_library(tensorrt_version=self._trt_version)
 

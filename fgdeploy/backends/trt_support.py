@@ -5,7 +5,7 @@
 - the engine **sidecar** (``<engine>.json``): what the engine was built with and for, written by the
   builder and compared with the machine by the runner (``compare_sidecar`` explains mismatches).
 
-Facts used here are in ``shared/docs/tensorrt.md`` (sections 3.3, 7.1, 10).
+How the plugin library is found and loaded, and why once per process: ``docs/deploy.md`` (TensorRT).
 """
 
 from __future__ import annotations
@@ -90,14 +90,17 @@ def load_plugin_library(path: str | Path) -> None:
         handle = registry.load_library(resolved)
     except Exception as exc:  # the binding may raise instead of returning None
         raise PluginLibraryError(f"TensorRT could not load the plugin library {resolved}: {exc}") from exc
-    if handle is None and before is None:
+    registered = registry.get_creator(OP_NAME, OP_VERSION, PLUGIN_NAMESPACE)
+    if handle is None and before is None and registered is None:
         raise PluginLibraryError(
             f"TensorRT could not load the plugin library {resolved} (see the TensorRT log above); it must be built "
             f"against the headers of TensorRT {trt.__version__} and this CUDA major")
-    if handle is None:
+    if handle is None and before is None:   # FGDEPLOY_PLUGIN_AUTOREGISTER=1: the library registered itself on load
+        logger.info("%s registered its creator when loaded (FGDEPLOY_PLUGIN_AUTOREGISTER=1)", resolved)
+    elif handle is None:
         logger.warning("%s not loaded: a %s::%s creator was already registered in this process; using that one",
                        resolved, PLUGIN_NAMESPACE, OP_NAME)
-    if registry.get_creator(OP_NAME, OP_VERSION, PLUGIN_NAMESPACE) is None:
+    if registered is None:
         raise PluginLibraryError(f"{resolved} loaded but registers no {PLUGIN_NAMESPACE}::{OP_NAME} version "
                                  f"{OP_VERSION} creator; is it libfgdeploy_plugins.so?")
     _LOADED_PLUGIN_LIBRARIES[resolved] = handle

@@ -1,4 +1,5 @@
-"""``fgdeploy doctor``: what this machine can run (torch/CUDA, ONNX Runtime, TensorRT, nvcc, plugin libraries).
+"""``fgdeploy doctor``: what this machine can run (torch/CUDA, ONNX Runtime, OpenVINO, tritonclient, TensorRT, nvcc,
+plugin libraries).
 
 Always exits 0: it reports, it does not judge. ``--json`` prints the same rows as a JSON list.
 """
@@ -63,6 +64,24 @@ def _onnxruntime() -> Check:
     return Check("onnxruntime", OK, f"{ort.__version__}; providers: {', '.join(ort.get_available_providers())}")
 
 
+def _openvino() -> Check:
+    try:
+        import openvino as ov
+    except ImportError:
+        return Check("openvino", MISSING, "not installed (--backend openvino): pip install 'fgdeploy[openvino]'")
+    return Check("openvino", OK, f"{ov.get_version()}; devices: {', '.join(ov.Core().available_devices) or 'none'}")
+
+
+def _tritonclient() -> Check:
+    try:
+        from tritonclient.grpc import model_config_pb2  # noqa: F401
+    except ImportError:
+        return Check("tritonclient", MISSING, "not installed (export --triton): pip install 'fgdeploy[triton]'")
+    from importlib.metadata import version
+
+    return Check("tritonclient", OK, f"{version('tritonclient')} (model_config_pb2 imports)")
+
+
 def _tensorrt() -> Check:
     from fgdeploy.backends.trt_support import import_tensorrt
     from fgdeploy.errors import BackendUnavailable
@@ -75,7 +94,7 @@ def _tensorrt() -> Check:
 
 
 def _nvcc() -> Check:
-    from fgdeploy.plugins import find_nvcc, nvcc_version
+    from fgdeploy.native.build import find_nvcc, nvcc_version
 
     nvcc = find_nvcc()
     if nvcc is None:
@@ -85,8 +104,8 @@ def _nvcc() -> Check:
 
 
 def _kernel_library(build: bool) -> Check:
-    from fgdeploy.kernel_library import load_kernel_library
-    from fgdeploy.plugins import PluginBuildError, build_dir, build_kernel_library
+    from fgdeploy.native.kernels import load_kernel_library
+    from fgdeploy.native.build import PluginBuildError, build_dir, build_kernel_library
 
     name = "kernel library"
     try:
@@ -104,7 +123,7 @@ def _kernel_library(build: bool) -> Check:
 
 
 def _tensorrt_headers() -> Check:
-    from fgdeploy.plugins import ENV_TRT_INCLUDE, find_tensorrt_include, tensorrt_header_version
+    from fgdeploy.native.build import ENV_TRT_INCLUDE, find_tensorrt_include, tensorrt_header_version
 
     include = find_tensorrt_include()
     if include is None:
@@ -116,7 +135,7 @@ def _tensorrt_headers() -> Check:
 def _plugin_library(build: bool) -> Check:
     from fgdeploy.backends.trt_support import import_tensorrt, load_plugin_library
     from fgdeploy.errors import FgdeployError
-    from fgdeploy.plugins import build_plugin_library, find_plugin_library, find_tensorrt_include
+    from fgdeploy.native.build import build_plugin_library, find_plugin_library, find_tensorrt_include
 
     name = "trt plugin library"
     try:
@@ -147,7 +166,8 @@ def collect(build: bool = True) -> list[Check]:
         rows += _torch()
     except Exception as exc:  # a broken torch install must not hide the other rows
         rows.append(Check("torch", ERROR, f"{type(exc).__name__}: {exc}"))
-    for component, probe in (("cuda driver", _cuda_driver), ("onnxruntime", _onnxruntime), ("tensorrt", _tensorrt),
+    for component, probe in (("cuda driver", _cuda_driver), ("onnxruntime", _onnxruntime), ("openvino", _openvino),
+                             ("tritonclient", _tritonclient), ("tensorrt", _tensorrt),
                              ("nvcc", _nvcc), ("kernel library", lambda: _kernel_library(build)),
                              ("tensorrt headers", _tensorrt_headers),
                              ("trt plugin library", lambda: _plugin_library(build))):
@@ -165,6 +185,7 @@ def render(rows: list[Check]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--no-build", is_flag=True, help="Do not compile the native libraries (nvcc); only look for them.")
 def command(as_json: bool, no_build: bool) -> None:
-    """Report torch/CUDA, ONNX Runtime, TensorRT, nvcc and plugin-library status (exit code 0)."""
+    """Report torch/CUDA, ONNX Runtime, OpenVINO, tritonclient, TensorRT, nvcc and plugin-library status (exit code
+    0)."""
     rows = collect(build=not no_build)
     click.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else render(rows))

@@ -69,13 +69,24 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
 @click.option("--engine", is_flag=True,
               help="Also build a TensorRT engine (OUT with .engine, plus a .json sidecar) with the fgdeploy plugin; "
                    "needs TensorRT and a GPU.")
-def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int, opset: int,
-            heatmaps: bool, int8: bool, calib: Path | None, calib_images: int, int8_target: str | None,
+@click.option("--portable", is_flag=True,
+              help="Standard ONNX ops only: the CoordinateTransfer node replaced by its function body (onnx's "
+                   "inliner), for OpenVINO and converters that do not read model-local functions. Not with --engine "
+                   "(TensorRT maps the node to the plugin).")
+@click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              callback=output_path(folder=True),
+              help="Also write a Triton model repository here: NAME (onnxruntime) and, with --engine, NAME_trt "
+                   "(tensorrt_plan) plus the plugin library; max_batch_size = --max-batch. Needs tritonclient "
+                   "(pip install 'fgdeploy[triton]').")
+@click.option("--triton-name", default=None, help="--triton: the model's name [default: the ONNX file's stem].")
+@click.pass_context
+def command(ctx: click.Context, checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int,
+            opset: int, heatmaps: bool, int8: bool, calib: Path | None, calib_images: int, int8_target: str | None,
             guard: Path | None, no_guard: bool,
             guard_images: int, min_top1_agree: float, min_kp_agree: float, max_acc_drop: float,
-            engine: bool) -> None:
-    """Export CHECKPOINT (written by fgdeploy train; a run folder means its best.pt) to ONNX for ONNX Runtime
-    and TensorRT."""
+            engine: bool, portable: bool, triton_repo: Path | None, triton_name: str | None) -> None:
+    """Export CHECKPOINT (written by fgdeploy train; a run folder means its best.pt) to ONNX for ONNX Runtime,
+    TensorRT, OpenVINO (--portable) and Triton (--triton REPO)."""
     from fgdeploy.export.exporter import ExportOptions, export_checkpoint
     from fgdeploy.export.precision import CalibrationOptions, PrecisionOptions
     from fgdeploy.export.precision.int8 import Int8Settings
@@ -89,6 +100,13 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
         raise click.UsageError("--int8 and --fp16 exclude each other: export one precision per file")
     if int8_target is not None and not int8:
         raise click.UsageError("--int8-target is for --int8 exports")
+    if portable and engine:
+        raise click.UsageError("--portable inlines the CoordinateTransfer node that TensorRT maps to fgdeploy's plugin: "
+                               "export without --portable for --engine")
+    if triton_name is not None and triton_repo is None:
+        raise click.UsageError("--triton-name names the model in a --triton REPO: add --triton REPO")
+    if triton_repo is not None:
+        _check_triton(triton_name or out.stem)
     guard_options = _guard_options(int8, fp16, calib, calib_images, guard, no_guard, guard_images,
                                    (min_top1_agree, min_kp_agree, max_acc_drop))
     calibration = None
@@ -98,11 +116,13 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
         target = int8_target or ("tensorrt" if engine else "cpu")
         calibration = CalibrationOptions(calib, calib_images, Int8Settings.for_target(target))
     precision = PrecisionOptions("int8" if int8 else "fp16" if fp16 else "fp32", calibration, guard_options)
-    options = ExportOptions(precision=precision, batch=batch, max_batch=max_batch, opset=opset, heatmaps=heatmaps)
+    options = ExportOptions(precision=precision, batch=batch, max_batch=max_batch, opset=opset, heatmaps=heatmaps,
+                            portable=portable)
     result = export_checkpoint(checkpoint, out, options)
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, sha256 {result.sha256[:16]})")
     click.echo(f"  precision {result.precision}, batch {result.batch}, opset {result.opset}, "
-               f"outputs {', '.join(result.outputs)}, {result.coordinate_transfer_nodes} CoordinateTransfer node(s)")
+               f"outputs {', '.join(result.outputs)}, {result.coordinate_transfer_nodes} CoordinateTransfer node(s)"
+               + (" inlined (portable: standard ONNX ops only)" if result.portable else ""))
     click.echo("  checked: onnx.checker (full), strict shape inference; ONNX Runtime vs PyTorch: "
                + ", ".join(f"{k} {v:.2e}" for k, v in result.verified.items()))
     if result.precision_summary.get("fp16_nodes") is not None:
@@ -122,8 +142,33 @@ def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batc
                    f"report {result.guard_report} (table: {result.guard_report.with_suffix('.txt')})")
     elif int8 and not no_guard:
         click.echo("  guard: not run (no held-out images: --calib is not a CUB-format dataset; pass --guard DIR)")
-    if engine:
-        _build_engine(Path(result.path), batch or max_batch)
+    engine_path = _build_engine(Path(result.path), batch or max_batch) if engine else None
+    if triton_repo is not None:
+        asked = ctx.get_parameter_source("max_batch") == click.core.ParameterSource.COMMANDLINE and batch is None
+        _write_triton(triton_repo, Path(result.path), triton_name, engine_path, max_batch if asked else None)
+
+
+def _check_triton(name: str) -> None:
+    """Before the slow export: tritonclient is there (else exit 1 saying what to install) and the name is usable."""
+    from fgdeploy.deploy.triton import TritonConfigError, check_name, import_model_config
+
+    import_model_config()
+    try:
+        check_name(name)
+    except TritonConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _write_triton(repo: Path, onnx_path: Path, name: str | None, engine_path: Path | None,
+                  max_batch: int | None) -> None:
+    from fgdeploy.deploy.triton import write_triton_repository
+
+    written = write_triton_repository(repo, onnx_path, name=name, engine=engine_path, max_batch=max_batch)
+    models = ", ".join(f"{m.name} ({m.backend}, max_batch_size {m.max_batch_size})" for m in written.models)
+    click.echo(f"wrote Triton model repository {repo}: {models}; server command and client in {written.readme}")
+    click.echo("  checked: each config.pbtxt parsed strictly as Triton's ModelConfig (tritonclient model_config_pb2) "
+               "and against the ONNX graph" + (" and the engine profile" if engine_path else "")
+               + "; no Triton server was run")
 
 
 def _guard_options(int8: bool, fp16: bool, calib: Path | None, calib_images: int, guard: Path | None,
@@ -150,7 +195,7 @@ def _guard_options(int8: bool, fp16: bool, calib: Path | None, calib_images: int
     return None
 
 
-def _build_engine(onnx_path: Path, max_batch: int) -> None:
+def _build_engine(onnx_path: Path, max_batch: int) -> Path:
     """Build the TensorRT engine next to the ONNX; BackendUnavailable (exit 1) says how to install TensorRT."""
     from fgdeploy.export.tensorrt import EngineBuildConfig, build_engine
 
@@ -159,3 +204,4 @@ def _build_engine(onnx_path: Path, max_batch: int) -> None:
     click.echo(f"wrote {report.engine_path} (+ sidecar {report.sidecar_path}): {report.precision}, "
                f"CoordinateTransfer via {report.op_path} ({len(report.plugin_layers)} plugin layer(s)), "
                f"built in {report.build_seconds:.1f} s")
+    return Path(report.engine_path)

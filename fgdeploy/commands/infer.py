@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from fgdeploy.commands.options import (BACKEND_CHOICES, check_model_kind, device_option, echo_info,
-                                      fast_path_options, output_path, resolve_model, torch_only_flags)
+from fgdeploy.commands.options import (BACKEND_CHOICES, check_device_for_backend, check_model_kind, device_option,
+                                      echo_info, fast_path_options, output_path, resolve_model, torch_only_flags)
 from fgdeploy.text import plural
 
 
@@ -35,7 +35,7 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
                    "TensorRT engine (.engine, trt).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Runtime; auto picks it from the model file's suffix.")
-@device_option("auto")
+@device_option("auto", openvino=True)
 @click.option("--fp16", is_flag=True, help="Half precision (torch); for ort/trt pass an fp16 export.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Images per model call.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
@@ -120,6 +120,7 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
 
     model = resolve_model(model)
     kind = resolve_backend(model, backend)
+    check_device_for_backend(device, kind)
     check_model_kind(model, kind, lambda found: f"pass --backend {found}")
     if kind != "torch" and (flags := torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)):
         raise click.UsageError(f"{', '.join(flags)}: for the torch backend (a checkpoint), not {kind}")

@@ -9,24 +9,39 @@ from typing import Any
 
 import click
 
-BACKEND_CHOICES = ("auto", "torch", "ort", "trt")
+BACKEND_CHOICES = ("auto", "torch", "ort", "trt", "openvino")
 # = fgdeploy.inference.fastpath.COMPILE_MODES, repeated so that `--help` needs no torch import
 # (a test checks they agree)
 COMPILE_CHOICES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+# OpenVINO's own devices (--backend openvino): an Intel GPU or NPU, optionally numbered (GPU.1)
+OPENVINO_DEVICE = re.compile(r"(gpu|npu)(\.\d+)?", re.IGNORECASE)
 
 
-def device_option(default: str | None, allow_auto: bool = True, what: str = "") -> Callable[[Any], Any]:
-    """``--device``: cpu, cuda or cuda:N (and auto, if allowed); anything else is a usage error (exit 2)."""
+def device_option(default: str | None, allow_auto: bool = True, what: str = "",
+                  openvino: bool = False) -> Callable[[Any], Any]:
+    """``--device``: cpu, cuda or cuda:N (and auto, if allowed; with ``openvino`` also OpenVINO's gpu, npu,
+    GPU.N); anything else is a usage error (exit 2)."""
     names = "auto, cpu, cuda or cuda:N" if allow_auto else "cpu, cuda or cuda:N"
+    if openvino:
+        names += " (--backend openvino: also gpu, npu, GPU.N)"
 
     def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value is None or _DEVICE.fullmatch(value) or (allow_auto and value == "auto"):
+            return value
+        if openvino and OPENVINO_DEVICE.fullmatch(value):
             return value
         raise click.BadParameter(f"{value!r} is not a device; use {names}", ctx, param)
 
     return click.option("--device", default=default, show_default=default is not None, callback=check,
                         help=f"{what}{names}.")
+
+
+def check_device_for_backend(device: str, backend: str) -> None:
+    """A usage error (exit 2) for an OpenVINO device name (gpu, npu, GPU.1) given to another backend."""
+    if backend != "openvino" and OPENVINO_DEVICE.fullmatch(device):
+        raise click.UsageError(f"--device {device} is an OpenVINO device: use it with --backend openvino (an NVIDIA "
+                               "GPU is --device cuda)")
 
 
 def threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,6 +86,7 @@ def fast_path_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 MODEL_KINDS = {"torch": "a PyTorch checkpoint", "ort": "an ONNX model", "trt": "a TensorRT engine"}
+ARTIFACT_KIND = {"openvino": "ort"}   # backends that run another backend's files: OpenVINO runs ONNX exports
 
 
 def resolve_model(path: str | Path) -> str:
@@ -90,6 +106,7 @@ def check_model_kind(path: str | Path, backend: str, fix: Callable[[str], str]) 
     from fgdeploy.checkpoint import sniff_model_kind
 
     backend = BACKEND_ALIASES.get(backend, backend)
+    backend = ARTIFACT_KIND.get(backend, backend)
     found = sniff_model_kind(path)
     if found is not None and backend in MODEL_KINDS and found != backend:
         raise click.UsageError(f"{path} is {MODEL_KINDS[found]}, not {MODEL_KINDS[backend]}; {fix(found)}")

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from fgdeploy.commands.options import check_model_kind, device_option, output_path, resolve_model
+from fgdeploy.commands.options import (check_device_for_backend, check_model_kind, device_option, output_path,
+                                      resolve_model)
 
 SPEC_KINDS = {"torch": "torch", "ort": "onnx", "trt": "trt"}   # backend -> how a KIND:PATH spec names it
 
@@ -21,7 +22,7 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     if not sep or not kind or not path:
         raise click.BadParameter(f"{value}: use KIND:PATH, e.g. torch:runs/demo/best.pt or onnx:model.onnx")
     if BACKEND_ALIASES.get(kind, kind) not in BACKENDS:
-        raise click.BadParameter(f"{value}: unknown kind {kind}; use torch, onnx or trt")
+        raise click.BadParameter(f"{value}: unknown kind {kind}; use torch, onnx, openvino or trt")
     if not Path(path).exists():
         raise click.BadParameter(f"{path} does not exist")
     if BACKEND_ALIASES.get(kind, kind) == "torch":
@@ -34,7 +35,7 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--ref", "ref_spec", required=True, callback=_parse_spec,
               help="Reference KIND:PATH, e.g. torch:best.pt.")
 @click.option("--test", "test_spec", required=True, callback=_parse_spec,
-              help="Runner under test KIND:PATH, e.g. onnx:model.onnx or trt:model.engine.")
+              help="Runner under test KIND:PATH, e.g. onnx:model.onnx, openvino:model.onnx or trt:model.engine.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="CUB-format dataset (adds accuracy and PCK). Default: random images; for an INT8 --test, "
                    "the dataset it was calibrated on, if it still exists.")
@@ -47,7 +48,8 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
               callback=output_path(suffixes=(".json",)), help="Write the report as JSON here (.json).")
 @click.option("--atol", type=click.FloatRange(min=0), default=None, help="Absolute tolerance (default by precision).")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Relative tolerance (default by precision).")
-@device_option("auto", what="Device of the runners (ONNX Runtime: CUDA provider for cuda): ")
+@device_option("auto", what="Device of the runners (ONNX Runtime: CUDA provider for cuda; OpenVINO: cpu, gpu, npu): ",
+               openvino=True)
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma separated (cpu, cuda, tensorrt).")
 @click.option("--ref-fp16", is_flag=True, help="Run a torch reference in fp16.")
 @click.option("--test-fp16", is_flag=True, help="Run a torch runner under test in fp16 (ONNX carries its own).")
@@ -58,8 +60,11 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
             rtol: float | None, device: str, providers: str | None, ref_fp16: bool, test_fp16: bool,
             seed: int) -> None:
     """Run --ref and --test on the same images and report parity; exit 0 only if every check passes."""
+    from fgdeploy.backends import BACKEND_ALIASES
     from fgdeploy.parity import DatasetImages, ParityConfig, RandomImages, run_parity
 
+    if "openvino" not in {BACKEND_ALIASES.get(k, k) for k, _ in (ref_spec, test_spec)}:
+        check_device_for_backend(device, ref_spec[0])
     ref = _factory(ref_spec, device, providers, ref_fp16)
     test = _factory(test_spec, device, providers, test_fp16)
     ref_signature, test_signature = _signature(ref), _signature(test)
@@ -148,10 +153,12 @@ def _factory(spec: tuple[str, str], device: str, providers: str | None, fp16: bo
     from fgdeploy.inference.predictors import resolve_device
 
     kind, path = spec
-    options: dict[str, Any] = {"device": resolve_device(BACKEND_ALIASES.get(kind, kind), device)}
-    if kind in ("onnx", "ort", "onnxruntime"):
+    backend = BACKEND_ALIASES.get(kind, kind)
+    cuda_or_cpu = device if backend == "openvino" or not device.lower().startswith(("gpu", "npu")) else "cpu"
+    options: dict[str, Any] = {"device": resolve_device(backend, cuda_or_cpu)}   # --device gpu: the OpenVINO side
+    if backend == "ort":
         options["providers"] = [p.strip() for p in providers.split(",")] if providers else None
-    elif fp16:
+    elif fp16 and backend != "openvino":
         options["fp16"] = True
 
     def make(debug: bool) -> Any:

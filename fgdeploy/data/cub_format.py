@@ -1,6 +1,6 @@
 """The CUB-200-2011 annotation files: strict parsing (with file:line messages) and writing.
 
-Layout under a dataset root (method.md section 11)::
+Layout under a dataset root (docs/method.md section 11)::
 
     images.txt               <image_id> <path>              (path relative to images/)
     classes.txt              <class_id> <class_name>

@@ -17,7 +17,7 @@ class Sample:
     """An image with its class, box and part keypoints.
 
     Coordinates are continuous pixels: u in [0, W), v in [0, H); pixel k covers [k, k+1)
-    (method.md section 2). CUB values convert as u = x_cub - 0.5.
+    (docs/method.md section 2). CUB values convert as u = x_cub - 0.5.
 
     Attributes:
         image: (H, W, 3) uint8 RGB.

@@ -1,7 +1,7 @@
 """Transforms that move keypoints, visibility and box with the pixels (numpy/OpenCV; torch-free).
 
 Every geometric transform is one 2x3 affine matrix ``A`` in continuous pixel coordinates
-(u in [0, W), pixel k covers [k, k+1); method.md section 2), applied by `warp_sample`: the only place
+(u in [0, W), pixel k covers [k, k+1); docs/method.md section 2), applied by `warp_sample`: the only place
 that does coordinate maths. It warps the image with ``cv2.warpAffine`` (after converting ``A`` to
 OpenCV's pixel-centre convention), maps keypoints and box corners with the same ``A``, makes keypoints
 that leave the image invisible (coordinates 0), and swaps left/right parts
@@ -145,7 +145,7 @@ def warp_sample(sample: Sample, affine: np.ndarray, out_hw: tuple[int, int],
 
 
 def input_affine(sample: Sample, size: int, crop_to_bbox: bool = False) -> np.ndarray:
-    """The anisotropic warp of the whole image (or of its box) onto size x size (method.md section 2)."""
+    """The anisotropic warp of the whole image (or of its box) onto size x size (docs/method.md section 2)."""
     if crop_to_bbox:
         x0, y0, x1, y1 = (float(v) for v in sample.bbox)
         return compose(affine_scale(size / max(x1 - x0, 1e-6), size / max(y1 - y0, 1e-6)),
@@ -179,7 +179,7 @@ class EvalTransform:
 
 @dataclass(frozen=True)
 class TrainAugment:
-    """Training augmentation (method.md section 9), one warp per sample.
+    """Training augmentation (docs/method.md section 9), one warp per sample.
 
     Resize to s x s with s uniform in [scale[0] S, scale[1] S], optional rotation, a random S x S crop,
     horizontal flip with left/right part swap; then optional colour jitter (pixels only).

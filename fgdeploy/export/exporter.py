@@ -40,6 +40,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET         # default-domain opset
     heatmaps: bool = False             # also output the (N, P, Hh, Wh) heatmap logits
     verify_batches: tuple[int, ...] = (1, 3)  # batch sizes run in ONNX Runtime vs PyTorch before saving
+    portable: bool = False             # inline the CoordinateTransfer function: standard ONNX ops only (portable.py)
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -67,6 +68,7 @@ class ExportResult:
     guard_report: Path | None = None   # OUT.guard.json (a table beside it: OUT.guard.txt)
     guard_passed: bool | None = None
     guard_kept: list[str] = field(default_factory=list)  # nodes the guard kept float
+    portable: bool = False             # the CoordinateTransfer node(s) were inlined (standard ONNX ops only)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOptions | None = None) -> ExportResult:
@@ -92,6 +94,7 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
         attach_function, build_metadata, check_onnx, count_coordinate_transfer_calls, set_metadata, trace_to_onnx,
         verify_against_torch, write_onnx,
     )
+    from fgdeploy.export.portable import make_portable
     from fgdeploy.export.precision import load_calibration
     from fgdeploy.tensors import OP_DOMAIN, OP_NAME
 
@@ -115,15 +118,17 @@ def export_model(model: torch.nn.Module, meta: Any, out: str | Path, options: Ex
     kept = reduced.kept if reduced is not None else []
     set_metadata(proto, {**build_metadata(meta, model, options, outputs, kept, source, options.precision.name),
                          **(reduced.metadata if reduced is not None else {})})
+    if options.portable:   # after the precision reduction: its policies find the op by its node
+        proto = make_portable(proto)
     check_onnx(proto)
     data = proto.SerializeToString()
-    verified = verify_against_torch(model, data, size, options)
+    verified = verify_against_torch(model, data, size, options)   # the portable graph too: parity with PyTorch
     out = Path(out)
     write_onnx(out, data)
     result = ExportResult(path=out, precision=options.precision.name,
                           batch="dynamic" if options.batch is None else options.batch, opset=options.opset,
                           outputs=outputs, coordinate_transfer_nodes=found, sha256=hashlib.sha256(data).hexdigest(),
-                          size_bytes=len(data), verified=verified)
+                          size_bytes=len(data), verified=verified, portable=options.portable)
     _add_reduction(result, reduced, out)
     logger.debug("wrote %s (%d bytes, %s, %d CoordinateTransfer node(s))", out, len(data), result.precision, found)
     return result
@@ -158,6 +163,9 @@ def reduce_exported(fp32_onnx: str | Path, out: str | Path, options: ExportOptio
     if meta.get("precision") != "fp32" or "input_size" not in meta:
         raise ExportError(f"{fp32_onnx}: not an fp32 fgdeploy export (precision {meta.get('precision')!r}); "
                           "reduce the fp32 export of the checkpoint")
+    if meta.get("portable"):
+        raise ExportError(f"{fp32_onnx} is a --portable export (its CoordinateTransfer is inlined, so the precision "
+                          "policies cannot find it); reduce the default export, with --portable on the reduced one")
     size = int(meta["input_size"])
     calibration = load_calibration(options.precision, size)
     reference = proto.SerializeToString()
@@ -166,6 +174,10 @@ def reduce_exported(fp32_onnx: str | Path, out: str | Path, options: ExportOptio
     model = reduced.model
     model.ir_version = IR_VERSION
     set_metadata(model, {**meta, "precision": reduced.precision, "fp32_kept": reduced.kept, **reduced.metadata})
+    if options.portable:
+        from fgdeploy.export.portable import make_portable
+
+        model = make_portable(model)
     check_onnx(model)
     data = model.SerializeToString()
     verified = verify_runs(data, reference, size)
@@ -173,8 +185,9 @@ def reduce_exported(fp32_onnx: str | Path, out: str | Path, options: ExportOptio
     write_onnx(out, data)
     result = ExportResult(path=out, precision=reduced.precision, batch=meta.get("batch", "dynamic"),
                           opset=int(meta.get("opset", options.opset)), outputs=[o.name for o in model.graph.output],
-                          coordinate_transfer_nodes=len(coordinate_transfer_nodes(model)),
-                          sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), verified=verified)
+                          coordinate_transfer_nodes=len(coordinate_transfer_nodes(proto)),
+                          sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), verified=verified,
+                          portable=options.portable)
     _add_reduction(result, reduced, out)
     logger.info("wrote %s (%d bytes, %s, from %s)", out, len(data), result.precision, fp32_onnx)
     return result

@@ -29,6 +29,7 @@ ONNX tool shows it and ``decode_metadata`` gets the Python values back. Keys wri
 ``source_sha256``      sha256 of the checkpoint file
 ``stage`` / ``epoch``  training stage and epoch of the checkpoint
 ``opset``              default-domain opset
+``portable``           ``--portable`` only: {"inlined": [ops], "by": inliner, "coordinate_transfer_tensors": [[in, out]]}
 =====================  ===============================================================
 """
 

@@ -1,9 +1,9 @@
 """Tracing, checking and writing ONNX: a model -> one ``fgdeploy::CoordinateTransfer`` node per op call
-(method.md 4a), the op's model-local function, metadata, checks.
+(docs/method.md 4a), the op's model-local function, metadata, checks.
 
 The dynamo exporter traces the model; a custom translation maps ``torch.ops.fgdeploy.coordinate_transfer``
 to ONE node in domain ``fgdeploy`` (attributes window, mode, plugin_namespace="fgdeploy",
-plugin_version="1"; tensorrt.md 6.4). The model then gets the op's FunctionProto in ``model.functions``
+plugin_version="1"; docs/deploy.md, TensorRT). The model then gets the op's FunctionProto in ``model.functions``
 (runtimes without the plugin inline it) and the metadata ``infer`` needs (``fgdeploy.export.metadata``).
 ``check_onnx`` runs ``onnx.checker.check_model(full_check=True)`` and strict shape inference;
 ``verify_against_torch`` runs the ONNX in ONNX Runtime against PyTorch at several batch sizes;
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 18      # supported by every TensorRT 10.x/11.x parser and ONNX Runtime >= 1.14
 MIN_OPSET = 18          # the dynamo exporter's floor
 MAX_OPSET = 21          # the CoordinateTransfer function's newest (onnx_function.SUPPORTED_OPSETS)
-IR_VERSION = 10         # ONNX 1.16: what TensorRT 10.x parsers read (tensorrt.md 6.4)
+IR_VERSION = 10         # ONNX 1.16: what TensorRT 10.x parsers read (docs/onnx.md)
 
 
 def _wrap(model: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module:
@@ -61,7 +61,7 @@ def _wrap(model: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module:
 
 
 def _translate_coordinate_transfer(heatmaps: Any, features: Any, window: int = 3, mode: int = 0) -> Any:
-    """Custom translation: the torch op -> one ``fgdeploy::CoordinateTransfer`` node (export-notes.md)."""
+    """Custom translation: the torch op -> one ``fgdeploy::CoordinateTransfer`` node (docs/onnx.md, "The custom op")."""
     import onnxscript
 
     op = onnxscript.values.Opset(OP_DOMAIN, 1)

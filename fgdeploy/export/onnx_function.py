@@ -1,4 +1,4 @@
-"""ONNX form of the CoordinateTransfer op (method.md 4a, export-notes.md).
+"""ONNX form of the CoordinateTransfer op (docs/method.md 4a, docs/onnx.md).
 
 - ``coordinate_transfer_function(opset)``: a ``FunctionProto`` (domain ``fgdeploy``, name
   ``CoordinateTransfer``, inputs heatmaps/features, output pooled, attributes window/mode referenced from
@@ -162,7 +162,7 @@ def coordinate_transfer_function(opset: int = DEFAULT_OPSET) -> FunctionProto:
         OP_DOMAIN, OP_NAME, ["heatmaps", "features"], ["pooled"], b.nodes,
         [helper.make_opsetid("", opset)], attributes=[],
         attribute_protos=[helper.make_attribute("window", 3), helper.make_attribute("mode", MODE_MAX)],
-        doc_string="fgdeploy CoordinateTransfer (method.md 4a) in standard ONNX ops")
+        doc_string="fgdeploy CoordinateTransfer (docs/method.md 4a) in standard ONNX ops")
 
 
 def _infer_coordinate_transfer(ctx: onnx.defs.InferenceContext) -> None:  # type: ignore[name-defined]
@@ -181,12 +181,12 @@ def _infer_coordinate_transfer(ctx: onnx.defs.InferenceContext) -> None:  # type
 
 
 def coordinate_transfer_schema() -> onnx.defs.OpSchema:
-    """The ``fgdeploy::CoordinateTransfer`` (version 1) OpSchema described in export-notes.md."""
+    """The ``fgdeploy::CoordinateTransfer`` (version 1) OpSchema (docs/onnx.md: the exporter needs it to emit the node)."""
     schema_cls = onnx.defs.OpSchema
     attr_type = schema_cls.AttrType
     schema = schema_cls(
         OP_NAME, OP_DOMAIN, 1,
-        "Pools features around each heatmap's first argmax (fgdeploy method.md 4a).",
+        "Pools features around each heatmap's first argmax (fgdeploy docs/method.md 4a).",
         inputs=[schema_cls.FormalParameter("heatmaps", "T", "(N, P, Hh, Wh)"),
                 schema_cls.FormalParameter("features", "T", "(N, C, Hf, Wf)")],
         outputs=[schema_cls.FormalParameter("pooled", "T", "(N, P, C)")],

@@ -55,7 +55,7 @@ class EngineBuildConfig:
     max_batch: int = 32                 # largest batch the engine accepts
     workspace_mib: int = 2048           # builder workspace (scratch) memory limit
     timing_cache: Path | None = None    # read when present, written after the build; None = no cache
-    plugin_library: Path | None = None  # None: fgdeploy.plugins.find_plugin_library()
+    plugin_library: Path | None = None  # None: fgdeploy.native.build.find_plugin_library()
     require_plugin: bool = True         # fail when CoordinateTransfer nodes were inlined instead of plugged
     optimization_level: int | None = None  # builder_optimization_level 0-5; None = TensorRT's default (3)
     device: int = 0                     # CUDA device the engine is built on (recorded in the sidecar)
@@ -222,7 +222,7 @@ def resolve_plugin_library(cfg: EngineBuildConfig, op_nodes: int) -> Path | None
     Raises:
         ExportError: the ONNX needs the plugin, ``require_plugin`` is set and no library can be had.
     """
-    from fgdeploy.plugins import PluginBuildError, build_plugin_library, find_plugin_library, find_tensorrt_include
+    from fgdeploy.native.build import PluginBuildError, build_plugin_library, find_plugin_library, find_tensorrt_include
 
     try:
         found = find_plugin_library(cfg.plugin_library, tensorrt_version=tensorrt_version())
@@ -331,7 +331,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, config: EngineB
 def make_sidecar(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig, report: EngineBuildReport,
                  shapes: dict[str, Any], metadata: dict[str, Any], plugin_lib: Path | None) -> dict[str, Any]:
     """The JSON written next to the engine (read back by ``TrtRunner``)."""
-    from fgdeploy.plugins import describe_library
+    from fgdeploy.native.build import describe_library
 
     return {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "fgdeploy_version": __version__,

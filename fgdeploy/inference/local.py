@@ -13,7 +13,7 @@ last line is cut off first, so each image is scored exactly once). When all imag
 journal is rendered to ``OUT`` (CSV or JSONL) and the errors file by temp file + ``os.replace``.
 
 Keypoints are written in the original image's continuous pixel coordinates (pixel k covers
-[k, k+1); method.md section 2): the model input is an anisotropic warp to S x S, so
+[k, k+1); docs/method.md section 2): the model input is an anisotropic warp to S x S, so
 x = u' * W / S and y = v' * H / S, where W x H is the image as stored (EXIF orientation not applied).
 """
 

@@ -1,7 +1,7 @@
 """Predictors: what runs a batch of resized uint8 images for ``fgdeploy.inference.local``, and opening a model as one.
 
 ``open_predictor`` picks the backend from the model file (checkpoint -> the torch fast path, .onnx ->
-ONNX Runtime, .engine -> TensorRT) and returns a ``LoadedModel``: the predictor plus the class names,
+ONNX Runtime, .engine -> TensorRT; .onnx on OpenVINO when asked) and returns a ``LoadedModel``: the predictor plus the class names,
 part names and visibility threshold the artifact records.
 """
 
@@ -112,7 +112,18 @@ def resolve_backend(model: str | Path, backend: str = "auto") -> str:
 
 
 def resolve_device(backend: str, device: str = "auto") -> str:
-    """"auto" -> "cuda" when the backend can use a GPU here, else "cpu"."""
+    """"auto" -> "cuda" when the backend can use a GPU here, else "cpu" (OpenVINO: always "cpu", its CPU device).
+
+    Raises:
+        ConfigError: an OpenVINO device name (gpu, npu) for another backend.
+    """
+    from fgdeploy.errors import ConfigError
+
+    if backend == "openvino":
+        return "cpu" if device == "auto" else device
+    if device.lower().startswith(("gpu", "npu")):
+        raise ConfigError(f"--device {device} is an OpenVINO device: use it with --backend openvino (an NVIDIA GPU is "
+                          "--device cuda)")
     if device != "auto":
         return device
     if backend == "ort":
@@ -130,13 +141,13 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
     """Open ``model`` for ``run_inference``; the runner is deactivated on exit.
 
     Args:
-        model: checkpoint (torch), .onnx (ort) or .engine (trt).
-        backend: "auto", "torch", "ort" or "trt" (see ``resolve_backend``).
-        device: "auto", "cpu", "cuda" or "cuda:K".
+        model: checkpoint (torch), .onnx (ort, openvino) or .engine (trt).
+        backend: "auto", "torch", "ort", "trt" or "openvino" (see ``resolve_backend``; auto never picks openvino).
+        device: "auto", "cpu", "cuda" or "cuda:K"; openvino: "cpu", "gpu", "npu" (OpenVINO device names).
         fp16: torch: run in half precision; ort/trt: the artifact must be an fp16 export.
         batch: the run's batch size (the torch fast path pads to it when compiled or graphed; None: no padding).
         fast: ``fgdeploy.inference.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
-        threads: CPU threads for ONNX Runtime (None: its default).
+        threads: CPU threads for ONNX Runtime or OpenVINO (None: its default).
     """
     kind = resolve_backend(model, backend)
     device = resolve_device(kind, device)
@@ -156,7 +167,7 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         return
     from fgdeploy.backends import open_runner
 
-    extra: dict[str, Any] = {"threads": threads} if threads and kind == "ort" else {}
+    extra: dict[str, Any] = {"threads": threads} if threads and kind in ("ort", "openvino") else {}
     with open_runner(kind, str(model), device=device, fp16=fp16 or None, **extra) as runner:
         recorded = runner.metadata()
         threshold = (recorded.get("model_config") or {}).get("visibility_threshold", 0.5)

@@ -1,4 +1,4 @@
-"""Compact bilinear pooling by Random Maclaurin projection (method.md section 10).
+"""Compact bilinear pooling by Random Maclaurin projection (docs/method.md section 10).
 
 phi(x) = (W1 x) * (W2 x) / sqrt(d) with fixed Rademacher W1, W2 (d x c), so <phi(x), phi(y)> estimates
 <x, y>^2 without bias. The pooled descriptor sums phi over all locations, then applies the signed square

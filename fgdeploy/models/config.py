@@ -1,6 +1,6 @@
 """Model configuration: frozen dataclasses filled from ``models/<name>.yaml``.
 
-The defaults are the paper's ``cub_vgg16_fc7`` (method.md sections 2-6, 13). Weight files are not
+The defaults are the paper's ``cub_vgg16_fc7`` (docs/method.md sections 2-6, 13). Weight files are not
 part of the config (they are machine-local paths): pass them to ``create_model(weights=...)``.
 """
 
@@ -52,7 +52,7 @@ class ClassificationConfig:
     cbp_dim: int = 5000                          # compact bilinear (Random Maclaurin) output dim
     cbp_seed: int = 0                            # seed of the fixed Rademacher projections
     dropout: float = 0.5                         # on the concatenated feature vector, training only
-    # Constant multiplying every L2-normalised block before the FC (1 = method.md 6). Unit-norm inputs make
+    # Constant multiplying every L2-normalised block before the FC (1 = docs/method.md 6). Unit-norm inputs make
     # tiny logits and tiny trunk gradients under SGD; a scale s acts like an s^2 larger FC learning rate and
     # an s times larger trunk gradient (NormFace-style temperature). Used by the from-scratch demo model.
     feature_scale: float = 1.0
@@ -93,7 +93,7 @@ PART_NET_FEATURES = ("global_avg", "fc7", "cbp")
 
 @dataclass(frozen=True)
 class PartNetsConfig:
-    """Head and body part networks (method.md 7): one trunk per part on a bilinear crop of the model input.
+    """Head and body part networks (docs/method.md 7): one trunk per part on a bilinear crop of the model input.
 
     Each part's box comes from keypoints by the section 7 rule (``fgdeploy.reference.part_boxes``): ground truth
     in training, predicted keypoints and visibility at test. The crop is resized to ``crop_size`` and run
@@ -107,7 +107,7 @@ class PartNetsConfig:
     feature: str = "cbp"                         # global_avg | fc7 (GAP of the fc7 map) | cbp (compact bilinear)
     cbp_dim: int = 5000
     cbp_seed: int = 1                            # head uses cbp_seed, body cbp_seed + 1
-    crop_size: int = 448                         # method.md 7: 224 with fc7 features, 448 with compact bilinear
+    crop_size: int = 448                         # docs/method.md 7: 224 with fc7 features, 448 with compact bilinear
     padding: float = 0.15                        # box side fraction added on each side
     min_side: float = 32.0                       # smallest box side, input pixels
     dropout: float = 0.5                         # dropout of each part net's own classifier (fine-tuning stage)
@@ -135,7 +135,7 @@ class PartNetsConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The whole PoseNormalizedNet (method.md sections 1-6)."""
+    """The whole PoseNormalizedNet (docs/method.md sections 1-6)."""
 
     name: str = "cub_vgg16_fc7"
     input_size: int = 500                        # S: images are warped to S x S
@@ -147,7 +147,7 @@ class ModelConfig:
     visibility_threshold: float = 0.5
     mean: tuple[float, ...] = IMAGENET_MEAN      # RGB normalisation applied inside the model to [0, 1] inputs
     std: tuple[float, ...] = IMAGENET_STD
-    part_nets: PartNetsConfig | None = None      # head/body part networks (method.md 7); None = without
+    part_nets: PartNetsConfig | None = None      # head/body part networks (docs/method.md 7); None = without
 
     def __post_init__(self) -> None:
         if self.input_size < 16:

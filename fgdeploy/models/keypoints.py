@@ -1,6 +1,6 @@
 """Keypoint decoding in torch: argmax cell (first maximum) -> cell centre in input pixels.
 
-Mirrors ``fgdeploy.geometry.cell_to_point`` (method.md sections 2 and 4a) and is tested
+Mirrors ``fgdeploy.geometry.cell_to_point`` (docs/method.md sections 2 and 4a) and is tested
 against it. Only static shapes and tensor ops: exportable, no data-dependent Python.
 """
 

@@ -1,7 +1,7 @@
-"""Keypoint targets and the pixelwise sigmoid cross-entropy loss (method.md section 3).
+"""Keypoint targets and the pixelwise sigmoid cross-entropy loss (docs/method.md section 3).
 
 Targets: one positive cell per visible keypoint, the cell holding it (j = min(Wh-1, floor(u Wh / S)),
-i likewise, the one mapping of method.md 2/4a); an invisible keypoint's map is all zero.
+i likewise, the one mapping of docs/method.md 2/4a); an invisible keypoint's map is all zero.
 Loss: sum over cells, mean over N * P. The NumPy oracle is ``fgdeploy.reference.keypoint_loss``.
 """
 
@@ -62,7 +62,7 @@ def keypoint_bce_loss(logits: Tensor, targets: Tensor, pos_weight: float | None 
     Args:
         logits: (N, P, Hh, Wh) raw scores.
         targets: (N, P, Hh, Wh) targets in [0, 1] (``keypoint_targets``).
-        pos_weight: optional weight of the positive term (an ablation, method.md 3). Defaults to None (1).
+        pos_weight: optional weight of the positive term (an ablation, docs/method.md 3). Defaults to None (1).
 
     Returns:
         Scalar loss in the dtype of ``logits``.

@@ -1,4 +1,4 @@
-"""PoseNormalizedNet: keypoint heatmaps -> coordinate transfer -> [parts ; holistic] -> FC (method.md 1-6).
+"""PoseNormalizedNet: keypoint heatmaps -> coordinate transfer -> [parts ; holistic] -> FC (docs/method.md 1-6).
 
 Paper default: two separate trunks, a localization net (backbone + 1x1 score convs, P heatmaps) and a
 classification net whose ``transfer_layer`` map is pooled around each keypoint by the custom op
@@ -41,7 +41,7 @@ class PoseNormalizedNet(nn.Module):
         cls_net: classification trunk, or None when shared.
         keypoint_head: 1x1 score conv(s) -> (N, P, Hh, Wh) logits.
         holistic: holistic branch, or None for holistic "none".
-        part_nets: head/body part networks (method.md 7), or None without ``part_nets`` in the config.
+        part_nets: head/body part networks (docs/method.md 7), or None without ``part_nets`` in the config.
         classifier: L2 per block, concat, dropout, FC.
     """
 
@@ -113,7 +113,7 @@ class PoseNormalizedNet(nn.Module):
         return self.classification_trunk.feature_hw(self._transfer_layer, self.input_size)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Disjoint parameter groups covering every parameter (contracts.md), for the training stages.
+        """Disjoint parameter groups covering every parameter, for the training stages.
 
         keypoint_score: the 1x1 score conv(s); localization: the localization trunk (the shared trunk when
         ``shared_backbone``); classification: the classification trunk (empty when shared); classifier: the
@@ -234,7 +234,7 @@ class PoseNormalizedNet(nn.Module):
         part_heatmaps: torch.Tensor | None,
         part_visible: torch.Tensor | None,
     ) -> torch.Tensor:
-        """(N, P, C) pooled part features, zeroed for invisible parts (method.md section 4)."""
+        """(N, P, C) pooled part features, zeroed for invisible parts (docs/method.md section 4)."""
         cls = self.config.classification
         visible: torch.Tensor | None
         if part_heatmaps is not None:  # training on ground-truth locations

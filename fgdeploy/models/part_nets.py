@@ -1,4 +1,4 @@
-"""Head and body part networks (method.md 7, the paper's 85.92 % system): boxes, crops, trunks, features.
+"""Head and body part networks (docs/method.md 7, the paper's 85.92 % system): boxes, crops, trunks, features.
 
 ``PartNets`` turns keypoints into head/body boxes (``fgdeploy.ops.part_boxes``), crops each box out of the
 normalised model input by bilinear sampling (``fgdeploy.ops.part_crop``: one GridSample node in ONNX), runs

@@ -1,4 +1,4 @@
-"""VGG-16 cast fully convolutional, as in the paper (method.md sections 2-3).
+"""VGG-16 cast fully convolutional, as in the paper (docs/method.md sections 2-3).
 
 Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition",
 ICLR 2015; FCN form after Long, Shelhamer & Darrell, CVPR 2015.

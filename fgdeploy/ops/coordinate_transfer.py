@@ -1,4 +1,4 @@
-"""The CoordinateTransfer op as a torch custom op (method.md section 4a).
+"""The CoordinateTransfer op as a torch custom op (docs/method.md section 4a).
 
 ``torch.ops.fgdeploy.coordinate_transfer(heatmaps, features, window=3, mode=0) -> pooled``
 
@@ -154,7 +154,7 @@ def coordinate_transfer_backward(
 
 @torch.library.custom_op("fgdeploy::coordinate_transfer", mutates_args=())
 def coordinate_transfer_op(heatmaps: Tensor, features: Tensor, window: int = 3, mode: int = 0) -> Tensor:
-    """Pool ``features`` around each heatmap's argmax (method.md 4a). Returns (N, P, C)."""
+    """Pool ``features`` around each heatmap's argmax (docs/method.md 4a). Returns (N, P, C)."""
     check_coordinate_transfer_args(heatmaps, features, window, mode)
     return coordinate_transfer_forward(heatmaps, features, window, mode)
 
@@ -184,7 +184,7 @@ coordinate_transfer_op.register_autograd(_backward, setup_context=_setup_context
 
 
 def coordinate_transfer(heatmaps: Tensor, features: Tensor, window: int = 3, mode: int = 0) -> Tensor:
-    """Coordinate transfer (method.md 4a): pool features around each part's heatmap argmax.
+    """Coordinate transfer (docs/method.md 4a): pool features around each part's heatmap argmax.
 
     Args:
         heatmaps: (N, P, Hh, Wh) scores (or one-hot targets in training); never receives a gradient.

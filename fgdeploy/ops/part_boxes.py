@@ -1,6 +1,6 @@
 """Head and body boxes from keypoints in torch: batched, no data-dependent Python control flow (exports to ONNX).
 
-The rule is method.md section 7, as in the NumPy reference ``fgdeploy.reference.part_boxes`` (the oracle
+The rule is docs/method.md section 7, as in the NumPy reference ``fgdeploy.reference.part_boxes`` (the oracle
 this is tested against): tight box around the visible keypoints of the set, +``padding`` per side, clipped,
 each side at least ``min_side`` (widened about the centre, kept inside the image), the whole image when no
 keypoint of the set is visible. Computed in float32 whatever the keypoints' dtype (fp16 rounding of a

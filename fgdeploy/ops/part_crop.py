@@ -17,7 +17,7 @@ __all__ = ["crop_box", "crop_grid"]
 def crop_grid(boxes: torch.Tensor, image_hw: tuple[int, int], size: int) -> torch.Tensor:
     """(N, size, size, 2) grid_sample coordinates of the output pixel centres of each box.
 
-    With align_corners=False, normalised x = 2 u / W - 1 for a continuous coordinate u (method.md 2), and output
+    With align_corners=False, normalised x = 2 u / W - 1 for a continuous coordinate u (docs/method.md 2), and output
     pixel j of the crop sits at u = x0 + (j + 0.5) (x1 - x0) / size. Float64 boxes give a float64 grid (tests),
     others float32.
     """

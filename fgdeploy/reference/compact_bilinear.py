@@ -1,4 +1,4 @@
-"""NumPy reference of compact bilinear pooling by Random Maclaurin projection (method.md 10).
+"""NumPy reference of compact bilinear pooling by Random Maclaurin projection (docs/method.md 10).
 
 phi(x_s) = (W1 x_s) * (W2 x_s) / sqrt(d) per location s; y = sum_s phi(x_s);
 z = normalize(sign(y) sqrt(|y| + EPS_SQRT)), dividing by max(||.||_2, EPS_L2).

@@ -1,4 +1,4 @@
-"""NumPy reference of the CoordinateTransfer op (method.md section 4a), written for clarity, not speed.
+"""NumPy reference of the CoordinateTransfer op (docs/method.md section 4a), written for clarity, not speed.
 
 Also ``make_coordinate_transfer_inputs``: random test inputs with planted heatmap ties, maxima on every
 border and optional feature ties, shared by the torch, ONNX, CUDA and TensorRT parity tests.

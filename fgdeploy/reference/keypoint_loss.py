@@ -1,4 +1,4 @@
-"""NumPy reference of the keypoint targets and the pixelwise sigmoid cross-entropy loss (method.md 3).
+"""NumPy reference of the keypoint targets and the pixelwise sigmoid cross-entropy loss (docs/method.md 3).
 
 L = (1 / (N P)) sum_{n,p,i,j} [ w t softplus(-z) + (1 - t) softplus(z) ],  softplus(z) = log(1 + e^z),
 which equals -[w t log s(z) + (1 - t) log(1 - s(z))]; w = pos_weight (1 by default).

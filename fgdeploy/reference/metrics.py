@@ -1,4 +1,4 @@
-"""PCK, the keypoint localisation metric (method.md section 12; Long, Zhang, Darrell, NIPS 2014).
+"""PCK, the keypoint localisation metric (docs/method.md section 12; Long, Zhang, Darrell, NIPS 2014).
 
 A predicted keypoint is correct when ||pred - gt||_2 <= alpha * max(w, h) of the GT bird box. Only
 GT-visible keypoints count. NumPy only; ``fgdeploy.evaluate`` uses this one definition.

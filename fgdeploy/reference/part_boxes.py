@@ -1,10 +1,10 @@
-"""Head and body boxes from keypoints, their IoU and PCP (method.md sections 7 and 12 (a)); NumPy only.
+"""Head and body boxes from keypoints, their IoU and PCP (docs/method.md sections 7 and 12 (a)); NumPy only.
 
-The box rule (method.md 7): the tight box around the VISIBLE keypoints of the part's set, each side moved out
+The box rule (docs/method.md 7): the tight box around the VISIBLE keypoints of the part's set, each side moved out
 by ``padding`` (15 %) of the box's width (left/right) or height (top/bottom), clipped to the image; a side
 shorter than ``min_side`` (32 px, or the image side if smaller) is widened to it about the box centre, the
 centre shifted so the box stays inside the image; with no visible keypoint of the set, the whole image.
-Coordinates are continuous pixels, boxes [x0, y0, x1, y1] (method.md 2).
+Coordinates are continuous pixels, boxes [x0, y0, x1, y1] (docs/method.md 2).
 
 This is the oracle: written per box with plain loops; ``fgdeploy.ops.part_boxes`` is the batched torch
 version tested against it.
@@ -117,7 +117,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def pcp(pred_boxes: np.ndarray, gt_boxes: np.ndarray, threshold: float = PCP_IOU) -> np.ndarray:
-    """Head/body PCP (method.md 12 (a)): fraction of images whose predicted box has IoU >= ``threshold``.
+    """Head/body PCP (docs/method.md 12 (a)): fraction of images whose predicted box has IoU >= ``threshold``.
 
     Args:
         pred_boxes, gt_boxes: (N, B, 4) in the same pixel frame.

@@ -1,7 +1,7 @@
 """NumPy reference of the part crop: a box of the image resampled bilinearly to a size x size grid.
 
 Output pixel (i, j) of an ``size`` x ``size`` crop of box [x0, y0, x1, y1] samples the image at the continuous
-point u = x0 + (j + 0.5) (x1 - x0) / size, v = y0 + (i + 0.5) (y1 - y0) / size (method.md 2: pixel k covers
+point u = x0 + (j + 0.5) (x1 - x0) / size, v = y0 + (i + 0.5) (y1 - y0) / size (docs/method.md 2: pixel k covers
 [k, k + 1), its centre is k + 0.5). Bilinear weights use the pixel centres; a point within half a pixel
 of the border takes the border pixel (``grid_sample``'s padding_mode="border", align_corners=False).
 The gradient goes to the image only (the box is a constant, as the keypoints it comes from).

@@ -1,7 +1,7 @@
-"""Training configuration: a ``TrainConfig`` with one ``StageConfig`` per paper stage (method.md section 8).
+"""Training configuration: a ``TrainConfig`` with one ``StageConfig`` per paper stage (docs/method.md section 8).
 
 Defaults come in two presets: ``small`` (tuned for the ``demo`` config on synth-birds, trains from scratch
-on a 2-core CPU) and ``paper`` (method.md section 8 defaults for the ImageNet-initialised VGG-16 configs).
+on a 2-core CPU) and ``paper`` (docs/method.md section 8 defaults for the ImageNet-initialised VGG-16 configs).
 A model YAML may carry a ``train:`` mapping that overrides preset fields; CLI options override both.
 """
 
@@ -43,8 +43,8 @@ class TrainConfig:
     workers: int = 0                 # DataLoader worker processes
     device: str = "auto"             # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     val_fraction: float = 0.1        # of the train split, held out (stratified) for validation / best.pt
-    augment: bool = True             # flip + scale-crop jitter (method.md section 9) on the train split
-    optimizer: str = "sgd"           # "sgd" (method.md section 8) or "adamw"
+    augment: bool = True             # flip + scale-crop jitter (docs/method.md section 9) on the train split
+    optimizer: str = "sgd"           # "sgd" (docs/method.md section 8) or "adamw"
     momentum: float = 0.9            # SGD momentum (AdamW: beta1)
     weight_decay: float = 5e-4       # on all trained parameters (SGD L2; AdamW decoupled)
     nesterov: bool = False
@@ -93,7 +93,7 @@ SMALL_PRESET = TrainConfig(
     stage4=StageConfig(epochs=5, lr=0.005, head_lr=0.0005),
 )
 
-# method.md section 8 defaults for ImageNet-initialised VGG-16 (cub_vgg16_fc7, cub_vgg16_cbp).
+# docs/method.md section 8 defaults for ImageNet-initialised VGG-16 (cub_vgg16_fc7, cub_vgg16_cbp).
 PAPER_PRESET = TrainConfig(
     batch_size=8,
     checkpoint_every=200,

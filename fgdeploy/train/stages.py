@@ -1,6 +1,6 @@
-"""The paper's four training stages (method.md section 8): which parameters learn, at which LR, on what.
+"""The paper's four training stages (docs/method.md section 8): which parameters learn, at which LR, on what.
 
-0. (models with part nets only, method.md 7) the head and body nets alone, each with its own classifier, on
+0. (models with part nets only, docs/method.md 7) the head and body nets alone, each with its own classifier, on
    crops of the GROUND-TRUTH boxes; nothing else learns;
 1. keypoint score layer only, on frozen localization features;
 2. the whole localization net (score layer at ``head_lr``, the rest at the smaller ``lr``);

@@ -203,7 +203,7 @@ def validate(model: nn.Module, data: TrainData, device: torch.device, info: D.Di
 def calibrate_visibility(net: Any, data: TrainData, device: torch.device, info: D.DistInfo, amp: bool) -> float | None:
     """Set ``net.config.visibility_threshold`` to the value that best separates visible from invisible parts.
 
-    The model zeroes a part's features at test when its max sigmoid is below the threshold (method.md 4). With
+    The model zeroes a part's features at test when its max sigmoid is below the threshold (docs/method.md 4). With
     a fine heatmap grid the probability of a keypoint is shared by neighbouring cells, so peaks stay well
     below the default 0.5 and nearly every part would be dropped. The threshold maximising visibility
     accuracy on the held-out split is written into the model config (and so into every checkpoint).

@@ -1,6 +1,6 @@
 /*
- * C ABI around the CoordinateTransfer launcher, for ctypes (fgdeploy/kernel_library.py) and tests.
- * Needs CUDA only, no TensorRT. Build: see plugins/README.md (or fgdeploy.plugins.build_kernel_library).
+ * C ABI around the CoordinateTransfer launcher, for ctypes (fgdeploy/native/kernels.py) and tests.
+ * Needs CUDA only, no TensorRT. Build: see plugins/README.md (or fgdeploy.native.build.build_kernel_library).
  */
 #include "coordTransferKernel.h"
 

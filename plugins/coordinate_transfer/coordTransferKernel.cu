@@ -84,7 +84,7 @@ __host__ __device__ __forceinline__ Window windowAround(
 {
     int64_t const i = cell / heatW;
     int64_t const j = cell - i * heatW;
-    // Integer centre mapping of method.md 4a: cy = ((2 i + 1) Hf) div (2 Hh), clamped.
+    // Integer centre mapping of docs/method.md 4a: cy = ((2 i + 1) Hf) div (2 Hh), clamped.
     int64_t const cy = clampI64((2 * i + 1) * featH / (2 * heatH), 0, featH - 1);
     int64_t const cx = clampI64((2 * j + 1) * featW / (2 * heatW), 0, featW - 1);
     int64_t const half = window / 2;

@@ -1,5 +1,5 @@
 /*
- * CoordinateTransfer forward kernel (fgdeploy, docs: method.md section 4a, README.md here).
+ * CoordinateTransfer forward kernel (fgdeploy, docs: docs/method.md section 4a, README.md here).
  *
  * The launcher knows nothing about TensorRT: the plugin (coordTransferPlugin.cpp) and the
  * C-ABI shim for ctypes (coordTransferCapi.cpp) both call it with device pointers.

@@ -1,5 +1,5 @@
 /*
- * TensorRT IPluginV3 plugin for fgdeploy's CoordinateTransfer op (method.md section 4a).
+ * TensorRT IPluginV3 plugin for fgdeploy's CoordinateTransfer op (docs/method.md section 4a).
  *
  * Identity: name "CoordinateTransfer", version "1", namespace "fgdeploy" (mirrors fgdeploy/tensors.py).
  * Inputs: heatmaps (N, P, Hh, Wh), features (N, C, Hf, Wf), same type, FP32 or FP16, linear.

@@ -23,7 +23,7 @@ def test_open_runner_maps_aliases_to_classes(tiny_onnx):
 
 
 def test_open_runner_unknown_backend_lists_valid():
-    with pytest.raises(ConfigError, match=r"unknown backend 'tensorflow'; valid backends: onnx, onnxruntime, ort, pytorch, tensorrt, torch, trt$"):
+    with pytest.raises(ConfigError, match=r"unknown backend 'tensorflow'; valid backends: onnx, onnxruntime, openvino, ort, ov, pytorch, tensorrt, torch, trt$"):
         open_runner("tensorflow", "x")
 
 

@@ -68,7 +68,7 @@ def test_vgg16_tiny_loaded_from_torchvision_file_matches_linear_classifier(tmp_p
 
 
 def test_vgg16_paper_geometry_on_meta_device():
-    # 500 -> 250 -> 125 -> 63 -> 32 -> 16 (ceil-mode pools) -> fc6 7x7 no padding -> 10x10 (method.md sec. 2).
+    # 500 -> 250 -> 125 -> 63 -> 32 -> 16 (ceil-mode pools) -> fc6 7x7 no padding -> 10x10 (docs/method.md sec. 2).
     layers = ["conv3_3", "pool3", "conv4_3", "pool4", "conv5_3", "pool5", "fc6", "fc7"]
     with torch.device("meta"):
         bb = create_backbone("vgg16", layers)

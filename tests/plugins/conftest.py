@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fgdeploy.kernel_library import KernelLibrary, load_kernel_library
-from fgdeploy.plugins import ENV_TRT_INCLUDE, find_nvcc, local_gpu_arch
+from fgdeploy.native.kernels import KernelLibrary, load_kernel_library
+from fgdeploy.native.build import ENV_TRT_INCLUDE, find_nvcc, local_gpu_arch
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,7 +1,7 @@
 """A small stand-in for the ``tensorrt`` module that records what the builder asks for.
 
 It models only what ``fgdeploy.export.tensorrt`` and ``trt_support`` touch, plus the ONNX parser's
-plugin dispatch as read in the parser sources (shared/docs/tensorrt.md section 6.1): a
+plugin dispatch as read in the parser sources (docs/deploy.md, "TensorRT and the plugin"): a
 ``fgdeploy::CoordinateTransfer`` node becomes a PLUGIN_V3 layer when a matching creator is registered and
 the node carries ``plugin_namespace`` or the parser flag ENABLE_PLUGIN_OVERRIDE is set; otherwise its
 local function is inlined into ordinary layers.

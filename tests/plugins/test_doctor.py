@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import fgdeploy.plugins as plugins
+import fgdeploy.native.build as plugins
 from fgdeploy.cli import cli
 
 
@@ -23,11 +23,13 @@ def test_doctor_json_reports_every_component_and_why_tensorrt_is_missing(monkeyp
     result = CliRunner().invoke(cli, ["doctor", "--json", "--no-build"])
     assert result.exit_code == 0, result.output
     rows = {row["component"]: row for row in json.loads(result.stdout)}
-    for component in ("python", "fgdeploy", "torch", "onnxruntime", "tensorrt", "nvcc", "kernel library",
+    for component in ("python", "fgdeploy", "torch", "onnxruntime", "openvino", "tritonclient", "tensorrt", "nvcc",
+                      "kernel library",
                       "tensorrt headers", "trt plugin library", "cuda driver"):
         assert component in rows, sorted(rows)
     assert rows["tensorrt"]["status"] == "missing" and "pip install tensorrt-cu13" in rows["tensorrt"]["detail"]
     assert "CPUExecutionProvider" in rows["onnxruntime"]["detail"]
+    assert rows["openvino"]["status"] == "missing" or "CPU" in rows["openvino"]["detail"]
     assert all(row["status"] in ("ok", "missing", "warn", "error") for row in rows.values())
     assert any(c.startswith("gpu") for c in rows)
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fgdeploy.ops  # noqa: F401  registers torch.ops.fgdeploy.coordinate_transfer
-from fgdeploy.kernel_library import KernelLibrary
+from fgdeploy.native.kernels import KernelLibrary
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_kernel_check.py"
 

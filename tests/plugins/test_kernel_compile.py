@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from fgdeploy.plugins import KERNEL_SOURCES, PLUGIN_DIR, gencode_flags
+from fgdeploy.native.build import KERNEL_SOURCES, PLUGIN_DIR, gencode_flags
 
 
 def _compile(nvcc: Path, source: Path, out: Path, archs: list[str]) -> subprocess.CompletedProcess[str]:

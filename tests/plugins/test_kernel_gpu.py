@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fgdeploy.ops  # noqa: F401  registers torch.ops.fgdeploy.coordinate_transfer
-from fgdeploy.kernel_library import KernelLibrary, compare_to_reference
+from fgdeploy.native.kernels import KernelLibrary, compare_to_reference
 from fgdeploy.reference.coordinate_transfer import coordinate_transfer as reference
 from fgdeploy.reference.coordinate_transfer import make_coordinate_transfer_inputs
 

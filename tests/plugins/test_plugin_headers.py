@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fgdeploy.plugins import PLUGIN_DIR, build_plugin_library, tensorrt_header_version
+from fgdeploy.native.build import PLUGIN_DIR, build_plugin_library, tensorrt_header_version
 
 HERE = Path(__file__).resolve().parent
 PLUGIN_CPP = ("coordinate_transfer/coordTransferPlugin.cpp", "fgdeployPlugins.cpp", "common/pluginLogger.cpp")

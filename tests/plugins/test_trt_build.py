@@ -137,7 +137,7 @@ def test_build_engine_refuses_silent_inlining_and_names_the_cause(fake_trt: Any,
 def test_build_engine_without_plugin_library_says_how_to_get_one(fake_trt: Any, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     fake_trt()
-    import fgdeploy.plugins as plugins
+    import fgdeploy.native.build as plugins
 
     monkeypatch.setattr(plugins, "find_plugin_library", lambda *a, **k: None)
     monkeypatch.setattr(plugins, "find_tensorrt_include", lambda *a, **k: None)
@@ -150,6 +150,25 @@ def test_build_engine_plugin_library_without_creator_fails(fake_trt: Any, tmp_pa
     trt.registry.library_registers = False
     with pytest.raises(trt_support.PluginLibraryError, match="registers no fgdeploy::CoordinateTransfer"):
         build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", EngineBuildConfig(plugin_library=plugin_lib))
+
+
+def test_plugin_library_that_registered_itself_on_load_is_accepted(fake_trt: Any, plugin_lib: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """FGDEPLOY_PLUGIN_AUTOREGISTER=1 in this process: the library's constructor registers the creator during
+    dlopen, so TensorRT's loadLibrary then refuses it (returns None); the creator is there all the same."""
+    trt = fake_trt()
+
+    def load_and_refuse(path: str) -> Any:
+        trt.registry.creators.add(("CoordinateTransfer", "1", "fgdeploy"))
+        return None
+
+    monkeypatch.setattr(trt.registry, "load_library", load_and_refuse)
+    trt_support.load_plugin_library(plugin_lib)
+    trt.registry.creators.clear()
+    monkeypatch.setattr(trt_support, "_LOADED_PLUGIN_LIBRARIES", {})
+    monkeypatch.setattr(trt.registry, "load_library", lambda path: None)   # refused and nothing registered
+    with pytest.raises(trt_support.PluginLibraryError, match="could not load the plugin library"):
+        trt_support.load_plugin_library(plugin_lib)
 
 
 def test_plugin_library_is_loaded_once_per_process(fake_trt: Any, plugin_lib: Path) -> None:

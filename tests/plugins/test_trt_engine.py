@@ -15,7 +15,7 @@ import pytest
 
 from fgdeploy.backends.trt_support import import_tensorrt
 from fgdeploy.errors import BackendUnavailable
-from fgdeploy.kernel_library import compare_to_reference
+from fgdeploy.native.kernels import compare_to_reference
 
 SHAPES = {"heatmaps": (15, 10, 10), "features": (64, 32, 32)}
 
@@ -29,7 +29,7 @@ def _available() -> str | None:
 
     if not torch.cuda.is_available():
         return "no CUDA GPU"
-    from fgdeploy.plugins import find_plugin_library, find_tensorrt_include
+    from fgdeploy.native.build import find_plugin_library, find_tensorrt_include
 
     if find_plugin_library() is None and find_tensorrt_include() is None:
         return "no plugin library and no TensorRT headers to build one"

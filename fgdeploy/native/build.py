@@ -3,7 +3,7 @@
 Two libraries come from the same CUDA kernel source:
 
 - the **kernel library** (``libfgdeploy_ct_kernels``): the CoordinateTransfer launcher behind a C ABI,
-  loaded with ctypes (``fgdeploy.kernel_library``). It needs only nvcc and a CUDA GPU, no TensorRT, so the
+  loaded with ctypes (``fgdeploy.native.kernels``). It needs only nvcc and a CUDA GPU, no TensorRT, so the
   kernel is testable against the torch op and the NumPy reference anywhere;
 - the **TensorRT plugin library** (``libfgdeploy_plugins``): the IPluginV3 plugin; compiling it needs
   the TensorRT headers (``TENSORRT_INCLUDE_DIR``) but not the TensorRT libraries.
@@ -31,7 +31,7 @@ from fgdeploy.fileio import current_umask, file_sha256
 
 logger = logging.getLogger(__name__)
 
-PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins"
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugins"
 KERNEL_SOURCES: tuple[str, ...] = (
     "coordinate_transfer/coordTransferKernel.cu",
     "coordinate_transfer/coordTransferCapi.cpp",
@@ -216,7 +216,8 @@ def plugin_build_spec(tensorrt_include: str | Path, archs: Sequence[str] | None 
     version = tensorrt_header_version(include) or "unknown"
     # The version is part of the name (find_plugin_library matches it) and of the hashed flags.
     flags = ["-isystem", str(include), *gencode_flags(archs or DEFAULT_ARCHS)]
-    return BuildSpec(f"libfgdeploy_plugins-trt{version}", PLUGIN_SOURCES, (*flags, f"-DFGDEPLOY_TRT={version}"))
+    return BuildSpec(f"libfgdeploy_plugins-trt{version}", PLUGIN_SOURCES,
+                     (*flags, f"-DFGDEPLOY_TRT={version}", "-ldl"))   # dlopen: FGDEPLOY_PLUGIN_AUTOREGISTER
 
 
 def build_kernel_library(out_dir: str | Path | None = None, archs: Sequence[str] | None = None,

@@ -1,6 +1,6 @@
 """ctypes access to the CoordinateTransfer CUDA kernel (``libfgdeploy_ct_kernels``), no TensorRT needed.
 
-``load_kernel_library()`` builds the library with nvcc if needed (``fgdeploy.plugins``) and returns a
+``load_kernel_library()`` builds the library with nvcc if needed (``fgdeploy.native.build``) and returns a
 ``KernelLibrary``: ``forward`` runs the kernel on torch CUDA tensors (current stream), ``forward_host``
 runs the kernel's per-element code on the CPU on numpy arrays. ``compare_to_reference`` states the
 kernel's numerical contract (also in plugins/coordinate_transfer/README.md).
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fgdeploy.plugins import PluginBuildError, build_kernel_library
+from fgdeploy.native.build import PluginBuildError, build_kernel_library
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +31,7 @@ class KernelLibrary:
             lib = ctypes.CDLL(str(self.path))
         except OSError as exc:
             raise PluginBuildError(f"cannot load kernel library {self.path}: {exc}; rebuild it with "
-                                   "fgdeploy.plugins.build_kernel_library(force=True)") from exc
+                                   "fgdeploy.native.build.build_kernel_library(force=True)") from exc
         i64, i32, vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
         lib.fgdeploy_ct_abi_version.restype = i32
         lib.fgdeploy_ct_abi_version.argtypes = []
@@ -109,7 +109,7 @@ class KernelLibrary:
         Args:
             heatmaps: (N, P, Hh, Wh) CUDA tensor, float32 or float16.
             features: (N, C, Hf, Wf) CUDA tensor of the same dtype and device.
-            window, mode: as in method.md 4a.
+            window, mode: as in docs/method.md 4a.
             out: optional contiguous (N, P, C) output tensor.
 
         Returns:
