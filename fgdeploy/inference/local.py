@@ -51,6 +51,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 # exit codes of `fgdeploy infer` (1 = fgdeploy error, 2 = bad option, as for every command)
 EXIT_OK = 0            # finished; some images may have failed (see the errors file)
 EXIT_ALL_FAILED = 3    # every image this run tried failed to decode
+# Images with more pixels are refused (from the header, before decoding): 2**28, a 16384 x 16384 image, 768 MiB
+# decoded as RGB (twice that while converting). Real photos pass (a 200 MP phone photo is 16320 x 12240, 2.0e8);
+# decompression bombs (a few KB of PNG or JPEG declaring 50000 x 50000) do not.
+DEFAULT_MAX_PIXELS = 1 << 28
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,14 +132,16 @@ def read_rgb(path: str) -> np.ndarray:
     return read_rgb_sized(path)[0]
 
 
-def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None,
+                   max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """`read_rgb`, plus the file's own (H, W); with ``reduce_to`` = (H, W), a JPEG at least twice that size
-    is decoded at 1/2, 1/4 or 1/8 scale (``fgdeploy.data.images.read_image_reduced``).
+    is decoded at 1/2, 1/4 or 1/8 scale (``fgdeploy.data.images.read_image_reduced``). ``max_pixels``: larger
+    images are refused, from the header before decoding where it is read (``check_pixels``).
 
     Raises:
-        ImageError: as `read_rgb`.
+        ImageError: as `read_rgb`; or the image has more than ``max_pixels`` pixels.
     """
-    from fgdeploy.data.images import probe_image, read_image_reduced, read_image_with_info
+    from fgdeploy.data.images import TooManyPixelsError, probe_image, read_image_reduced, read_image_with_info
 
     try:
         size = os.path.getsize(path)
@@ -146,9 +152,11 @@ def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None) -> tuple
     truncated = ImageError(f"{path}: truncated JPEG ({size} bytes, no end-of-image marker)")
     try:
         if reduce_to is None:
-            image, info = read_image_with_info(path)
+            image, info = read_image_with_info(path, max_pixels)
         else:
-            image, info, _ = read_image_reduced(path, reduce_to)
+            image, info, _ = read_image_reduced(path, reduce_to, max_pixels)
+    except TooManyPixelsError:
+        raise
     except ImageError:
         if probe_image(path).truncated:   # say why the decoder gave up
             raise truncated from None
@@ -167,15 +175,16 @@ def resize_input(image: np.ndarray, size: int) -> np.ndarray:
     return resize_image(image, (size, size))
 
 
-def decode_one(path: str, size: int, keep_original: bool = False, fast_decode: bool = False) -> Decoded:
+def decode_one(path: str, size: int, keep_original: bool = False, fast_decode: bool = False,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode and resize one file; never raises for a bad file (the reason goes in ``error``).
 
     ``fast_decode``: a large JPEG is decoded at a reduced scale first (`read_rgb_sized`); not combined
-    with ``keep_original``, which needs the full image.
+    with ``keep_original``, which needs the full image. ``max_pixels``: larger images are refused (None: no limit).
     """
     try:
         reduce_to = (size, size) if fast_decode and not keep_original else None
-        image, size_hw = read_rgb_sized(path, reduce_to)
+        image, size_hw = read_rgb_sized(path, reduce_to, max_pixels=max_pixels)
         resized = resize_input(image, size)
         return Decoded(path, resized, size_hw, image if keep_original else None)
     except (ImageError, OSError) as exc:
@@ -199,6 +208,7 @@ class InferOptions:
     save_vis: Path | None = None    # folder for copies of the images with keypoints and top-1 drawn
     queue_batches: int = 2          # prepared batches waiting for the predictor (bounds memory)
     fast_decode: bool = False       # JPEGs >= 2x the input: DCT-domain 1/2, 1/4, 1/8 decode (not with save_vis)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS   # larger images are refused from their header (None/0: no limit)
 
 
 @dataclass
@@ -215,6 +225,7 @@ class InferReport:
     errors_file: Path
     vis_dir: Path | None = None
     errors: list[tuple[str, str]] = field(default_factory=list)   # (path, reason) for this run
+    worker_deaths: int = 0          # --ray: workers that died during the run (their blocks were sent again)
 
     @property
     def images_per_s(self) -> float:
@@ -233,6 +244,8 @@ class InferReport:
                  f"results: {self.out} ({plural(self.scored, 'image')})",
                  f"errors:  {self.errors_file} ({plural(self.failed, 'image')})"]
         lines += [f"images with keypoints: {self.vis_dir}"] if self.vis_dir else []
+        lines += [f"workers died {plural(self.worker_deaths, 'time')} (a lost node, an out-of-memory kill or a file "
+                  "that crashes the decoder); their images were sent again"] if self.worker_deaths else []
         lines += [f"  {p}: {r}" for p, r in self.errors[:max_errors]]
         lines += [f"  ... and {len(self.errors) - max_errors} more"] if len(self.errors) > max_errors else []
         return lines
@@ -276,7 +289,7 @@ def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOp
             while True:
                 while len(window) < window_size and (p := next(it, None)) is not None:
                     window.append(pool.submit(decode_one, p, predictor.input_size, keep_original,
-                                              options.fast_decode))
+                                              options.fast_decode, options.max_pixels))
                 if not window or stop.is_set():
                     break
                 pending.append(window.popleft().result())
