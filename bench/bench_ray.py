@@ -5,14 +5,14 @@
    top-k for both. Every run is a fresh process, as a user's command is: local `infer` and `infer --ray` (a
    local Ray instance with all cores) alternate --repeats times per job size (--images, e.g. 2000,20000) and
    the medians are kept. Compared: end-to-end img/s as each run reports it (images / seconds from the first
-   image sent to decoding until OUT is written; for Ray that includes starting Ray Data's actors), and the same
+   image sent to decoding until OUT is written; for Ray that includes starting the model actors), and the same
    with the whole call's wall time (adds the Ray instance, model probe, model load). From two job sizes, each
    mode's time is fitted as fixed + images / steady rate: Ray's fixed cost and steady-state ratio say how
    the ratio changes with the job's size. Also recorded: CPU time per image of each run's whole process tree
    (for Ray: driver, GCS, raylet, workers, sampled so that actors that end count too), which bounds img/s
    when the cores are the limit. --compare-threads times --ray with N ONNX Runtime threads per actor too.
    Target: Ray / local >= 0.8. --address HOST:PORT runs the --ray side on a running cluster instead (e.g. a
-   loopback `ray start --head` on this machine): what a run costs once Ray and Ray Data's helper actors are up;
+   loopback `ray start --head` on this machine): what a run costs once Ray is up;
    CPU time is then that of the whole machine (/proc/stat) for both modes, so run it on an idle machine.
 2. Driver peak RSS: `infer --ray` over 500 and over 5,000 images (symlinks to 500 JPEGs under distinct
    names), each in a fresh process with a small-width model: the peak RSS of the driver during the run
@@ -87,7 +87,7 @@ def cpu_meter(args: argparse.Namespace) -> "TreeCpuMeter | MachineCpuMeter":
 class TreeCpuMeter:
     """CPU seconds used by this process and all its descendants while the meter runs (Linux /proc): for Ray, the
     driver plus the instance it started (GCS, raylet, task and actor workers). Sampled every ``interval`` s,
-    so that processes that end during the run (Ray Data kills its actors when a dataset is done, and the raylet
+    so that processes that end during the run (the run kills its actors when it is done, and the raylet
     does not account for its reaped workers) count with their last sample: at most ``interval`` s of theirs
     is missed."""
 

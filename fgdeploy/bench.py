@@ -115,29 +115,12 @@ def bench_end_to_end(predictor: Predictor, name: str, images: str | Path, batch:
     return BenchResult.from_latencies(label, "end-to-end", batch, gaps, "wall", report.images_per_s)
 
 
-CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-                         "amx_bf16")   # what decides the int8 / bf16 kernels ONNX Runtime and OpenVINO can use
-
-
-def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
-    """The CPU model name and which of ``CPU_FLAGS_OF_INTEREST`` it has (Linux; empty elsewhere)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return {"model": platform.processor() or None, "flags": None}
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in ("model name", "flags") and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name"), "flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags]}
-
-
 def environment() -> dict[str, Any]:
     """Versions and hardware the numbers were measured on."""
+    from fgdeploy.cpu import cpu_features
+
     env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
-                           "cpu_count": os.cpu_count(), "cpu": cpu_info()}
+                           "cpu_count": os.cpu_count(), "cpu": cpu_features()}
     try:
         import torch
 

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +84,30 @@ def set_threads(threads: int | None = None, workers: int = 0) -> int:
     log.debug("CPU threads: torch %d, OpenCV %d (usable cores %d)", count, 1 if workers > 0 else count,
               usable_cores())
     return count
+
+
+# --- vector extensions (what INT8 speed and accuracy depend on) ---------------------------------------
+# what decides the int8 / bf16 kernels ONNX Runtime and OpenVINO can use
+INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+              "amx_bf16")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_features(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU model, architecture and which of ``INT8_FLAGS`` it has, from /proc/cpuinfo (Linux; elsewhere the
+    flags are unknown: an empty list). ``cpuinfo``: the file's text (for tests)."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, "machine": platform.machine(), "flags": [f for f in INT8_FLAGS if f in flags]}

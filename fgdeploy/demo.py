@@ -5,8 +5,8 @@ Runs on a fresh CPU-only machine with no data. Every step records its result in
 field but ``out`` and ``device``, plus the config file's sha256). A rerun with the same settings skips
 steps whose result and files are there (training that was interrupted continues from ``last.pt``), so a
 killed demo picks up where it stopped; a rerun with other settings is refused. Delete the folder to start
-over. ``summary_table`` renders one table: accuracy, PCK, the INT8 guard, parity verdicts and
-throughput per backend and precision.
+over. ``summary_table`` renders one table: accuracy, PCK, head/body PCP, the INT8 guard and which convs are
+INT8, parity verdicts and throughput per backend and precision.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class DemoOptions:
 
     out: Path = Path("runs/demo")
     quick: bool = False
-    config: str = "demo"                   # model config name in models/ or a YAML path
+    config: str = "demo_partnets"          # model config name in models/ or a YAML path (default: the paper's
+                                           # best system, CPU-sized: parts + head/body part nets)
     device: str = "auto"                   # training/eval device; export, infer and parity run on CPU
     classes: int | None = None             # synth-birds classes (None: 20, quick 4)
     images_per_class: int | None = None    # (None: 30, quick 6)
@@ -217,7 +218,7 @@ def _step_eval(out: Path, options: DemoOptions) -> dict[str, Any]:
                               device=options.device, progress=False).result
     pck = {str(a): res.pck[pck_key(a)]["mean"] for a in (0.05, 0.1) if pck_key(a) in res.pck}
     return {"images": res.num_images, "top1": res.top1, "mean_class_acc": res.mean_class_acc, "pck": pck,
-            "files": [str(out / "eval" / "eval.json")]}
+            "pcp": res.pcp, "files": [str(out / "eval" / "eval.json")]}
 
 
 def _step_export(out: Path) -> dict[str, Any]:
@@ -235,8 +236,9 @@ def _step_export(out: Path) -> dict[str, Any]:
 
 
 def _export_int8(out: Path, files: dict[str, str]) -> dict[str, Any]:
-    """model_int8.onnx from model.onnx (no re-trace): calibrated on the train split, guarded on the test split
-    (default thresholds). Skipped, with the reason, when the train split is too small to calibrate on."""
+    """model_int8.onnx from model.onnx (no re-trace): calibrated on the train split, guarded on half the test
+    split (default thresholds; the parity step checks on the other half). Skipped, with the reason, when the train
+    split is too small to calibrate on."""
     from fgdeploy.data.cub import CubDataset
     from fgdeploy.export.exporter import ExportOptions, reduce_exported
     from fgdeploy.export.precision import CalibrationOptions, GuardOptions, PrecisionOptions
@@ -253,7 +255,8 @@ def _export_int8(out: Path, files: dict[str, str]) -> dict[str, Any]:
         precision = PrecisionOptions("int8", CalibrationOptions(data), GuardOptions())
         result = reduce_exported(out / "model.onnx", path, ExportOptions(precision=precision))
         atomic_write_json(record, {"guard_passed": result.guard_passed, "guard_kept": result.guard_kept,
-                                   "guard_report": str(result.guard_report), "nodes": result.precision_summary})
+                                   "guard_report": str(result.guard_report), "nodes": result.precision_summary,
+                                   "scheme": precision.calibration.settings.scheme if precision.calibration else None})
     files["model_int8.onnx"] = str(path)
     return json.loads(record.read_text(encoding="utf-8"))
 
@@ -299,19 +302,26 @@ def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
     from fgdeploy.backends import open_runner
     from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
 
+    from fgdeploy.export.precision.images import HELD_OUT_SELECTION, GuardImages
+
     ckpt = _checkpoint(out)
     ref = lambda debug: open_runner("torch", str(ckpt), debug=debug)  # noqa: E731
     verdicts = []
+    data = out / "synth-birds"
     for name in _onnx_models(out):
         test = lambda debug, n=name: open_runner("ort", str(out / n), debug=debug)  # noqa: E731
         with test(False) as runner:
-            size = int(runner.metadata().get("input_size") or runner.input_specs()["images"].shape[-1])
-        report = run_parity(ref, test, DatasetImages(out / "synth-birds", "test", size),
-                            ParityConfig(batch_size=min(batch, 8)))
+            meta = runner.metadata()
+            size = int(meta.get("input_size") or runner.input_specs()["images"].shape[-1])
+        guard = GuardImages.from_metadata(meta)   # a guarded model: checked on the test images its guard did not use
+        held_out = guard.held_out_ids(data) if guard is not None else None
+        images = DatasetImages(data, "test", size, ids=held_out, selection=HELD_OUT_SELECTION if held_out else "")
+        report = run_parity(ref, test, images, ParityConfig(batch_size=min(batch, 8)))
         report.dump(out / "parity" / f"{Path(name).stem}.json")
         verdicts.append({"ref": report.ref, "test": report.test, "precision": report.precision,
                          "passed": report.passed, "top1_agreement": report.task.top1_agreement,
-                         "class_near_ties": report.task.class_near_ties or 0,
+                         "class_near_ties": report.task.class_near_ties or 0, "images": report.n_images,
+                         "held_out": held_out is not None, "guard_overlap": report.guard_overlap,
                          "failed_checks": [c.name for c in report.checks if not c.passed]})
     return verdicts
 
@@ -353,13 +363,15 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
         rows.append((f"top-1 accuracy (torch, {e['images']} test images)", f"{100 * e['top1']:.1f} %"))
         rows.append(("mean per-class accuracy", f"{100 * e['mean_class_acc']:.1f} %"))
         rows += [(f"PCK@{alpha} (mean over parts)", f"{100 * v:.1f} %") for alpha, v in e["pck"].items()]
+        rows += [(f"PCP {part} box (IoU >= 0.5)", f"{100 * v:.1f} %") for part, v in (e.get("pcp") or {}).items()]
     int8 = s.get("export", {}).get("int8")
     if int8 and int8.get("skipped"):
         rows.append(("export int8", f"skipped: {int8['skipped']}"))
     elif int8:
         kept = ", ".join(int8.get("guard_kept") or []) or "none"
         verdict = "PASS" if int8.get("guard_passed") else "not run" if int8.get("guard_passed") is None else "FAIL"
-        rows.append(("int8 guard (vs fp32, test split)", f"{verdict}; convs kept float by the guard: {kept}"))
+        rows.append(("int8 guard (vs fp32, half the test split)", f"{verdict}; {_int8_convs(int8)}; convs kept "
+                                                                  f"float by the guard: {kept}"))
     if "infer" in s:
         i = s["infer"]
         rows.append((f"fgdeploy infer ({i['backend']})", f"{i['scored']} scored, {i['failed']} failed"))
@@ -367,8 +379,10 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
         verdict = "PASS" if p["passed"] else "FAIL: " + "; ".join(p["failed_checks"])
         ties = p.get("class_near_ties", 0)
         tie_text = f", {plural(ties, 'near-tie')} of the reference's logits" if ties else ""
+        images = (f", {p['images']} test images the guard did not use" if p.get("held_out")
+                  else f", {p['images']} test images" if p.get("images") else "")
         rows.append((f"parity {p['ref']} vs {p['test']}", f"{verdict} (top-1 agreement "
-                                                          f"{100 * p['top1_agreement']:.1f} %{tie_text})"))
+                                                          f"{100 * p['top1_agreement']:.1f} %{tie_text}{images})"))
     by_backend: dict[str, dict[str, Any]] = {}
     for r in s.get("bench", {}).get("rows", []):
         by_backend.setdefault(r["backend"], {})[r["mode"]] = r
@@ -382,6 +396,17 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str]]:
                                                 if name in result.seconds)))
     rows += _artefact_rows(result)
     return rows
+
+
+def _int8_convs(int8: dict[str, Any]) -> str:
+    """"14 of 18 convs int8 (part nets 12 of 12), scheme u8s8" from the export record."""
+    nodes = (int8.get("nodes") or {}).get("nodes") or {}
+    quantized, float_ = nodes.get("Conv int8", 0), nodes.get("Conv float", 0)
+    text = f"{quantized} of {quantized + float_} convs int8"
+    part_int8, part_float = nodes.get("part-net Conv int8", 0), nodes.get("part-net Conv float", 0)
+    if part_int8 or part_float:
+        text += f" (part nets {part_int8} of {part_int8 + part_float})"
+    return text + (f", scheme {int8['scheme']}" if int8.get("scheme") else "")
 
 
 def _artefact_rows(result: DemoResult) -> list[tuple[str, str]]:

@@ -90,9 +90,9 @@ def test_bench_end_to_end_fast_decode_reaches_the_decoder_and_names_the_row(tmp_
 
     real, asked = infer.read_rgb_sized, []
 
-    def recording(path, reduce_to=None):
+    def recording(path, reduce_to=None, **kwargs):
         asked.append(reduce_to)
-        return real(path, reduce_to)
+        return real(path, reduce_to, **kwargs)
 
     monkeypatch.setattr(infer, "read_rgb_sized", recording)
     rng = np.random.default_rng(1)

@@ -1,7 +1,9 @@
 """``fgdeploy infer --ray`` on a local Ray instance (2 CPUs, loopback only, one per module).
 
-Must show: the same OUT, errors file and run record as local ``infer`` on a folder with bad files; a model
-actor's process SIGKILLed mid-run -> the run finishes with each image once; the driver SIGKILLed mid-run ->
+Must show: the same OUT, errors file and run record as local ``infer`` on a folder with bad files (one above
+``--max-pixels``); a model actor's or decode task's process SIGKILLed mid-run -> the run finishes with each image
+once (one death counted); the journal sink keeps each image's first result whatever a retried block delivers
+again; the driver SIGKILLed mid-run ->
 ``--resume`` finishes with each image once; without Ray, ``--ray`` is a one-line error naming what to install;
 every socket of the Ray processes is on loopback. Each test runs under a time limit.
 """
@@ -96,7 +98,11 @@ def _photo_folder(root: Path, count: int, size: tuple[int, int] = (900, 1200)) -
 # same results as local
 @needs_ray
 def test_ray_infer_writes_what_local_infer_writes_bad_files_included(tmp_path, tiny_onnx, ray_address):
+    from test_max_pixels import declared_png
+
     images = make_mixed_folder(tmp_path / "imgs")
+    (images / "bomb.png").write_bytes(declared_png(60000, 60000))   # refused from its header, on Ray too
+    bad = len(BAD) + 1
     local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
     common = [str(images), "--model", str(tiny_onnx), "--batch", "3", "--topk", "3"]
     with time_limit(180):
@@ -109,11 +115,12 @@ def test_ray_infer_writes_what_local_infer_writes_bad_files_included(tmp_path, t
     assert len(read_results(remote)) == len(GOOD)
     assert remote.read_bytes() == local.read_bytes()                                   # same rows, same order
     assert errors_path_for(remote).read_bytes() == errors_path_for(local).read_bytes()   # same bad files, reasons
-    assert len(errors_path_for(remote).read_text(encoding="utf-8").splitlines()) == 1 + len(BAD)
+    assert len(errors_path_for(remote).read_text(encoding="utf-8").splitlines()) == 1 + bad
+    assert "60000 x 60000 pixels (3600 Mpx) is more than --max-pixels" in ray_result.output
     assert _run_record(remote) == _run_record(local)
-    summary = f"scored {len(GOOD)}/{len(GOOD) + len(BAD)} images (0 from a previous run), failed {len(BAD)}"
+    summary = f"scored {len(GOOD)}/{len(GOOD) + bad} images (0 from a previous run), failed {bad}"
     assert summary in local_result.output and summary in ray_result.output
-    assert f"errors:  {errors_path_for(remote)} ({len(BAD)} images)" in ray_result.output
+    assert f"errors:  {errors_path_for(remote)} ({bad} images)" in ray_result.output
 
 
 @needs_ray
@@ -223,8 +230,8 @@ def _cmdline(pid: int) -> str:
 @needs_ray
 def test_ray_infer_survives_a_killed_model_actor_each_image_once(tmp_path, tiny_onnx, ray_address):
     """The model actor's process (one actor: it holds the rest of the work) is SIGKILLed after the first
-    results arrive; Ray restarts it and retries its block; OUT holds every image once, with the values a local
-    run writes."""
+    results arrive; the driver starts another and sends its block again; OUT holds every image once, with the
+    values a local run writes."""
     from fgdeploy.inference.local import InferOptions, discover_images, run_inference
     from fgdeploy.inference.predictors import open_predictor
     from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions, run_ray_inference
@@ -257,13 +264,14 @@ def test_ray_infer_survives_a_killed_model_actor_each_image_once(tmp_path, tiny_
     records = read_results(tmp_path / "ray.jsonl")
     assert sorted(r["path"] for r in records) == sorted(paths)   # each image exactly once
     assert report.scored == len(paths) and report.attempted == len(paths) and not report.errors
+    assert report.worker_deaths == 1
     assert records == read_results(tmp_path / "local.jsonl")
 
 
 @needs_ray
 def test_ray_infer_survives_a_killed_decode_task_each_image_once(tmp_path, tiny_onnx, ray_address):
     """With decode tasks (the GPU actors' pipeline, run here on CPU), a decode task's process is SIGKILLed
-    while it decodes; Ray retries the task; OUT holds every image once."""
+    while it decodes; the driver sends its block again; OUT holds every image once."""
     from fgdeploy.inference.local import InferOptions, discover_images
     from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions, run_ray_inference
 
@@ -287,6 +295,7 @@ def test_ray_infer_survives_a_killed_decode_task_each_image_once(tmp_path, tiny_
     records = read_results(tmp_path / "ray.jsonl")
     assert sorted(r["path"] for r in records) == sorted(paths)   # each image exactly once
     assert report.scored == len(paths) and report.attempted == len(paths) and not report.errors
+    assert report.worker_deaths == 1
 
 
 @needs_ray
@@ -439,7 +448,7 @@ def test_joining_an_unreachable_cluster_gives_up_after_two_tries_unless_the_user
         raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
 
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None)
-    monkeypatch.setattr(ray_cluster, "import_ray", lambda needs="ray.data": fake)
+    monkeypatch.setattr(ray_cluster, "import_ray", lambda needs=None: fake)
     monkeypatch.setattr(ray_cluster, "quiet_ray_logs", lambda: None)
     with pytest.raises(FgdeployError, match="cannot reach the Ray cluster at '10.9.9.9:6379'") as error:
         with ray_cluster.ray_session(ray_cluster.ClusterOptions(address="10.9.9.9:6379")):
@@ -516,3 +525,54 @@ def test_ray_console_notes_are_kept_off_stderr_and_other_lines_are_not(capfd):
     err = capfd.readouterr().err
     assert "a real problem" in err and "from python" in err
     assert RAY_LOG_LEVEL_NOTE not in err and RAY_GCS_RETRY_NOTE not in err
+
+
+# --------------------------------------------------------------------------------------------
+# the driver's journal sink: each image's first result, once
+def _sink(tmp_path, already_scored=()):
+    from fgdeploy.inference.ray_scoring import _JournalSink
+    from fgdeploy.inference.results import Journal
+
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.start({"model": "m", "topk": 1, "cwd": str(tmp_path)})
+    progress: list[int] = []
+    return _JournalSink(journal, str(tmp_path), set(already_scored), progress.append), journal, progress
+
+
+def _result(path: str) -> str:
+    return json.dumps({"path": path, "width": 4, "height": 3, "top": [], "keypoints": [{"part": "beak"}]})
+
+
+def _failure(path: str, reason: str = "worker died") -> str:
+    return json.dumps({"path": path, "error": reason})
+
+
+def test_journal_sink_keeps_a_success_after_a_failure_and_drops_repeats(tmp_path):
+    """Deliveries a retried block can make: a failure then a success (the success wins, the image is counted
+    once), a success again (dropped), a failure after a success (dropped), a failure again (dropped, the first
+    reason kept); the same image under another spelling of its path is the same image."""
+    from fgdeploy.inference.results import Journal
+
+    sink, journal, progress = _sink(tmp_path)
+    sink.write(["a.png", "b.png", "c.png"], [_result("a.png"), _failure("b.png", "first"), _failure("c.png")],
+               [False, True, True])
+    sink.write(["b.png", "./a.png"], [_result("b.png"), _result("./a.png")], [False, False])   # success after failure;
+    sink.write(["a.png", "c.png", "sub/../c.png"], [_failure("a.png"), _failure("c.png", "again"),   # repeated success
+                _failure("sub/../c.png", "again")], [True, True, True])                          # failures after ...
+    journal.close()
+    lines = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text(encoding="utf-8").splitlines()[1:]]
+    assert [(r["path"], "error" in r) for r in lines] == [("a.png", False), ("b.png", True), ("c.png", True),
+                                                          ("b.png", False)]
+    assert sink.attempted == 3 and sum(progress) == 3 and progress == [3]   # each image counted once
+    assert sink.errors() == [("c.png", "worker died")]                       # b was scored in the end
+    assert sink.part_names == ["beak"]
+    assert Journal(tmp_path / "j.jsonl").reopen({"model": "m", "topk": 1, "cwd": str(tmp_path)}) == {
+        str(tmp_path / "a.png"), str(tmp_path / "b.png")}
+
+
+def test_journal_sink_skips_images_scored_by_a_previous_run(tmp_path):
+    sink, journal, progress = _sink(tmp_path, already_scored=[str(tmp_path / "a.png")])
+    sink.write(["a.png", "b.png"], [_result("a.png"), _result("b.png")], [False, False])
+    journal.close()
+    lines = (tmp_path / "j.jsonl").read_text(encoding="utf-8").splitlines()[1:]
+    assert [json.loads(line)["path"] for line in lines] == ["b.png"] and sink.attempted == 1 and progress == [1]

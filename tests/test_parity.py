@@ -341,3 +341,27 @@ def test_compare_output_of_different_shapes_says_the_models_differ():
 
     with pytest.raises(FgdeployError, match="not the same model"):
         compare_output("logits", np.zeros((2, 4)), np.zeros((2, 3)), Tolerance(1e-5, 1e-5))
+
+
+def test_int8_logits_element_check_counts_only_images_whose_keypoints_and_boxes_agree():
+    """#24: a keypoint that moves by a near-tie (or a box that follows it) pools other features, so that image's
+    logits differ although parity accepts the move; int8 judges such an image by the task checks only."""
+    from fgdeploy.parity.compare import compare_logits, settled_images
+
+    rng = np.random.default_rng(0)
+    ref = {"logits": rng.normal(size=(10, 5)), "keypoints": rng.integers(0, 60, (10, 15, 2)).astype(np.float32),
+           "part_boxes": rng.uniform(0, 60, (10, 2, 4))}
+    test = {k: v.copy() for k, v in ref.items()}
+    test["logits"][:3] += 1.0                      # three images far outside atol = rtol = 0.1 ...
+    test["keypoints"][0, 4] += 4.0                 # ... two of them with a moved keypoint, one with a moved box
+    test["part_boxes"][1, 0, 2] += 2.0
+    assert list(settled_images(ref, test)) == [False, False] + [True] * 8
+    tol = default_thresholds("int8").tolerance
+    every = compare_logits(ref, test, tol, settled_only=False)
+    settled = compare_logits(ref, test, tol, settled_only=True)
+    assert every.images_within == pytest.approx(0.7) and not every.passed
+    assert settled.images_within == pytest.approx(7 / 8) and not settled.passed   # image 2 moved nothing: counted
+    assert settled.judged_on == "8 of 10 images whose keypoints and boxes agree"
+    test["keypoints"][2, 0] += 4.0
+    assert compare_logits(ref, test, tol, settled_only=True).passed
+    assert default_thresholds("int8").logits_on_settled_images and not default_thresholds("fp32").logits_on_settled_images

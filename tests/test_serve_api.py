@@ -78,11 +78,12 @@ class GatedReplica(ModelReplica):
         super()._load()
 
 
-def _png_zero_width() -> bytes:
-    """A PNG whose header says 0 x 8 pixels (a zero-size image)."""
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` pixels, with no pixel data (0 x 8: a zero-size image;
+    a huge one: what a decompression bomb's header says)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 8, 8, 2, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
@@ -131,7 +132,8 @@ def test_bad_requests_get_4xx_json_and_the_replica_goes_on(tiny_onnx, tmp_path):
         (("POST", "/v1/predict", (folder / "noise.png").read_bytes()), 422, "not a decodable image"),
         (("POST", "/v1/predict", (folder / "truncated.jpg").read_bytes()), 422, "truncated JPEG"),
         (("POST", "/v1/predict", (folder / "text_renamed.jpg").read_bytes()), 422, "not a decodable image"),
-        (("POST", "/v1/predict", _png_zero_width()), 422, "not a usable image"),
+        (("POST", "/v1/predict", _png_header(0, 8)), 422, "not a usable image"),
+        (("POST", "/v1/predict", _png_header(30000, 30000)), 422, "900 Mpx) is more than --max-pixels 1000000"),
         (("POST", "/v1/predict", pickle.dumps(np.zeros((8, 8, 3), np.uint8))), 422, "not a usable image"),
         (("POST", "/v1/predict", b"x" * 5000), 413, "over this server's limit of 4096 bytes"),
         (("POST", "/v1/predict", b"x" * 5000, "", {"content-length": None}, 1000), 413, "limit of 4096"),  # chunked
@@ -144,7 +146,7 @@ def test_bad_requests_get_4xx_json_and_the_replica_goes_on(tiny_onnx, tmp_path):
     ]
 
     async def scenario():
-        replica = ModelReplica(ServeConfig(str(tiny_onnx), max_bytes=4096, topk=2))
+        replica = ModelReplica(ServeConfig(str(tiny_onnx), max_bytes=4096, max_pixels=1_000_000, topk=2))
         for args, status, words in cases:
             got, body, _ = await _call(replica, *args)
             assert (got, list(body)) == (status, ["error"]), (args[:2], got, body)

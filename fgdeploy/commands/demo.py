@@ -14,7 +14,8 @@ from fgdeploy.commands.options import device_option, echo_info, output_path, thr
               show_default=True, callback=output_path(folder=True),
               help="Run folder; a rerun with the same settings skips finished steps, other settings are refused.")
 @click.option("--quick", is_flag=True, help="Tiny data and 1 epoch per stage: a smoke run of about a minute.")
-@click.option("--config", default="demo", show_default=True, help="Model config name (models/) or YAML path.")
+@click.option("--config", default="demo_partnets", show_default=True,
+              help="Model config name (models/) or YAML path; default: parts plus head/body part nets.")
 @device_option("auto", what="Training/eval device: ")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs of every training stage (>= 1).")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Infer/parity/bench batch.")
@@ -31,12 +32,13 @@ def command(ctx: click.Context, out: Path, quick: bool, config: str, device: str
     \b
     Steps:
       data    generate synth-birds (CUB-200-2011 layout)       OUT/synth-birds
-      train   the 4-stage schedule with the demo config          OUT/train/best.pt
-      eval    top-1 and PCK on the test split                    OUT/eval/eval.json
-      export  ONNX fp32, fp16 and guarded int8                   OUT/model.onnx, OUT/model_fp16.onnx,
-                                                                 OUT/model_int8.onnx (+ .guard.json/.txt)
+      train   stages 0-4 of the demo_partnets config             OUT/train/best.pt
+      eval    top-1, PCK and head/body PCP on the test split     OUT/eval/eval.json
+      export  ONNX fp32, fp16 and int8 (guard on half the test   OUT/model.onnx, OUT/model_fp16.onnx,
+              split)                                             OUT/model_int8.onnx (+ .guard.json/.txt)
       infer   `fgdeploy infer` over the test images (ONNX Runtime) OUT/infer/results.csv
-      parity  torch vs ONNX fp32, fp16 and int8                  OUT/parity/*.json
+      parity  torch vs ONNX fp32, fp16 and int8 (int8: on the    OUT/parity/*.json
+              test images its guard did not use)
       bench   model-only and end-to-end throughput per backend   OUT/bench.json
 
     Exit code 0 when every parity check passed, 1 otherwise.

@@ -52,6 +52,11 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
 @click.option("--int8-target", type=click.Choice(["cpu", "tensorrt"]), default=None,
               help="--int8: cpu = uint8 activations (fastest ONNX Runtime CPU path on AVX2); tensorrt = signed "
                    "symmetric int8 (what TensorRT's explicit quantization takes). Default: cpu, tensorrt with --engine.")
+@click.option("--int8-scheme", type=click.Choice(["auto", "u8s8", "u8s8-reduce-range", "u8u8", "s8s8"]),
+              default="auto", show_default=True,
+              help="--int8: activation/weight types. auto: by this CPU's flags (VNNI or AMX: u8s8; AVX2 without "
+                   "them: u8s8-reduce-range, 7-bit weights, because u8s8 on AVX2 can saturate); s8s8 with "
+                   "--int8-target tensorrt. The choice, why, and the CPU flags go into the metadata.")
 @click.option("--guard", type=click.Path(path_type=Path), default=None,
               help="Held-out images (CUB-format dataset: its test split, with accuracy; or a folder) to check the "
                    "reduced model's task metrics against fp32 and keep float the nodes that miss them. Default "
@@ -82,7 +87,7 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
 @click.pass_context
 def command(ctx: click.Context, checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int,
             opset: int, heatmaps: bool, int8: bool, calib: Path | None, calib_images: int, int8_target: str | None,
-            guard: Path | None, no_guard: bool,
+            int8_scheme: str, guard: Path | None, no_guard: bool,
             guard_images: int, min_top1_agree: float, min_kp_agree: float, max_acc_drop: float,
             engine: bool, portable: bool, triton_repo: Path | None, triton_name: str | None) -> None:
     """Export CHECKPOINT (written by fgdeploy train; a run folder means its best.pt) to ONNX for ONNX Runtime,
@@ -100,6 +105,8 @@ def command(ctx: click.Context, checkpoint: Path, out: Path, fp16: bool, batch: 
         raise click.UsageError("--int8 and --fp16 exclude each other: export one precision per file")
     if int8_target is not None and not int8:
         raise click.UsageError("--int8-target is for --int8 exports")
+    if int8_scheme != "auto" and not int8:
+        raise click.UsageError("--int8-scheme is for --int8 exports")
     if portable and engine:
         raise click.UsageError("--portable inlines the CoordinateTransfer node that TensorRT maps to fgdeploy's plugin: "
                                "export without --portable for --engine")
@@ -114,7 +121,9 @@ def command(ctx: click.Context, checkpoint: Path, out: Path, fp16: bool, batch: 
         if engine and int8_target == "cpu":
             raise click.UsageError("--engine needs --int8-target tensorrt (TensorRT takes only symmetric signed INT8)")
         target = int8_target or ("tensorrt" if engine else "cpu")
-        calibration = CalibrationOptions(calib, calib_images, Int8Settings.for_target(target))
+        if target == "tensorrt" and int8_scheme not in ("auto", "s8s8"):
+            raise click.UsageError(f"--int8-scheme {int8_scheme}: TensorRT takes only signed symmetric int8 (s8s8)")
+        calibration = CalibrationOptions(calib, calib_images, Int8Settings.for_target(target, int8_scheme))
     precision = PrecisionOptions("int8" if int8 else "fp16" if fp16 else "fp32", calibration, guard_options)
     options = ExportOptions(precision=precision, batch=batch, max_batch=max_batch, opset=opset, heatmaps=heatmaps,
                             portable=portable)
@@ -130,9 +139,12 @@ def command(ctx: click.Context, checkpoint: Path, out: Path, fp16: bool, batch: 
         fp16_convs, fp32_convs = summary["fp16_nodes"].get("Conv", 0), summary["fp32_nodes"].get("Conv", 0)
         click.echo(f"  fp16: {fp16_convs} convs fp16, {fp32_convs} kept fp32, {summary['casts']} casts")
     if result.precision_summary.get("nodes"):
-        nodes = result.precision_summary["nodes"]
-        click.echo(f"  int8: {nodes.get('Conv int8', 0)} convs int8, {nodes.get('Conv float', 0)} float; calibrated "
-                   f"on {result.precision_summary['calibration']}")
+        summary, nodes = result.precision_summary, result.precision_summary["nodes"]
+        part_nets = nodes.get("part-net Conv int8", 0), nodes.get("part-net Conv float", 0)
+        click.echo(f"  int8: {nodes.get('Conv int8', 0)} convs int8, {nodes.get('Conv float', 0)} float"
+                   + (f" (part nets: {part_nets[0]} int8, {part_nets[1]} float)" if any(part_nets) else "")
+                   + f"; calibrated on {summary['calibration']}")
+        click.echo(f"  int8 scheme {summary['scheme']} ({summary['scheme_reason']})")
     if result.precision_summary.get("fp32_compute_nodes") is not None:
         fp32_nodes = result.precision_summary["fp32_compute_nodes"]
         click.echo(f"  fp16 (task-driven): fp32 compute nodes {fp32_nodes or 'none'}")

@@ -57,6 +57,14 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
                    "(per --threads CPUs)].")
 @click.option("--cpus", type=click.IntRange(1), default=None,
               help="--ray with no address: CPUs of the local instance [default: all cores].")
+@click.option("--max-retries", type=click.IntRange(0), default=None,
+              help="--ray: times a block of images is sent again after its worker died (a lost node, an "
+                   "out-of-memory kill, a decoder crash); then each of its images is sent alone as often, and one "
+                   "that still kills its worker goes to the errors file  [default: 3]")
+@click.option("--max-pixels", type=click.IntRange(0), default=None,
+              help="Refuse images with more pixels (read from the file's header, before decoding; reason in the "
+                   "errors file), so a decompression bomb cannot exhaust memory; 0: no limit  [default: 268435456, "
+                   "16384 x 16384]")
 @click.option("--fast-decode", is_flag=True,
               help="JPEGs at least twice the model input: decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), "
                    "several times faster for large photos. Pixels then differ slightly from the full decode that "
@@ -65,7 +73,8 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
 def command(ctx: click.Context, images: str, model: str, backend: str, device: str, fp16: bool, batch: int,
             workers: int, topk: int, out: Path, save_vis: Path | None, resume: bool, channels_last: bool,
             compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
-            ray_address: str | None, actors: int | None, cpus: int | None, fast_decode: bool) -> None:
+            ray_address: str | None, actors: int | None, cpus: int | None, max_retries: int | None,
+            max_pixels: int | None, fast_decode: bool) -> None:
     """Classify IMAGES and locate the 15 parts in each, writing one result per image to OUT.
 
     IMAGES is a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case;
@@ -74,8 +83,11 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     top-k classes with probabilities and the 15 keypoints (x, y, score) in the original image's
     pixels (continuous: pixel k spans [k, k+1); stored pixel order, EXIF orientation not applied).
     Grayscale, palette, alpha, 16-bit and CMYK files are converted to RGB.
-    Files that cannot be used (empty, truncated, not an image, unreadable) are listed with the
-    reason in OUT's errors file (<stem>.errors.csv) and the run goes on.
+    Files that cannot be used (empty, truncated, not an image, unreadable, more pixels than
+    --max-pixels) are listed with the reason in OUT's errors file (<stem>.errors.csv) and the run
+    goes on. With --ray, relative paths are taken from the current directory (workers get absolute
+    paths; OUT records them as given), and an image whose worker dies every time (a decoder crash,
+    an out-of-memory kill) goes to the errors file after --max-retries.
 
     Results are journaled to OUT.partial.jsonl after every batch; if the run is killed, rerun with
     --resume to finish it (every image ends up in OUT exactly once). A finished run also writes
@@ -105,8 +117,10 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
     check_model_kind(model, kind, lambda found: f"pass --backend {found}")
     if kind != "torch" and (flags := torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)):
         raise click.UsageError(f"{', '.join(flags)}: for the torch backend (a checkpoint), not {kind}")
-    if ray_address is None and (actors or cpus):
-        raise click.UsageError(f"{'--actors' if actors else '--cpus'}: only with --ray")
+    ray_only = [name for name, value in (("--actors", actors), ("--cpus", cpus), ("--max-retries", max_retries))
+                if value is not None]
+    if ray_address is None and ray_only:
+        raise click.UsageError(f"{ray_only[0]}: only with --ray")
     if cpus and ray_address not in (None, "", "local"):
         raise click.UsageError("--cpus: for the local instance that --ray starts with no address; a cluster has the "
                                "CPUs its nodes were started with")
@@ -118,12 +132,16 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
                            conv_relu=fuse_conv_relu)
     options = InferOptions(batch=batch, workers=workers, topk=topk, resume=resume, save_vis=save_vis,
                            fast_decode=fast_decode)
+    if max_pixels is not None:
+        options = replace(options, max_pixels=max_pixels or None)
     if ray_address is not None:
-        from fgdeploy.inference.ray_scoring import ModelSpec, RayOptions
+        from fgdeploy.inference.ray_scoring import DEFAULT_MAX_RETRIES, ModelSpec, RayOptions
 
         spec = ModelSpec(model, kind, device, fp16, batch, fast, threads)
         verbose = bool((ctx.find_root().obj or {}).get("verbose"))
-        _score_on_ray(ctx, paths, spec, out, options, RayOptions(address=ray_address, cpus=cpus, verbose=verbose, actors=actors or 0))
+        _score_on_ray(ctx, paths, spec, out, options, RayOptions(
+            address=ray_address, cpus=cpus, verbose=verbose, actors=actors or 0,
+            max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries))
         return
     with open_predictor(model, kind, device=device, fp16=fp16, batch=batch, fast=fast, threads=threads) as loaded:
         echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")

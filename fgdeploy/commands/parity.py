@@ -47,7 +47,8 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
                    "with --ref).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="CUB-format dataset (adds accuracy and PCK). Default: random images; for an INT8 --test, "
-                   "the dataset it was calibrated on, if it still exists.")
+                   "the test images of the dataset it was calibrated on that its guard did not use, if it still "
+                   "exists. A warning says when the images include the ones the guard chose on.")
 @click.option("--images", "images", type=str, default=None,
               help="With --test http://...: image files to send instead of --data's (a folder, file, glob or "
                    "list, as for infer).")
@@ -80,7 +81,7 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
     compared with the same report, tolerances and exit code.
     """
     from fgdeploy.backends import BACKEND_ALIASES
-    from fgdeploy.parity import DatasetImages, ParityConfig, RandomImages, run_parity
+    from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
 
     if "openvino" not in {BACKEND_ALIASES.get(k, k) for k, _ in (ref_spec, test_spec)}:
         check_device_for_backend(device, ref_spec[0])
@@ -98,19 +99,21 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
     notes = _provenance_notes(ref_spec, ref_signature[2], test_spec, test_signature[2])
     for note in notes:
         click.echo(f"warning: {note}", err=True)
-    if data is None:
-        data = _calibration_dataset(test_signature[2])
-    source = (DatasetImages(data, split, size, count or 500) if data is not None
-              else RandomImages(count or 32, size, seed))
-    if data is not None and classes and list(source.class_names) != classes:
-        raise click.ClickException(f"{data}: its {len(source.class_names)} classes differ from the {len(classes)} "
-                                   "the models were trained on; check parity on the same dataset")
+    source = _images(data, split, size, count, seed, test_signature[2])
+    if isinstance(source, DatasetImages) and classes and list(source.class_names) != classes:
+        raise click.ClickException(f"{source.root}: its {len(source.class_names)} classes differ from the "
+                                   f"{len(classes)} the models were trained on; check parity on the same dataset")
     quiet = bool((ctx.obj or {}).get("quiet"))
     result = run_parity(ref, test, source, ParityConfig(batch_size=batch, atol=atol, rtol=rtol),
                         progress=_progress(2 * len(source), quiet))
     click.echo(result.render())
     for note in notes if not result else []:   # repeated where the failing result is read
         click.echo(f"warning: {note}", err=True)
+    if result.guard_overlap:
+        from fgdeploy.parity.report import guard_overlap_warning
+
+        click.echo(f"warning: {guard_overlap_warning(result.guard_overlap, result.n_images).removeprefix('WARNING: ')}",
+                   err=True)
     if report is not None:
         result.dump(report)
         click.echo(f"wrote {report}")
@@ -160,17 +163,41 @@ def _signature(make: Any) -> tuple[int, list[str], dict[str, Any]]:
         return int(meta.get("input_size") or spec.shape[-1]), list(meta.get("class_names") or []), dict(meta)
 
 
-def _calibration_dataset(meta: dict[str, Any]) -> Path | None:
-    """An INT8 model's calibration dataset when it is a CUB-format dataset that still exists (random noise says
+def _images(data: Path | None, split: str, size: int, count: int | None, seed: int, test_meta: dict[str, Any]) -> Any:
+    """The images to compare on: ``--data``'s split; else, for an INT8 model, the test images of its calibration
+    dataset that its guard did not use; else seeded random images."""
+    from fgdeploy.parity import DatasetImages, RandomImages
+
+    if data is not None:
+        return DatasetImages(data, split, size, count or 500)
+    held_out = _held_out_default(test_meta)
+    if held_out is None:
+        return RandomImages(count or 32, size, seed)
+    from fgdeploy.export.precision.images import HELD_OUT_SELECTION
+
+    root, ids = held_out
+    source = DatasetImages(root, "test", size, count or 500, ids=ids, selection=HELD_OUT_SELECTION if ids else "")
+    if len(source) == 0:
+        raise click.ClickException(f"{root}: its test split holds no image the precision guard did not use; "
+                                   "give --data a dataset of held-out images")
+    return source
+
+
+def _held_out_default(meta: dict[str, Any]) -> tuple[Path, list[int] | None] | None:
+    """An INT8 model's default images: (its calibration dataset, the test image ids its guard did not use; None:
+    the whole test split, the guard ran elsewhere) when that CUB-format dataset still exists (random noise says
     little about a model whose activation ranges were calibrated on photos); None otherwise."""
-    from fgdeploy.export.precision.images import is_cub_dataset
+    from fgdeploy.export.precision.images import GuardImages, is_cub_dataset
 
     source = (meta.get("quantization") or {}).get("source") if meta.get("precision") == "int8" else None
     if not source or not Path(source).is_dir() or not is_cub_dataset(source):
         return None
-    click.echo(f"int8 model calibrated on {source}: comparing on its test split (--data chooses other images)",
-               err=True)
-    return Path(source)
+    guard = GuardImages.from_metadata(meta)
+    ids = guard.held_out_ids(source) if guard is not None else None
+    which = ("the test images its guard did not use" if ids is not None else
+             "its test split (the guard chose on other images)" if guard is not None else "its test split")
+    click.echo(f"int8 model calibrated on {source}: comparing on {which} (--data chooses other images)", err=True)
+    return Path(source), ids
 
 
 def _provenance_notes(ref_spec: tuple[str, str], ref_meta: dict[str, Any], test_spec: tuple[str, str],

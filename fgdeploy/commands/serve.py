@@ -23,6 +23,9 @@ MEGABYTE = 1024 * 1024
               help="How long a model call waits for more requests once one is there.")
 @click.option("--max-bytes", type=click.IntRange(1), default=20 * MEGABYTE, show_default=True,
               help="Largest request body accepted (413 above).")
+@click.option("--max-pixels", type=click.IntRange(0), default=None,
+              help="Refuse images with more pixels (422; read from the header, before decoding), so a decompression "
+                   "bomb cannot exhaust a replica's memory; 0: no limit  [default: 268435456, 16384 x 16384, as infer]")
 @click.option("--topk", type=click.IntRange(1), default=5, show_default=True,
               help="Classes per answer unless a request asks ?topk=K.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
@@ -41,8 +44,8 @@ MEGABYTE = 1024 * 1024
               help="Without --ray: CPUs of the local Ray instance [default: all cores].")
 @click.pass_context
 def command(ctx: click.Context, model: str, host: str, port: int, replicas: int | None, max_batch: int,
-            batch_wait_ms: float, max_bytes: int, topk: int, backend: str, device: str, fp16: bool,
-            channels_last: bool, compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
+            batch_wait_ms: float, max_bytes: int, max_pixels: int | None, topk: int, backend: str, device: str,
+            fp16: bool, channels_last: bool, compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
             ray_address: str | None, cpus: int | None) -> None:
     """Serve MODEL over HTTP until Ctrl-C or SIGTERM (then requests in flight are finished, and the exit code is 0).
 
@@ -64,6 +67,7 @@ def command(ctx: click.Context, model: str, host: str, port: int, replicas: int 
       2    bad option
     """
     from fgdeploy.inference.fastpath import FastPathOptions
+    from fgdeploy.inference.local import DEFAULT_MAX_PIXELS
     from fgdeploy.inference.predictors import resolve_backend
     from fgdeploy.inference.ray_cluster import ClusterOptions
     from fgdeploy.serving.api import ServeConfig
@@ -80,7 +84,8 @@ def command(ctx: click.Context, model: str, host: str, port: int, replicas: int 
     fast = FastPathOptions(channels_last=channels_last, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
                            conv_relu=fuse_conv_relu)
     config = ServeConfig(model=model, backend=kind, device=device, fp16=fp16, threads=threads, fast=fast,
-                         max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_bytes=max_bytes, topk=topk)
+                         max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_bytes=max_bytes, topk=topk,
+                         max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None))
     verbose = bool((ctx.find_root().obj or {}).get("verbose"))
     ray_options = ClusterOptions(address="local" if ray_address is None else ray_address, cpus=cpus, verbose=verbose)
     options = ServerOptions(host=host, port=port, replicas=replicas or 0, ray=ray_options)

@@ -27,6 +27,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {0: "grayscale", 2: "rgb", 3: "palette", 4: "grayscale_alpha", 6: "rgba"}
 
 
+class TooManyPixelsError(ImageError):
+    """An image above the pixel limit, refused before (or right after) decoding."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What an image file holds, read from its header (and the decoded array where headers say nothing).
@@ -61,10 +65,15 @@ def read_image(path: str | Path) -> np.ndarray:
     return read_image_with_info(path)[0]
 
 
-def read_image_with_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
-    """Decode ``path`` and describe it; see `read_image`."""
-    data = read_bytes(path)
-    return _decode_full(data, _probe_bytes(data), path)
+def read_image_with_info(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Decode ``path`` and describe it; see `read_image`. With ``max_pixels``, an image with more pixels is
+    refused before decoding (from its header) or, for a header not read here, right after.
+
+    Raises:
+        ImageError: as `read_image`; or the image has more than ``max_pixels`` pixels.
+    """
+    image, info, _ = decode_image(read_bytes(path), path, max_pixels=max_pixels)
+    return image, info
 
 
 def jpeg_scale_factor(info: ImageInfo, min_hw: tuple[int, int]) -> int:
@@ -81,31 +90,36 @@ def jpeg_scale_factor(info: ImageInfo, min_hw: tuple[int, int]) -> int:
     return 1
 
 
-def read_image_reduced(path: str | Path, min_hw: tuple[int, int]) -> tuple[np.ndarray, ImageInfo, int]:
+def read_image_reduced(path: str | Path, min_hw: tuple[int, int],
+                       max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo, int]:
     """Like `read_image_with_info`, but a JPEG several times larger than ``min_hw`` = (H, W) is decoded at
     1/2, 1/4 or 1/8 scale in the DCT domain (`jpeg_scale_factor`): several times faster, and the scaled IDCT
     averages like an area filter. ``info`` keeps the file's full size; also returns the factor used (1: full).
-    EXIF orientation is not applied, as in `read_image`.
+    EXIF orientation is not applied, as in `read_image`. ``max_pixels`` refuses as `read_image_with_info` does
+    (the file's full size counts).
     """
-    return decode_image(read_bytes(path), path, min_hw)
+    return decode_image(read_bytes(path), path, min_hw, max_pixels)
 
 
-def decode_image(data: np.ndarray | bytes, name: str | Path,
-                 min_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, ImageInfo, int]:
+def decode_image(data: np.ndarray | bytes, name: str | Path, min_hw: tuple[int, int] | None = None,
+                 max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo, int]:
     """Decode an encoded image held in memory (a file's bytes), as `read_image_with_info` decodes a file, or with
     ``min_hw`` as `read_image_reduced` does; ``name`` stands for the file in error messages. Returns (RGB image,
     info, the scale-down factor used: 1 for a full decode).
 
     Raises:
-        ImageError: empty, or not a decodable image.
+        ImageError: empty, not a decodable image, or more than ``max_pixels`` pixels.
     """
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageError(f"{name}: empty file (0 bytes); replace or remove it")
+    check_pixels(data, name, max_pixels)
     info = _probe_bytes(data)
     factor = 1 if min_hw is None else jpeg_scale_factor(info, min_hw)
     if factor == 1:
-        return (*_decode_full(data, info, name), 1)
+        image, info = _decode_full(data, info, name)
+        check_pixels(image, name, max_pixels)
+        return image, info, 1
     decoded = cv2.imdecode(data, _REDUCED_COLOR[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None or decoded.size == 0:
         raise ImageError(f"{name}: not a decodable image (jpeg, {data.size} bytes); the file is corrupt: "
@@ -133,6 +147,78 @@ def probe_image(path: str | Path) -> ImageInfo:
 def probe_image_bytes(data: np.ndarray | bytes) -> ImageInfo:
     """`probe_image` of an encoded image held in memory."""
     return _probe_bytes(np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+
+
+def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a JPEG, PNG, BMP, WebP or TIFF file, without decoding; None for other
+    formats or a header too damaged to read."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    if raw.startswith(b"\xff\xd8") or raw.startswith(_PNG_SIGNATURE):
+        info = _probe_bytes(np.frombuffer(raw, np.uint8))
+        return (info.width, info.height) if info.width and info.height else None
+    try:
+        if raw.startswith(b"BM"):
+            return _bmp_size(raw)
+        if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+            return _webp_size(raw)
+        if raw[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(raw)
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def check_pixels(image_or_file: np.ndarray, path: str | Path, max_pixels: int | None) -> None:
+    """Refuse an image above ``max_pixels`` pixels: given the file's bytes (1-D), judged from its header before
+    any decoding (a header not read here passes, to be judged once decoded); given a decoded (H, W, ...) array,
+    from its shape.
+
+    Raises:
+        ImageError: naming the path, the size and the limit.
+    """
+    if not max_pixels:
+        return
+    size = header_size(image_or_file) if image_or_file.ndim == 1 else (image_or_file.shape[1], image_or_file.shape[0])
+    if size and size[0] * size[1] > max_pixels:
+        rgb_gib = 3 * size[0] * size[1] / 2**30
+        raise TooManyPixelsError(
+            f"{path}: {size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} Mpx) is more than --max-pixels "
+            f"{max_pixels} allows; not decoded" + (f" (it would take {rgb_gib:.1f} GiB as RGB)" if rgb_gib >= 0.1 else "")
+            + ": raise --max-pixels to score it")
+
+
+def _bmp_size(raw: bytes) -> tuple[int, int] | None:
+    header = struct.unpack("<I", raw[14:18])[0]
+    if header == 12:   # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        width, height = struct.unpack("<HH", raw[18:22])
+    else:              # BITMAPINFOHEADER and later: 32-bit, height negative for top-down rows
+        width, height = struct.unpack("<ii", raw[18:26])
+    return (abs(width), abs(height)) if width and height else None
+
+
+def _webp_size(raw: bytes) -> tuple[int, int] | None:
+    chunk = raw[12:16]
+    if chunk == b"VP8 ":    # lossy: 14-bit sizes after the frame tag and start code
+        width, height = struct.unpack("<HH", raw[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":    # lossless: signature byte, then 14-bit (size - 1) each
+        bits = struct.unpack("<I", raw[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":    # extended: 24-bit (canvas size - 1) each
+        return int.from_bytes(raw[24:27], "little") + 1, int.from_bytes(raw[27:30], "little") + 1
+    return None
+
+
+def _tiff_size(raw: bytes) -> tuple[int, int] | None:
+    order = "<" if raw[:2] == b"II" else ">"
+    offset = struct.unpack(order + "I", raw[4:8])[0]
+    count = struct.unpack(order + "H", raw[offset:offset + 2])[0]
+    found: dict[int, int] = {}
+    for k in range(count):
+        tag, kind, _, value = struct.unpack(order + "HHI4s", raw[offset + 2 + 12 * k:offset + 14 + 12 * k])
+        if tag in (256, 257):   # ImageWidth, ImageLength: SHORT or LONG
+            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[:2] if kind == 3 else value)[0]
+    return (found[256], found[257]) if 256 in found and 257 in found else None
 
 
 _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}

@@ -51,6 +51,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 # exit codes of `fgdeploy infer` (1 = fgdeploy error, 2 = bad option, as for every command)
 EXIT_OK = 0            # finished; some images may have failed (see the errors file)
 EXIT_ALL_FAILED = 3    # every image this run tried failed to decode
+# Images with more pixels are refused (from the header, before decoding): 2**28, a 16384 x 16384 image, 768 MiB
+# decoded as RGB (twice that while converting). Real photos pass (a 200 MP phone photo is 16320 x 12240, 2.0e8);
+# decompression bombs (a few KB of PNG or JPEG declaring 50000 x 50000) do not.
+DEFAULT_MAX_PIXELS = 1 << 28
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,12 +132,14 @@ def read_rgb(path: str) -> np.ndarray:
     return read_rgb_sized(path)[0]
 
 
-def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None,
+                   max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """`read_rgb`, plus the file's own (H, W); with ``reduce_to`` = (H, W), a JPEG at least twice that size
-    is decoded at 1/2, 1/4 or 1/8 scale (``fgdeploy.data.images.decode_image``).
+    is decoded at 1/2, 1/4 or 1/8 scale (``fgdeploy.data.images.decode_image``). ``max_pixels``: larger
+    images are refused, from the header before decoding where it is read (``check_pixels``).
 
     Raises:
-        ImageError: as `read_rgb`.
+        ImageError: as `read_rgb`; or the image has more than ``max_pixels`` pixels.
     """
     from fgdeploy.data.images import read_bytes
 
@@ -143,22 +149,24 @@ def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None) -> tuple
         raise ImageError(f"{path}: cannot read image file ({exc.strerror or type(exc).__name__})") from exc
     if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes); replace or remove it")
-    return decode_rgb_sized(read_bytes(path), path, reduce_to)
+    return decode_rgb_sized(read_bytes(path), path, reduce_to, max_pixels)
 
 
-def decode_rgb_sized(data: np.ndarray | bytes, name: str,
-                     reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_rgb_sized(data: np.ndarray | bytes, name: str, reduce_to: tuple[int, int] | None = None,
+                     max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """`read_rgb_sized` of a file's bytes held in memory (``name`` stands for the file in messages).
 
     Raises:
-        ImageError: empty, truncated JPEG, not decodable, decodes to an empty image.
+        ImageError: empty, truncated JPEG, not decodable, decodes to an empty image, more than ``max_pixels``.
     """
-    from fgdeploy.data.images import decode_image, probe_image_bytes
+    from fgdeploy.data.images import TooManyPixelsError, decode_image, probe_image_bytes
 
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     truncated = ImageError(f"{name}: truncated JPEG ({data.size} bytes, no end-of-image marker)")
     try:
-        image, info, _ = decode_image(data, name, reduce_to)
+        image, info, _ = decode_image(data, name, reduce_to, max_pixels)
+    except TooManyPixelsError:
+        raise
     except ImageError:
         if data.size and probe_image_bytes(data).truncated:   # say why the decoder gave up
             raise truncated from None
@@ -177,21 +185,23 @@ def resize_input(image: np.ndarray, size: int) -> np.ndarray:
     return resize_image(image, (size, size))
 
 
-def decode_one(path: str, size: int, keep_original: bool = False, fast_decode: bool = False) -> Decoded:
+def decode_one(path: str, size: int, keep_original: bool = False, fast_decode: bool = False,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode and resize one file; never raises for a bad file (the reason goes in ``error``).
 
     ``fast_decode``: a large JPEG is decoded at a reduced scale first (`read_rgb_sized`); not combined
-    with ``keep_original``, which needs the full image.
+    with ``keep_original``, which needs the full image. ``max_pixels``: larger images are refused (None: no limit).
     """
     reduce_to = (size, size) if fast_decode and not keep_original else None
-    return _decode_resized(path, lambda: read_rgb_sized(path, reduce_to), size, keep_original)
+    return _decode_resized(path, lambda: read_rgb_sized(path, reduce_to, max_pixels=max_pixels), size, keep_original)
 
 
-def decode_bytes(data: bytes, name: str, size: int, fast_decode: bool = False) -> Decoded:
-    """`decode_one` of an encoded image held in memory (a request's body): the same decoder, resize and reasons;
-    ``name`` stands for the file in ``path`` and is cut from the reason."""
+def decode_bytes(data: bytes, name: str, size: int, fast_decode: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
+    """`decode_one` of an encoded image held in memory (a request's body): the same decoder, resize, pixel limit
+    and reasons; ``name`` stands for the file in ``path`` and is cut from the reason."""
     reduce_to = (size, size) if fast_decode else None
-    return _decode_resized(name, lambda: decode_rgb_sized(data, name, reduce_to), size, False)
+    return _decode_resized(name, lambda: decode_rgb_sized(data, name, reduce_to, max_pixels), size, False)
 
 
 def _decode_resized(path: str, read: Callable[[], tuple[np.ndarray, tuple[int, int]]], size: int,
@@ -221,6 +231,7 @@ class InferOptions:
     save_vis: Path | None = None    # folder for copies of the images with keypoints and top-1 drawn
     queue_batches: int = 2          # prepared batches waiting for the predictor (bounds memory)
     fast_decode: bool = False       # JPEGs >= 2x the input: DCT-domain 1/2, 1/4, 1/8 decode (not with save_vis)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS   # larger images are refused from their header (None/0: no limit)
 
 
 @dataclass
@@ -237,6 +248,7 @@ class InferReport:
     errors_file: Path
     vis_dir: Path | None = None
     errors: list[tuple[str, str]] = field(default_factory=list)   # (path, reason) for this run
+    worker_deaths: int = 0          # --ray: workers that died during the run (their blocks were sent again)
 
     @property
     def images_per_s(self) -> float:
@@ -255,6 +267,8 @@ class InferReport:
                  f"results: {self.out} ({plural(self.scored, 'image')})",
                  f"errors:  {self.errors_file} ({plural(self.failed, 'image')})"]
         lines += [f"images with keypoints: {self.vis_dir}"] if self.vis_dir else []
+        lines += [f"workers died {plural(self.worker_deaths, 'time')} (a lost node, an out-of-memory kill or a file "
+                  "that crashes the decoder); their images were sent again"] if self.worker_deaths else []
         lines += [f"  {p}: {r}" for p, r in self.errors[:max_errors]]
         lines += [f"  ... and {len(self.errors) - max_errors} more"] if len(self.errors) > max_errors else []
         return lines
@@ -298,7 +312,7 @@ def iterate_batches(paths: Sequence[str], predictor: Predictor, options: InferOp
             while True:
                 while len(window) < window_size and (p := next(it, None)) is not None:
                     window.append(pool.submit(decode_one, p, predictor.input_size, keep_original,
-                                              options.fast_decode))
+                                              options.fast_decode, options.max_pixels))
                 if not window or stop.is_set():
                     break
                 pending.append(window.popleft().result())

@@ -14,10 +14,12 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fgdeploy.errors import FgdeployError
@@ -25,8 +27,7 @@ from fgdeploy.errors import FgdeployError
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
-INSTALL_HINTS = {   # what a command needs -> (what the error says, how to install it)
-    "ray.data": ("--ray needs Ray Data", INSTALL_HINT),
+INSTALL_HINTS = {   # a Ray library a command needs -> (what the error says, how to install it)
     "ray.serve": ("fgdeploy serve needs Ray Serve", "pip install 'ray[serve]' (from a checkout: pip install -e "
                                                     "'.[serve]')"),
 }
@@ -54,25 +55,30 @@ class ClusterOptions:
     verbose: bool = False           # Ray's own log lines (else only its errors reach the console)
 
 
-def import_ray(needs: str = "ray.data") -> Any:
-    """The ``ray`` module with the library a command needs (``needs``: "ray.data" or "ray.serve").
+def import_ray(needs: str | None = None) -> Any:
+    """The ``ray`` module, and the Ray library a command needs (``needs``: "ray.serve"; None: Ray alone).
 
     Raises:
-        FgdeployError: Ray or that library is not installed, saying what to install.
+        FgdeployError: Ray (or that library) is not installed, saying what to install.
     """
     try:
         import ray
-        importlib.import_module(needs)   # Ray Data / Ray Serve come with the ray[data] / ray[serve] extras only
     except ImportError as exc:
-        broken = f" ({exc})" if exc.name not in ("ray", needs) else ""   # installed, but a dependency is not
-        what, hint = INSTALL_HINTS[needs]
-        raise FgdeployError(f"{what}, which is not installed here{broken}: {hint}") from None
+        broken = f" ({exc})" if exc.name != "ray" else ""   # installed, but a dependency is not
+        raise FgdeployError(f"--ray needs Ray, which is not installed here{broken}: {INSTALL_HINT}") from None
+    if needs:
+        try:
+            importlib.import_module(needs)   # Ray Serve comes with the ray[serve] extra only
+        except ImportError as exc:
+            broken = f" ({exc})" if exc.name != needs else ""
+            what, hint = INSTALL_HINTS[needs]
+            raise FgdeployError(f"{what}, which is not installed here{broken}: {hint}") from None
     return ray
 
 
 @contextlib.contextmanager
-def ray_session(options: ClusterOptions = ClusterOptions(), needs: str = "ray.data") -> Iterator[Any]:
-    """Connect to Ray for one run and disconnect at the end; yields the ``ray`` module (``needs``: the Ray library
+def ray_session(options: ClusterOptions = ClusterOptions(), needs: str | None = None) -> Iterator[Any]:
+    """Connect to Ray for one run and disconnect at the end; yields the ``ray`` module (``needs``: a Ray library
     the run uses, see ``import_ray``).
 
     A session that is already open (a notebook's, a test's) is used as it is and left open. Otherwise
@@ -113,9 +119,39 @@ def ray_session(options: ClusterOptions = ClusterOptions(), needs: str = "ray.da
                             f"{CONNECT_ATTEMPTS_VARIABLE}=N tries N times); start it with `ray start --head` or "
                             "pass its address (auto, ray://HOST:10001, HOST:6379)") from None
     try:
-        yield ray
+        with contextlib.nullcontext() if options.verbose else cluster_notices_to_log():
+            yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def cluster_notices_to_log() -> Iterator[None]:
+    """Send the notices Ray prints to the driver's stdout for the cluster ("(raylet) A worker died or was killed
+    ...", a node's raylet ending: 10-40 lines each) to this module's debug log while the block runs. Callers report
+    what those events mean for their work in a line of their own (``ray_dispatch``: one per dead worker).
+
+    Ray's driver prints them from a background thread through ``ray._private.worker.print_to_stdstream`` (Ray 2.60,
+    private); if that is not there, nothing changes.
+    """
+    try:
+        from ray._private import worker
+        original = worker.print_to_stdstream
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            original(data, ignore_prefix)
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug("ray: %s", " | ".join(line.strip() for line in data.get("lines", ()))[:2000])
+
+    worker.print_to_stdstream = print_to_stdstream
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
 
 
 @contextlib.contextmanager
@@ -220,3 +256,53 @@ def refused_for_missing_token(exc: BaseException) -> bool:
 def fgdeploy_cause(exc: BaseException) -> FgdeployError | None:
     """The FgdeployError a Ray error carries (raised in a task or actor), if any."""
     return next((e for e in error_causes(exc) if isinstance(e, FgdeployError)), None)
+
+
+@contextlib.contextmanager
+def loopback_cluster(worker_nodes: int = 2, cpus_per_node: int = 1, workdir: str | Path | None = None,
+                     environment: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """A head and ``worker_nodes`` Ray nodes on this machine, for tests and benchmarks of multi-node behaviour;
+    yields the ``ray.cluster_utils.Cluster`` (``.address`` to join, ``.worker_nodes``, ``.remove_node(node)``).
+
+    Each node is its own raylet, object store and set of worker processes, listening on 127.0.0.1 only (as
+    ``start_local_instance``), with its files under a private temporary folder (RAY_TMPDIR: the machine's
+    ``/tmp/ray`` and the address ``ray start`` leaves there are not touched). The nodes are started in ``workdir``
+    (so their workers' working directory is not the caller's) with ``environment`` added to theirs, and check each
+    other's health every 0.5 s (a removed node is noticed within ~2 s). Everything is shut down at the end.
+    """
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    ray_tmp = tempfile.mkdtemp(prefix="fgr", dir="/tmp")   # short: Ray's socket paths must fit 107 bytes
+    values = {"RAY_TMPDIR": ray_tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+              **(environment or {})}
+    saved_env = {k: os.environ.get(k) for k in values}
+    saved_mode, saved_cwd = ray_constants.ENABLE_RAY_CLUSTER, os.getcwd()
+    health = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_timeout_ms": 500,
+              "health_check_failure_threshold": 3}
+    cluster = None
+    os.environ.update(values)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        os.chdir(workdir or ray_tmp)
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": cpus_per_node, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "_system_config": health})
+        for _ in range(worker_nodes):
+            cluster.add_node(num_cpus=cpus_per_node, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes(timeout=60)
+        os.chdir(saved_cwd)
+        yield cluster
+    finally:
+        os.chdir(saved_cwd)
+        try:
+            if cluster is not None:
+                cluster.shutdown()
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_mode
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,35 +1,39 @@
-"""Scale-out batch scoring on Ray (`fgdeploy infer --ray`): Ray Data streaming, a pool of model actors.
+"""Scale-out batch scoring on Ray (`fgdeploy infer --ray`): a pool of model actors fed by the driver.
 
-Pipeline (Ray Data's streaming executor; its backpressure bounds the images in flight):
+Pipeline:
 
-    driver: discover_images -> paths not yet journaled -> blocks of paths
+    driver: discover_images -> paths not yet journaled -> (absolute path, name as given) -> blocks
       -> on GPUs: CPU tasks (``decode_paths``): ``decode_one`` per path, the local run's per-image code: S x S
          uint8 images, the sizes as stored, and the reason for each bad file; then the model actors
          (``ModelActor``; ``actors`` of them, one GPU each): the predictor on the good images, ``RecordMaker``;
          one journal line per image (a result or an error)
-      -> on CPUs: the model actors decode their own paths (the same ``decode_paths``) and run the model, one
+      -> on CPUs: the model actors decode their own blocks (the same ``decode_paths``) and run the model, one
          actor per CPU by default
-      -> driver: ``iter_batches``; each image's first line is appended to the journal and fsync'd.
+      -> driver (``ray_dispatch.Dispatcher``): each block's lines, in block order; each image's first line is
+         appended to the journal and fsync'd.
+
+Paths: the driver sends each worker the image's absolute path (joined to the driver's working directory, which
+a worker does not share: it runs where its node was started) and records the name the user gave in OUT, so a
+relative folder, glob, list file or ``--resume`` works on a cluster as it does locally. The model file is sent
+as an absolute path too.
 
 Why the two shapes: a GPU actor must be fed, so decoding runs beside it in as many CPU tasks as the node
 has CPUs to spare. A CPU actor decodes as fast as a decode task would, on the same kind of core; decoding
 in separate tasks then only adds a pass of every image through the object store and a second scheduled
-task per block, and leaves cores idle whenever the two stages' speeds differ. Measured on 2 cores
-(``bench/bench_ray.py``, 2,000 images): decode tasks + one model actor reached 0.52x of local ``infer``'s
-img/s, two actors that decode 0.67x, and 1.09x on 20,000 images, where Ray Data's ~5 s start counts less
-(README, "Scale out").
+task per block, and leaves cores idle whenever the two stages' speeds differ (measured with the earlier Ray Data
+pipeline on 2 cores, ``bench/bench_ray.py``, 2,000 images: decode tasks + one model actor 0.52x of local
+``infer``'s img/s, two actors that decode 0.67x).
 
 Where results are made durable, and why there: in the driver's journal (``OUT.partial.jsonl``), the same
-file, format and fsync-per-batch as the local run. Everything Ray holds in flight lives in the object store
-and belongs to the driver's job: when the driver dies, its tasks, actors and objects go with it, so nothing
-only Ray holds can be resumed; what the driver has fsync'd can. One writer also means no per-worker files to
-merge, no writable shared filesystem needed on the workers and no half-written files from retried tasks, and
-``--resume``, the errors file and the run record are the local run's code (a run started locally can be
-finished with ``--ray`` and the other way round). Ray retries a decode task or a model actor's batch when a
-worker dies: Ray Data's defaults, kept on purpose, are ``max_retries=-1`` for its tasks and ``max_restarts=-1``,
-``max_task_retries=-1`` for its actors (passing them explicitly goes through ``ray_remote_args``, which Ray
-deprecates, to be removed in 2.64). A retried batch may deliver an image a second time: the driver keeps each
-image's first result (by ``key_of``), and ``render_outputs`` again keeps one row per image. The price: every
+file, format and fsync-per-batch as the local run. Everything Ray holds in flight belongs to the driver's job:
+when the driver dies, its tasks, actors and objects go with it, so nothing only Ray holds can be resumed; what
+the driver has fsync'd can. One writer also means no per-worker files to merge, no writable shared filesystem
+needed on the workers and no half-written files from retried work, and ``--resume``, the errors file and the run
+record are the local run's code (a run started locally can be finished with ``--ray`` and the other way round).
+When a worker dies (a lost node, an out-of-memory kill, a decoder crash) the dispatcher sends its block again,
+at most ``--max-retries`` times, then the block's images one by one, and reports the image that still kills its
+worker in the errors file (``ray_dispatch`` says why the driver does this rather than Ray Data). The driver keeps
+each image's first result (by ``key_of``), and ``render_outputs`` again keeps one row per image. The price: every
 result passes through the driver (about 1.3 KB of JSON per image), and the driver's memory holds the path list
 and the keys done, so very large listings are run as shards (README, "Scale out").
 
@@ -41,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,21 +60,23 @@ from fgdeploy.inference.local import (
 )
 from fgdeploy.inference.batch_records import RecordMaker, check_fixed_batch, clamp_topk, is_failure
 from fgdeploy.inference.ray_cluster import ClusterOptions, fgdeploy_cause, first_line, ray_session
+from fgdeploy.inference.ray_dispatch import Dispatcher
 from fgdeploy.inference.results import Journal, errors_path_for, journal_path_for, key_of, render_outputs
 from fgdeploy.tensors import PART_NAMES
 
 logger = logging.getLogger(__name__)
 
 # A decode task asks for this much memory plus twice its block of resized images (measured: a decode worker's
-# process peaks near 120 MiB with 64 images of 160 px). Asking for memory also keeps decode tasks apart from
-# CPU actors (``decode_tasks=True`` on CPUs): Ray Data fuses a task stage into the actor stage after it when
-# their resource requests are equal.
+# process peaks near 120 MiB with 64 images of 160 px), so that Ray does not start more on a node than it holds.
 DECODE_WORKER_MEMORY = 160 << 20
 # Paths per block: a decode task's; for actors that decode, one actor call's: 16 batches, chosen from single
-# runs on 2 cores (2,000 images, batch 16; not repeated): 256 paths per call 9.8 CPU ms per image over all
-# processes, 128 paths 10.7, 64 paths 10.5 (first prototype); 512 paths left the first results ~11 s late.
+# runs on 2 cores (2,000 images, batch 16; not repeated; Ray Data pipeline): 256 paths per call 9.8 CPU ms per
+# image over all processes, 128 paths 10.7, 64 paths 10.5 (first prototype); 512 paths left the first results
+# ~11 s late. A block is also what a worker death costs (it is sent again whole), and a poison image's block
+# is what is then scored one image at a time.
 DECODE_BLOCK_BATCHES = 4
 ACTOR_BLOCK_BATCHES = 16
+DEFAULT_MAX_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ class RayOptions(ClusterOptions):
     actors: int = 0                 # model actors; 0: one per GPU on CUDA, else one per ``threads`` CPUs
     decode_tasks: bool | None = None        # decode in CPU tasks feeding the actors (None: on GPUs only; CPU
                                             # actors decode their own images, measured faster on CPUs)
+    max_retries: int = DEFAULT_MAX_RETRIES  # a block whose worker died is sent again this often, then its
+                                            # images alone as often; an image still killing it is an error
 
 
 @dataclass
@@ -108,16 +117,41 @@ class ModelInfo:
 
 # --------------------------------------------------------------------------------------------
 # the work on the cluster
-def decode_paths(batch: dict[str, np.ndarray], input_size: int, fast_decode: bool) -> dict[str, np.ndarray]:
-    """A decode task: ``decode_one`` for each path (never raises for a bad file; its reason is kept)."""
+# Test hooks, read from the environment of the worker processes (a node's, set when it is started): a worker
+# exits as a crashing decoder would when it meets a file of this name; a worker sleeps this long per image.
+TEST_EXIT_ON_VARIABLE = "FGDEPLOY_TEST_EXIT_ON"
+TEST_DECODE_SECONDS_VARIABLE = "FGDEPLOY_TEST_DECODE_SECONDS"
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How a worker decodes: the local run's ``decode_one`` arguments."""
+
+    input_size: int
+    fast_decode: bool = False
+    max_pixels: int | None = None
+
+
+def decode_paths(items: Sequence[tuple[str, str]], spec: DecodeSpec) -> dict[str, np.ndarray]:
+    """A decode task (or a CPU actor's decoding): ``decode_one`` for each (path to read, name to record);
+    never raises for a bad file (its reason is kept)."""
+    exit_on, delay = os.environ.get(TEST_EXIT_ON_VARIABLE), float(os.environ.get(TEST_DECODE_SECONDS_VARIABLE) or 0)
+    decoded = []
     with single_threaded_cv2():   # one task per CPU is the parallelism
-        items = [decode_one(str(p), input_size, False, fast_decode) for p in batch["path"]]
-    blank = np.zeros((input_size, input_size, 3), np.uint8)
-    return {"path": np.array([d.path for d in items], dtype=object),
-            "image": np.stack([blank if d.image is None else d.image for d in items]),
-            "height": np.array([d.size_hw[0] for d in items], np.int64),
-            "width": np.array([d.size_hw[1] for d in items], np.int64),
-            "error": np.array([d.error or "" for d in items], dtype=object)}
+        for read_path, name in items:
+            if exit_on and os.path.basename(read_path) == exit_on:
+                os._exit(70)
+            if delay:
+                time.sleep(delay)
+            d = decode_one(read_path, spec.input_size, False, spec.fast_decode, spec.max_pixels)
+            d.path = name
+            decoded.append(d)
+    blank = np.zeros((spec.input_size, spec.input_size, 3), np.uint8)
+    return {"path": np.array([d.path for d in decoded], dtype=object),
+            "image": np.stack([blank if d.image is None else d.image for d in decoded]),
+            "height": np.array([d.size_hw[0] for d in decoded], np.int64),
+            "width": np.array([d.size_hw[1] for d in decoded], np.int64),
+            "error": np.array([d.error or "" for d in decoded], dtype=object)}
 
 
 def _open_model(spec: ModelSpec) -> tuple[contextlib.ExitStack, Any]:
@@ -142,28 +176,42 @@ def probe_model(spec: ModelSpec) -> ModelInfo:
 
 
 class ModelActor:
-    """One model instance: turns batches of images into journal lines (a result or an error each).
+    """One model instance: turns blocks of images into journal lines (a result or an error each), ``batch``
+    images per model call. ``decode``: how to decode blocks of paths (``score_paths``; CPU actors), as
+    ``decode_paths`` would in a task; decoded blocks come to ``score_decoded``."""
 
-    ``decodes``: the batches hold paths only and the actor decodes them itself (CPU actors), as
-    ``decode_paths`` would in a task; otherwise they hold ``decode_paths``'s output.
-    """
-
-    def __init__(self, spec: ModelSpec, topk: int, decodes: bool = False, fast_decode: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, topk: int, batch: int, decode: DecodeSpec | None = None) -> None:
         self._stack, loaded = _open_model(spec)
         self.predictor = loaded.predictor
         self.maker = RecordMaker(self.predictor.input_size, topk, loaded.class_names, loaded.part_names)
-        self.decodes, self.fast_decode = decodes, fast_decode
+        self.batch, self.decode = batch, decode
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.decodes:
-            batch = decode_paths(batch, self.predictor.input_size, self.fast_decode)
+    def ready(self) -> str:
+        """The node this actor runs on, once its model is loaded."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def score_paths(self, items: Sequence[tuple[str, str]]) -> tuple[list[str], list[bool]]:
+        """Decode and score (path to read, name to record) pairs, ``batch`` at a time."""
+        assert self.decode is not None
+        lines: list[str] = []
+        failed: list[bool] = []
+        for i in range(0, len(items), self.batch):
+            more_lines, more_failed = self.score_decoded(decode_paths(items[i:i + self.batch], self.decode))
+            lines += more_lines
+            failed += more_failed
+        return lines, failed
+
+    def score_decoded(self, batch: dict[str, np.ndarray]) -> tuple[list[str], list[bool]]:
+        """Journal lines and failed flags for a block of ``decode_paths``'s output, in its order."""
         items = [Decoded(str(p), None if e else image, (int(h), int(w)), error=str(e) or None)
                  for p, image, h, w, e in zip(batch["path"], batch["image"], batch["height"], batch["width"],
                                               batch["error"])]
-        entries = self.maker.score(self.predictor, items)
-        return {"path": np.array([d.path for d in items], dtype=object),
-                "line": np.array([json.dumps(e, ensure_ascii=False) for e in entries], dtype=object),
-                "failed": np.array([is_failure(e) for e in entries])}
+        entries: list[dict[str, Any]] = []
+        for i in range(0, len(items), self.batch):   # the shared per-batch path, ``batch`` images per model call
+            entries += self.maker.score(self.predictor, items[i:i + self.batch])
+        return [json.dumps(e, ensure_ascii=False) for e in entries], [is_failure(e) for e in entries]
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,11 +224,13 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
     """Score ``paths`` on a Ray cluster and write ``out``, its errors file and run record as ``run_inference`` does.
 
     Args:
-        paths: images, e.g. from ``discover_images``; every node must read them under these names.
+        paths: images, e.g. from ``discover_images``; relative ones are taken from this process's working
+            directory and sent to the workers as absolute paths (OUT records them as given); every node must
+            read the files under those absolute paths.
         spec: the model and backend options each actor opens.
         out: results file (.csv or .jsonl); the journal ``OUT.partial.jsonl`` lives beside it until the end.
         options: batch, topk, resume, fast_decode as for the local run (``workers`` and ``save_vis`` unused).
-        ray_options: cluster address, number of model actors, local instance size.
+        ray_options: cluster address, number of model actors, local instance size, retries after worker deaths.
         model_id: identifies the model in the journal; resuming with another model is refused.
         on_model: called with the probed model and the number of actors before the run starts.
         on_start, on_progress: as for ``run_inference``.
@@ -196,6 +246,7 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
     header = run_header(paths, model_id, options)
     if journal.path.exists() and not options.resume:
         open_journal(journal, header, out, resume=False)   # raises: say so before starting Ray
+    spec = replace(spec, model=os.path.join(header["cwd"], spec.model))   # workers do not share our directory
     with ray_session(ray_options) as ray:
         spec, actors, decode_tasks = _placement(ray, spec, ray_options.actors, ray_options.decode_tasks)
         info = _probe(ray, spec)
@@ -214,21 +265,25 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
         if on_start:
             on_start(len(todo))
         start = time.perf_counter()
+        sink = _JournalSink(journal, header["cwd"], scored, on_progress)
+        items = [(os.path.join(header["cwd"], p), p) for p in todo]   # (path a worker reads, name OUT records)
+        blocks = [items[i:i + per_block] for i in range(0, len(items), per_block)]
+        dispatcher = _dispatcher(ray, spec, info, options, ray_options, actors, decode_tasks, per_block)
         try:
-            sink = _JournalSink(journal, header["cwd"], scored, on_progress)
-            if todo:
-                for block in _dataset(ray, todo, spec, info, options, actors, per_block, decode_tasks).iter_batches(
-                        batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-                    sink.write(block.column("path").to_pylist(), block.column("line").to_pylist(),
-                               block.column("failed").to_pylist())
+            for names, lines, failed in dispatcher.run(blocks):
+                sink.write(names, lines, failed)
         except ray.exceptions.RayError as exc:
             cause = fgdeploy_cause(exc)
             raise cause or FgdeployError(f"the Ray run stopped: {first_line(exc)}; the images finished so far are "
                                          f"in {journal.path}: rerun with --resume to go on") from None
+        except FgdeployError as exc:
+            raise FgdeployError(f"{exc}; the images finished so far are in {journal.path}: rerun with --resume to "
+                                "go on") from None
         finally:
             journal.close()
             report.seconds = time.perf_counter() - start
     report.errors, report.attempted = sink.errors(), sink.attempted
+    report.worker_deaths = dispatcher.stats.deaths
     report.scored, report.failed = render_outputs(journal, out, options.topk, sink.part_names or PART_NAMES)
     journal.path.unlink()
     return report
@@ -275,28 +330,27 @@ def _probe(ray: Any, spec: ModelSpec) -> ModelInfo:
                                                     f"{first_line(exc)}") from None
 
 
-def _dataset(ray: Any, todo: Sequence[str], spec: ModelSpec, info: ModelInfo, options: InferOptions,
-             actors: int, per_block: int, decode_tasks: bool) -> Any:
-    """The Ray Data pipeline: path blocks -> [decode tasks ->] model actors -> (path, line, failed) rows."""
-    import pyarrow as pa
+def _dispatcher(ray: Any, spec: ModelSpec, info: ModelInfo, options: InferOptions, ray_options: RayOptions,
+                actors: int, decode_tasks: bool, per_block: int) -> Dispatcher:
+    """The model actors (and decode tasks) on the cluster, each death reported to the driver (no Ray retries)."""
+    decode_spec = DecodeSpec(info.input_size, options.fast_decode, options.max_pixels or None)
+    actor_class = ray.remote(ModelActor).options(num_cpus=actor_cpus(spec), num_gpus=1 if spec.device == "cuda" else 0,
+                                                 max_restarts=0, max_task_retries=0)
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False        # the CLI draws its own bar
-    context.print_on_execution_start = False
-    context.execution_options.preserve_order = True   # OUT in the order of the paths, as a local run writes it
-    paths = ray.data.from_arrow([pa.table({"path": list(todo[i:i + per_block])})
-                                 for i in range(0, len(todo), per_block)])
-    model_args = {"batch_size": options.batch, "batch_format": "numpy", "zero_copy_batch": True,
-                  "compute": ray.data.ActorPoolStrategy(size=actors), "num_cpus": actor_cpus(spec),
-                  "num_gpus": 1 if spec.device == "cuda" else 0}
-    if not decode_tasks:
-        return paths.map_batches(ModelActor, fn_constructor_kwargs={
-            "spec": spec, "topk": options.topk, "decodes": True, "fast_decode": options.fast_decode}, **model_args)
-    decoded = paths.map_batches(
-        decode_paths, batch_size=None, batch_format="numpy", zero_copy_batch=True,
-        fn_kwargs={"input_size": info.input_size, "fast_decode": options.fast_decode},
-        num_cpus=1, memory=DECODE_WORKER_MEMORY + 2 * per_block * 3 * info.input_size ** 2)
-    return decoded.map_batches(ModelActor, fn_constructor_kwargs={"spec": spec, "topk": options.topk}, **model_args)
+    def new_actor() -> Any:
+        return actor_class.remote(spec, options.topk, options.batch, None if decode_tasks else decode_spec)
+
+    decode = None
+    decoders = 0
+    if decode_tasks:
+        task = ray.remote(decode_paths).options(
+            num_cpus=1, max_retries=0, memory=DECODE_WORKER_MEMORY + 2 * per_block * 3 * info.input_size ** 2)
+
+        def decode(items: list[tuple[str, str]]) -> Any:
+            return task.remote(items, decode_spec)
+
+        decoders = max(1, int(ray.cluster_resources().get("CPU", 0)) - actors * actor_cpus(spec))
+    return Dispatcher(ray, new_actor, actors, ray_options.max_retries, decode=decode, decoders=decoders)
 
 
 def paths_per_block(decode_tasks: bool, images: int, batch: int, actors: int) -> int:

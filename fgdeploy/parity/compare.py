@@ -58,6 +58,34 @@ def compare_output(name: str, ref: np.ndarray, test: np.ndarray, tol: Tolerance,
     )
 
 
+def settled_images(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(N,) bool: images whose keypoints and head/body boxes are the same in ``test`` as in ``ref`` (all True for
+    outputs without keypoints)."""
+    n = len(ref[OUTPUT_LOGITS])
+    same = np.ones(n, bool)
+    if OUTPUT_KEYPOINTS in ref and OUTPUT_KEYPOINTS in test:
+        same &= np.all(np.asarray(ref[OUTPUT_KEYPOINTS]) == np.asarray(test[OUTPUT_KEYPOINTS]), axis=(1, 2))
+    if OUTPUT_PART_BOXES in ref and OUTPUT_PART_BOXES in test:
+        diff = np.abs(np.asarray(ref[OUTPUT_PART_BOXES], np.float64) - np.asarray(test[OUTPUT_PART_BOXES], np.float64))
+        same &= diff.reshape(n, -1).max(axis=1, initial=0.0) <= 1e-3
+    return same
+
+
+def compare_logits(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], tol: Tolerance,
+                   settled_only: bool) -> OutputComparison:
+    """The logits' element check, on every image or (``settled_only``) on the images whose keypoints and boxes
+    agree (``settled_images``; all images when none do)."""
+    if not settled_only:
+        return compare_output(OUTPUT_LOGITS, ref[OUTPUT_LOGITS], test[OUTPUT_LOGITS], tol)
+    rows = settled_images(ref, test)
+    if not rows.any():
+        rows[:] = True
+    result = compare_output(OUTPUT_LOGITS, np.asarray(ref[OUTPUT_LOGITS])[rows], np.asarray(test[OUTPUT_LOGITS])[rows],
+                            tol)
+    result.judged_on = f"{int(rows.sum())} of {len(rows)} images whose keypoints and boxes agree"
+    return result
+
+
 def _p99(x: np.ndarray) -> float:
     return float(np.percentile(x, 99)) if x.size else 0.0
 
@@ -194,8 +222,8 @@ def _opt_int(values: np.ndarray | None, i: int) -> int | None:
 def build_checks(outputs: Sequence[OutputComparison], task: TaskComparison, batch: BatchInvariance | None,
                  th: Thresholds) -> list[Check]:
     """Every pass/fail decision of a report, with the value and threshold."""
-    checks = [Check(f"{o.name} within atol={o.atol:g} rtol={o.rtol:g}", o.images_within, o.min_fraction, ">=",
-                    bool(o.passed)) for o in outputs if o.passed is not None]
+    checks = [Check(f"{o.name} within atol={o.atol:g} rtol={o.rtol:g}" + (f" ({o.judged_on})" if o.judged_on else ""),
+                    o.images_within, o.min_fraction, ">=", bool(o.passed)) for o in outputs if o.passed is not None]
     logits = next((o for o in outputs if o.name == OUTPUT_LOGITS), None)
     if th.logit_error_over_range is not None and logits is not None:
         value = logits.max_abs / logits.ref_range if logits.ref_range > 0 else logits.max_abs

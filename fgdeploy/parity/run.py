@@ -13,7 +13,7 @@ import numpy as np
 from fgdeploy.backends.base import Runner
 from fgdeploy.geometry import point_to_cell
 from fgdeploy.text import plural
-from fgdeploy.parity.compare import build_checks, compare_output, compare_tasks
+from fgdeploy.parity.compare import build_checks, compare_logits, compare_output, compare_tasks
 from fgdeploy.parity.report import (
     BatchInvariance, Divergence, ParityReport, StageDiff, TaskComparison, Thresholds, Tolerance,
     default_thresholds,
@@ -149,6 +149,18 @@ def locate_divergence(
     return Divergence(first, indices, stages, note="; ".join(dict.fromkeys(notes)))
 
 
+def _guard_overlap(source: ImageSource, *metas: dict[str, Any]) -> int | None:
+    """How many of ``source``'s images a reduced-precision model's guard chose on (its metadata records them);
+    None when neither model records a guard or the images do not come from files."""
+    from fgdeploy.export.precision.images import GuardImages
+
+    for meta in metas:
+        guard = GuardImages.from_metadata(meta)
+        if guard is not None and source.files:
+            return guard.overlap(source.files)
+    return None
+
+
 def _stage(name: str, ref: np.ndarray, test: np.ndarray, tol: Tolerance) -> StageDiff:
     cmp = compare_output(name, ref, test, dataclasses.replace(tol, min_fraction=1.0))
     return StageDiff(name, cmp.max_abs, bool(cmp.passed))
@@ -191,7 +203,9 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
     input_size = int(test_meta.get("input_size") or ref_meta.get("input_size") or source.load([0]).shape[-1])
     heatmap_hw = _heatmap_hw(ref_meta, test_meta, ref_out, test_out)
     part_names = list(test_meta.get("part_names") or ref_meta.get("part_names") or [])
-    outputs = [compare_output(name, ref_out[name], test_out[name], thresholds.tolerance,   # boxes: judged by IoU
+    outputs = [compare_logits(ref_out, test_out, thresholds.tolerance, thresholds.logits_on_settled_images)
+               if name == OUTPUT_LOGITS else
+               compare_output(name, ref_out[name], test_out[name], thresholds.tolerance,   # boxes: judged by IoU
                               judged=name not in (OUTPUT_KEYPOINTS, OUTPUT_PART_BOXES))
                for name in _common_outputs(ref_out, test_out)]
     task = TaskComparison(n_images=len(indices), top1_agreement=1.0)
@@ -206,7 +220,9 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
                              tie_tolerance=thresholds.tolerance)
     report = ParityReport(ref=ref_name, test=test_name, precision=precision, n_images=len(indices),
                           data=source.description, thresholds=dataclasses.asdict(thresholds), outputs=outputs,
-                          task=task, batch=batch, checks=build_checks(outputs, task, batch, thresholds))
+                          task=task, batch=batch, checks=build_checks(outputs, task, batch, thresholds),
+                          image_ids=None if source.truth.image_ids is None else [int(i) for i in source.truth.image_ids],
+                          guard_overlap=_guard_overlap(source, test_meta, ref_meta))
     if not report and config.locate_divergence:
         suspects = _suspect_images(task, ref_out, test_out, thresholds.tolerance) or indices[:MAX_DEBUG_IMAGES]
         report.divergence = locate_divergence(ref, test, source, suspects, thresholds.tolerance,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ class ImageSource:
 
     description = "images"
     truth: GroundTruth
+    files: list[Path] = []     # the image files, when the images come from files (digests: overlap checks)
+    root: Path | None = None   # the dataset or folder they come from
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -45,8 +47,10 @@ class RandomImages(ImageSource):
 class ArrayImages(ImageSource):
     """Images already in memory, (N, 3, S, S) float32 in [0, 1]."""
 
-    def __init__(self, images: np.ndarray, truth: GroundTruth | None = None, description: str = "") -> None:
+    def __init__(self, images: np.ndarray, truth: GroundTruth | None = None, description: str = "",
+                 files: Sequence[str | Path] = ()) -> None:
         self.images = np.asarray(images, np.float32)
+        self.files = [Path(f) for f in files]
         self.truth = truth or GroundTruth()
         self.description = description or f"{len(self.images)} given images"
 
@@ -65,24 +69,33 @@ class DatasetImages(ImageSource):
         split: "train", "test" or "all".
         size: model input side S.
         n: number of images, spread evenly over the split (all when None or larger).
+        ids: only these CUB image ids of the split (in the split's order), e.g. one half of the test split;
+            None: the whole split.
+        selection: what ``ids`` are, for the description (e.g. "the half the guard did not use").
     """
 
-    def __init__(self, root: str | Path, split: str, size: int, n: int | None = None) -> None:
+    def __init__(self, root: str | Path, split: str, size: int, n: int | None = None,
+                 ids: Collection[int] | None = None, selection: str = "") -> None:
         from fgdeploy.data.cub import CubDataset
         from fgdeploy.data.transforms import EvalTransform
 
         dataset = CubDataset(root, split)  # type: ignore[arg-type]
         total = len(dataset)
-        count = total if n is None else max(0, min(n, total))
-        picks = np.unique(np.linspace(0, total - 1, count).round().astype(np.int64)) if count else np.zeros(0, int)
+        allowed = set(ids) if ids is not None else None
+        pool = np.asarray([i for i, image_id in enumerate(dataset.image_ids)
+                           if allowed is None or image_id in allowed], np.int64)
+        count = len(pool) if n is None else max(0, min(n, len(pool)))
+        spread = np.unique(np.linspace(0, len(pool) - 1, count).round().astype(np.int64))
+        picks = pool[spread] if count else np.zeros(0, np.int64)
+        self.files = [dataset.image_path(int(i)) for i in picks]
         transform = EvalTransform(size)
-        images, labels, ids, kps, vis, boxes, affines = [], [], [], [], [], [], []
+        images, labels, image_ids, kps, vis, boxes, affines = [], [], [], [], [], [], []
         for index in picks:
             raw = dataset[int(index)]
             warped = transform(raw, None)
             images.append(warped.image)
             labels.append(raw.label)
-            ids.append(raw.image_id)
+            image_ids.append(raw.image_id)
             kps.append(np.asarray(raw.keypoints, np.float64))
             vis.append(np.asarray(raw.visible, bool))
             boxes.append(np.asarray(raw.bbox, np.float64))
@@ -90,9 +103,11 @@ class DatasetImages(ImageSource):
         self._images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
         self.truth = GroundTruth(labels=np.asarray(labels, np.int64), keypoints=np.stack(kps) if kps else None,
                                  visible=np.stack(vis) if vis else None, bbox=np.stack(boxes) if boxes else None,
-                                 affine=np.stack(affines) if affines else None, image_ids=np.asarray(ids, np.int64))
+                                 affine=np.stack(affines) if affines else None, image_ids=np.asarray(image_ids, np.int64))
         self.class_names = list(dataset.class_names)
-        self.description = f"{len(picks)} of {total} {split} images of {dataset.root}"
+        self.root = Path(dataset.root)
+        of = f"{len(picks)} of {total} {split} images of {dataset.root}"
+        self.description = f"{of} ({selection})" if selection else of
 
     def __len__(self) -> int:
         return len(self._images)

@@ -5,7 +5,8 @@
             the client knows what it sent) and the model's id; header X-Fgdeploy-Batch-Size: the number of
             requests that shared this model call
         400 empty body or bad topk; 413 body over --max-bytes; 415 a form upload (multipart) instead of the
-        image's bytes; 422 the body is not a usable image (undecodable, truncated, zero-size); 503 the model
+        image's bytes; 422 the body is not a usable image (undecodable, truncated, zero-size, over --max-pixels:
+        refused from its header before decoding); 503 the model
         is not loaded; 500 the model failed. Every error is JSON {"error": "..."} saying what to do.
     GET /v1/health    200 {"status": "ok", "model"} once the model is loaded and answered a warm-up request;
                       503 {"status": "loading"} before, or {"status": "failed", "error"} if it cannot load
@@ -43,6 +44,7 @@ class ServeConfig:
         max_batch: requests per model call at most (``serve.batch``).
         batch_wait_ms: how long a model call waits for more requests once one is there.
         max_bytes: the largest body accepted.
+        max_pixels: images with more pixels are refused from their header, before decoding (as `infer`).
         topk: classes per answer unless the request says ``?topk=K``.
         load_timeout_s: how long a request waits for a replica that is still loading its model.
     """
@@ -56,6 +58,7 @@ class ServeConfig:
     max_batch: int = 16
     batch_wait_ms: float = 5.0
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int | None = 1 << 28     # = infer's default (``DEFAULT_MAX_PIXELS``); None: no limit
     topk: int = 5
     load_timeout_s: float = 300.0
 

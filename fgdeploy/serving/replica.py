@@ -201,7 +201,7 @@ class ModelReplica(HttpReplica):
         """`infer`'s decode and resize of one file, on the body's bytes; 422 for what `infer` lists as bad."""
         from fgdeploy.inference.local import decode_bytes
 
-        decoded = decode_bytes(body, BODY_NAME, self.loaded.predictor.input_size)
+        decoded = decode_bytes(body, BODY_NAME, self.loaded.predictor.input_size, max_pixels=self.config.max_pixels)
         if decoded.error is not None:
             raise unusable_image(decoded.error)
         return decoded
@@ -225,4 +225,5 @@ class ModelReplica(HttpReplica):
                 "heatmap_size": list(loaded.heatmap_size) if loaded.heatmap_size else None,
                 "part_boxes": self.part_boxes,
                 "max_batch": c.max_batch, "batch_wait_ms": c.batch_wait_ms, "max_bytes": c.max_bytes,
+                "max_pixels": c.max_pixels,
                 "default_topk": c.topk}

@@ -21,10 +21,12 @@ from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
 from fgdeploy.cli import cli
 from fgdeploy.data.synthetic import generate_synth_birds
 from fgdeploy.errors import ImageError
-from fgdeploy.export.precision.images import MIN_CALIBRATION_IMAGES, guard_source, load_image_set
+from fgdeploy.cpu import cpu_features
+from fgdeploy.export.precision.images import MIN_CALIBRATION_IMAGES, guard_source, load_image_set, guard_and_parity_halves
 from fgdeploy.export.precision.fp16 import ALWAYS_FP32_REASON, Fp16Builder, fp32_node_names
 from fgdeploy.export.precision.guard import Guard, GuardMetrics, GuardThresholds, guarded_search
-from fgdeploy.export.precision.int8 import Int8Builder, Int8Settings, float_policy, quantized_nodes
+from fgdeploy.export.precision.graph import float_policy
+from fgdeploy.export.precision.int8 import SCHEMES, Int8Builder, Int8Settings, choose_scheme, quantized_nodes
 from fgdeploy.export.exporter import ExportOptions, export_checkpoint, reduce_exported
 from fgdeploy.export.precision import CalibrationOptions, GuardOptions, PrecisionOptions
 from fgdeploy.models import create_model, load_model_config, with_backbone_options
@@ -116,10 +118,18 @@ def test_int8_metadata_records_precision_calibration_and_float_nodes(int8_onnx, 
     assert quant["source"] == str(data.resolve()) and "train split" in quant["description"]
     assert any("CoordinateTransfer" in k for k in meta["fp32_kept"])
     assert meta["float_kept_nodes"]["policy"] and meta["precision_guard"]["passed"] is True
+    assert quant["scheme"] in SCHEMES and quant["scheme_chosen_by"] == "cpu flags" and quant["scheme_reason"]
+    assert quant["scheme"] == choose_scheme(cpu_features())[0] and quant["cpu"]["flags"] == cpu_features()["flags"]
     report = json.loads(int8_onnx.with_name("tiny_int8.guard.json").read_text())
-    assert report["passed"] is True and report["n_images"] == 18 and "test images" in report["data"]
-    assert report["kept_float_nodes"] == meta["precision_guard"]["kept_float_nodes"]
+    assert report["passed"] is True and report["kept_float_nodes"] == meta["precision_guard"]["kept_float_nodes"]
     assert "RESULT: PASS" in int8_onnx.with_name("tiny_int8.guard.txt").read_text()
+    # the guard chose on every other test image (9 of 18), and the metadata says which
+    guard_ids, held_out_ids = guard_and_parity_halves(data)
+    assert report["n_images"] == 9 and "the guard's half" in report["data"]
+    recorded = meta["precision_guard"]
+    assert recorded["image_ids"] == guard_ids and recorded["source"] == str(data.resolve())
+    assert len(recorded["image_digests"]) == 9 and not set(guard_ids) & set(held_out_ids)
+    assert recorded["thresholds"]["min_outputs_within"] == 0.95      # parity's element check, with a margin
 
 
 def test_int8_outputs_track_fp32_and_parity_uses_the_int8_profile(ckpt, fp32_onnx, int8_onnx, data):
@@ -128,8 +138,11 @@ def test_int8_outputs_track_fp32_and_parity_uses_the_int8_profile(ckpt, fp32_onn
         want, got = ref.infer({"images": images}), test.infer({"images": images})
     span = np.ptp(want["logits"])
     assert 0 < np.abs(got["logits"] - want["logits"]).max() < 0.25 * span   # quantized, but close
+    _, held_out = guard_and_parity_halves(data)
     report = run_parity(lambda debug: TorchRunner(ckpt, debug=debug), lambda debug: OrtRunner(int8_onnx, debug=debug),
-                        DatasetImages(data, "test", SIZE), ParityConfig(batch_size=8))
+                        DatasetImages(data, "test", SIZE, ids=held_out), ParityConfig(batch_size=8))
+    assert report.passed, report.render()            # on images the guard never saw
+    assert report.image_ids == held_out and report.guard_overlap == 0
     assert report.precision == "int8"
     assert report.thresholds["top1_agreement"] == default_thresholds("int8").top1_agreement == 0.99
     assert report.thresholds["keypoint_same_cell"] == 0.98 and report.thresholds["accuracy_diff_points"] == 0.5
@@ -173,6 +186,14 @@ def test_guard_metrics_against_thresholds():
     assert good.passes(th) and no_labels.passes(th) and good.shortfall(th) < bad.shortfall(th)
     failures = bad.failures(th)
     assert len(failures) == 3 and "accuracy drop 2.00 points > 0.50" in failures[2]
+    # parity's element check, mirrored with a margin (int8: parity wants 90 % of the images, the guard 95 %)
+    from fgdeploy.export.precision import parity_profile
+
+    strict, tolerance = parity_profile(th, "int8")
+    assert strict.min_outputs_within == 0.95 and tolerance.min_fraction == 0.9 and tolerance.atol == 0.1
+    at_parity = GuardMetrics(1.0, 0.99, 0.9, 0.0, 0.0, 0, 0, 0.01, outputs_within=0.92)
+    assert at_parity.passes(th) and not at_parity.passes(strict)
+    assert "outputs within the element tolerance on 92.00% of the images < 95.00%" in at_parity.failures(strict)[0]
     with pytest.raises(Exception, match="min-top1-agree"):
         GuardThresholds(min_top1_agree=1.5)
 
@@ -187,15 +208,65 @@ def test_a_keypoint_agreement_of_zero_ranks_below_any_other():
     assert every_keypoint_moved.shortfall(th) > half_moved.shortfall(th) > no_keypoints.shortfall(th)
 
 
-def test_guard_source_defaults_to_the_calibration_datasets_test_split(data, tmp_path):
+def test_guard_source_defaults_to_half_the_calibration_datasets_test_split(data, tmp_path):
     source = guard_source(None, data, SIZE, 500)
-    assert source is not None and "test" in source.description and source.truth.labels is not None
+    guard_ids, held_out = guard_and_parity_halves(data)
+    assert source is not None and "the guard's half" in source.description and source.truth.labels is not None
+    assert list(source.truth.image_ids) == guard_ids and len(guard_ids) == len(held_out) == 9
+    assert {int(data_label) for data_label in source.truth.labels} == set(range(CLASSES))  # every class in the half
+    assert len(guard_source(None, data, SIZE, 4)) == 4      # --guard-images: spread over the half
     folder = tmp_path / "plain"
     folder.mkdir()
     assert guard_source(None, folder, SIZE, 500) is None     # a plain calibration folder: no held-out split
     (folder / "a.png").write_bytes((data / "images").glob("*/*.jpg").__next__().read_bytes())
     plain = guard_source(folder, None, SIZE, 500)
     assert plain is not None and len(plain) == 1 and plain.truth.labels is None
+
+
+# --- the INT8 scheme by CPU -------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, scheme", [
+    (["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"], "u8s8"),        # AVX-512 VNNI (Zen 4, Cascade Lake)
+    (["avx2", "fma", "avx_vnni"], "u8s8"),                                   # AVX-VNNI (Alder Lake)
+    (["avx2", "fma", "avx512f", "amx_int8", "amx_tile"], "u8s8"),             # AMX (Sapphire Rapids)
+    (["avx2", "fma"], "u8s8-reduce-range"),                                   # AVX2 only: vpmaddubsw saturates
+    (["avx2", "fma", "avx512f", "avx512bw"], "u8s8-reduce-range"),            # AVX-512 without VNNI (Skylake-X)
+    ([], "u8s8"),                                                             # ARM, or flags unknown
+])
+def test_the_int8_scheme_follows_the_cpu_flags(flags, scheme):
+    cpu = {"model": "test CPU", "machine": "x86_64" if flags else "aarch64", "flags": flags}
+    settings = Int8Settings(cpu=cpu)
+    assert settings.scheme == scheme and settings.chosen_by == "cpu flags"
+    assert settings.reduce_range is (scheme == "u8s8-reduce-range") and settings.activation_type == "uint8"
+    described = settings.describe()
+    assert described["scheme"] == scheme and described["cpu"] == cpu and described["scheme_reason"]
+    given = Int8Settings(scheme="u8u8", cpu=cpu)      # --int8-scheme overrides the CPU
+    assert (given.scheme, given.chosen_by, given.weight_type) == ("u8u8", "given", "uint8")
+    trt = Int8Settings.for_target("tensorrt")
+    assert (trt.scheme, trt.activation_type, trt.symmetric_activations) == ("s8s8", "int8", True)
+
+
+def test_cpu_features_reads_the_int8_flags_from_cpuinfo():
+    text = "processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni amx_tile\n"
+    cpu = cpu_features(text)
+    assert cpu["model"] == "Some Xeon" and cpu["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
+
+
+def test_int8_scheme_option_reaches_the_weights_and_the_metadata(fp32_onnx, data, tmp_path):
+    weights = {}
+    for scheme in ("u8s8-reduce-range", "u8u8"):
+        out = tmp_path / f"{scheme}.onnx"
+        settings = Int8Settings(scheme=scheme)
+        reduce_exported(fp32_onnx, out, ExportOptions(precision=PrecisionOptions("int8", CalibrationOptions(
+            data, settings=settings))))
+        model = onnx.load(out)
+        assert json.loads(next(p.value for p in model.metadata_props if p.key == "quantization"))["scheme"] == scheme
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        weights[scheme] = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                           and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    reduced = weights["u8s8-reduce-range"]
+    assert reduced and all(w.dtype == np.int8 and w.min() >= -64 and w.max() <= 64 for w in reduced)  # 7-bit
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in reduced) > 32                          # ... used
+    assert weights["u8u8"] and all(w.dtype == np.uint8 for w in weights["u8u8"])
 
 
 # --- task-driven fp16 ---------------------------------------------------------------------------------
@@ -285,6 +356,8 @@ def test_bad_calibration_input_is_a_one_line_error(ckpt, data, tmp_path, setup, 
     (["--int8", "--calib", "missing-folder"], "not a folder"),
     (["--guard", "."], "use it with --int8 or --fp16"),
     (["--int8-target", "tensorrt"], "--int8-target is for --int8"),
+    (["--int8-scheme", "u8u8"], "--int8-scheme is for --int8"),
+    (["--int8", "--calib", ".", "--int8-target", "tensorrt", "--int8-scheme", "u8s8"], "TensorRT takes only"),
 ])
 def test_export_precision_option_errors_are_usage_errors(ckpt, tmp_path, args, message):
     result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx"), *args])
@@ -306,13 +379,25 @@ def test_calibration_images_are_the_infer_pixels(data):
         load_image_set(data, SIZE, None, "train", minimum=100)
 
 
-def test_parity_cli_compares_an_int8_model_on_its_calibration_dataset(ckpt, int8_onnx, data, tmp_path):
+def test_parity_cli_checks_an_int8_model_on_the_test_images_its_guard_did_not_use(ckpt, int8_onnx, data, tmp_path):
+    """#24: the guard chose on the test split and parity then checked on the same images; now each takes one half,
+    parity says which images it used, and it warns when --data includes the guard's."""
     report = tmp_path / "parity.json"
     result = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"onnx:{int8_onnx}",
                                       "--report", str(report)])
-    assert "comparing on its test split" in result.output, result.output
-    assert report.is_file(), result.output
+    assert result.exit_code == 0, result.output
+    assert "comparing on the test images its guard did not use" in result.output
     saved = json.loads(report.read_text())
-    assert saved["precision"] == "int8" and "test images" in saved["data"] and saved["n_images"] == 18
+    guard_ids, held_out = guard_and_parity_halves(data)
+    assert saved["passed"] is True and saved["precision"] == "int8" and saved["n_images"] == 9
+    assert saved["image_ids"] == held_out and not set(saved["image_ids"]) & set(guard_ids)
+    assert saved["guard_overlap"] == 0 and "the test images the guard did not use" in saved["data"]
     assert saved["task"]["accuracy_ref"] is not None      # the dataset's labels, not random noise
-    assert result.exit_code == (0 if saved["passed"] else 1)
+    assert f"image ids: {', '.join(map(str, held_out))} (all in the JSON report)" in result.output
+    assert "WARNING" not in result.output
+
+    whole = CliRunner().invoke(cli, ["parity", "--ref", f"torch:{ckpt}", "--test", f"onnx:{int8_onnx}",
+                                     "--data", str(data), "--report", str(report)])
+    saved = json.loads(report.read_text())
+    assert saved["n_images"] == 18 and saved["guard_overlap"] == 9
+    assert "warning: 9 of the 18 images compared are ones the precision guard chose the float nodes on" in whole.output

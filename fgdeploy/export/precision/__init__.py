@@ -17,6 +17,7 @@ the guard's verdict (``PrecisionResult``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from fgdeploy.export.precision.int8 import Int8Settings
 
 if TYPE_CHECKING:
     import onnx
+
+    from fgdeploy.parity.report import Tolerance
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +170,6 @@ def _int8(fp32: onnx.ModelProto, size: int, images: ImageSet, calibration: Calib
     from fgdeploy.export.precision.guard import Guard, guarded_search
     from fgdeploy.export.precision.images import guard_source
     from fgdeploy.export.precision.int8 import Int8Builder, quantized_nodes, workdir
-    from fgdeploy.parity.report import default_thresholds
-
     with workdir() as tmp:
         builder = Int8Builder(fp32, images, calibration.settings, Path(tmp))
         source = None if guard is None else guard_source(guard.source, calibration.source, size, guard.images)
@@ -180,8 +181,8 @@ def _int8(fp32: onnx.ModelProto, size: int, images: ImageSet, calibration: Calib
             data = builder(frozenset())
         else:
             assert guard is not None
-            check = Guard(fp32.SerializeToString(), source, guard.thresholds, default_thresholds("int8").tolerance,
-                          threads=guard.threads)
+            thresholds, tolerance = parity_profile(guard.thresholds, "int8")
+            check = Guard(fp32.SerializeToString(), source, thresholds, tolerance, threads=guard.threads)
             data, report = guarded_search(builder, builder.candidates, check, precision="int8",
                                           op_types=builder.op_types, policy_float=builder.policy, progress=progress)
             _raise_if_failed(report, "int8")
@@ -192,7 +193,9 @@ def _int8(fp32: onnx.ModelProto, size: int, images: ImageSet, calibration: Calib
     metadata = {"quantization": calib, "float_kept_nodes": _float_nodes(builder.policy, report),
                 "precision_guard": _guard_summary(report)}
     return PrecisionResult(model, "int8", kept, metadata, report,
-                           summary={"nodes": quantized_nodes(model), "calibration": images.description})
+                           summary={"nodes": quantized_nodes(model), "calibration": images.description,
+                                    "scheme": calibration.settings.scheme,
+                                    "scheme_reason": f"{calibration.settings.chosen_by}: {calibration.settings.reason}"})
 
 
 def _fp16_fixed(fp32: onnx.ModelProto) -> PrecisionResult:
@@ -212,14 +215,13 @@ def _fp16_guarded(fp32: onnx.ModelProto, size: int, guard: GuardOptions,
     from fgdeploy.export.precision.fp16 import Fp16Builder, fp32_node_names
     from fgdeploy.export.precision.guard import Guard, guarded_search
     from fgdeploy.export.precision.images import guard_source
-    from fgdeploy.parity.report import default_thresholds
 
     source = guard_source(guard.source, None, size, guard.images)
     if source is None:
         raise ConfigError("--fp16 --guard needs held-out images: give --guard a CUB-format dataset or a folder")
     builder = Fp16Builder(fp32)
-    check = Guard(fp32.SerializeToString(), source, guard.thresholds, default_thresholds("fp16").tolerance,
-                  threads=guard.threads)
+    thresholds, tolerance = parity_profile(guard.thresholds, "fp16")
+    check = Guard(fp32.SerializeToString(), source, thresholds, tolerance, threads=guard.threads)
     _, report = guarded_search(builder, builder.candidates, check, precision="fp16", op_types=builder.op_types,
                                policy_float=builder.policy, progress=progress)
     _raise_if_failed(report, "fp16")
@@ -232,6 +234,19 @@ def _fp16_guarded(fp32: onnx.ModelProto, size: int, guard: GuardOptions,
     counts = Counter(builder.op_types[n] for n in fp32_nodes)
     return PrecisionResult(model, "fp16", kept, metadata, report,
                            summary={"fp32_compute_nodes": dict(sorted(counts.items()))})
+
+
+def parity_profile(thresholds: GuardThresholds, precision: str) -> tuple[GuardThresholds, Tolerance]:
+    """The guard's thresholds with parity's element check for ``precision``, and parity's tolerance (it also tells
+    keypoint near-ties): what parity will check, the guard checks first, with a margin. Parity lets a fraction
+    1 - min_fraction of the images have an output outside the tolerance (10 % for int8); the guard lets half as
+    many, so that parity on other images of the same kind is likely to pass too: the guard decides on a sample."""
+    from fgdeploy.parity.report import default_thresholds
+
+    parity = default_thresholds(precision)
+    within = 1.0 - (1.0 - parity.tolerance.min_fraction) / 2
+    return dataclasses.replace(thresholds, min_outputs_within=max(thresholds.min_outputs_within, within),
+                               logits_on_settled_images=parity.logits_on_settled_images), parity.tolerance
 
 
 def _raise_if_failed(report: GuardReport, precision: str) -> None:
@@ -259,4 +274,5 @@ def _guard_summary(report: GuardReport | None) -> dict[str, Any] | None:
     return {"passed": report.passed, "data": report.data, "images": report.n_images,
             "thresholds": report.thresholds, "kept_float_nodes": report.kept_names,
             "top1_agreement": final.top1_agreement, "keypoint_agreement": final.keypoint_agreement,
-            "accuracy_drop_points": final.accuracy_drop}
+            "accuracy_drop_points": final.accuracy_drop, "source": report.source, "image_ids": report.image_ids,
+            "image_digests": report.image_digests}

@@ -2,7 +2,17 @@
 
 Which tensors are float, who consumes what, which nodes form the keypoint heatmap head (the convs whose
 outputs reach the heatmaps without another conv in between, their upsampling and fusion), which nodes
-normalise the input, and what lies downstream of a set of nodes.
+normalise the input, what lies downstream of a set of nodes, and the policy both reduced precisions share:
+``float_policy``, the nodes that stay float and why.
+
+- input normalisation (the graph input stays float32);
+- the keypoint heatmap head, so the heatmap logits ArgMax reads keep float accumulation (rounding creates ties
+  that move keypoints); the keypoint decode and scores; the CoordinateTransfer node, which pools at exactly the
+  cell the keypoints output reports;
+- the head/body crops (GridSample: their sampling grid comes from the predicted boxes);
+- the reductions (holistic and part-net pooling, L2 normalisation) and the classifier (Gemm/MatMul): everything
+  downstream of the heatmaps or of a pooling, except through a crop: what a crop samples is a fresh image,
+  and the part net that reads it is reduced like the trunks.
 """
 
 from __future__ import annotations
@@ -16,6 +26,21 @@ if TYPE_CHECKING:
     import onnx
 
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+MATMUL_OPS = frozenset({"Gemm", "MatMul"})
+# Nodes of these types, and everything downstream of them, stay float (decode, pooling, logits): the
+# classifier and the compact bilinear projections (Gemm/MatMul) are float by policy.
+FLOAT_OPS = frozenset({"ArgMax", "ReduceMax", "ReduceMean", "ReduceL2", "Sigmoid", "Softmax"}) | MATMUL_OPS
+# The head/body crops: float, but what they crop is a fresh image for a part net.
+CROP_OPS = frozenset({"GridSample"})
+
+POLICY_REASONS = {
+    "input": "input normalisation",
+    "head": "keypoint heatmap head (heatmap logits before ArgMax)",
+    "op": "CoordinateTransfer",
+    "crop": "head/body crop (GridSample: its sampling grid comes from the predicted boxes)",
+    "downstream": "keypoint decode, scores, boxes, pooling, reductions and classifier (downstream of the "
+                  "heatmaps or of a pooling)",
+}
 # Ops whose output type does not follow their float inputs (shape reads, casts).
 TYPE_AGNOSTIC_OPS = frozenset({"Shape", "Size", "Cast", "CastLike"})
 # Inputs that carry the op's data (the others are shapes, scales, pads...): {op: input indices}.
@@ -100,8 +125,10 @@ def input_normalisation(graph: onnx.GraphProto, stop_ops: Iterable[str] = CONV_O
     return found
 
 
-def downstream(graph: onnx.GraphProto, seeds: Iterable[onnx.NodeProto]) -> list[str]:
-    """Names of ``seeds`` and every node that reads, directly or not, what they compute."""
+def downstream(graph: onnx.GraphProto, seeds: Iterable[onnx.NodeProto], stop_ops: Iterable[str] = ()) -> list[str]:
+    """Names of ``seeds`` and every node that reads, directly or not, what they compute; a node of ``stop_ops``
+    is reached but not walked through (what it computes starts afresh)."""
+    stop = frozenset(stop_ops)
     readers = consumers(graph)
     stack = list(seeds)
     seen: dict[str, None] = {}
@@ -110,10 +137,33 @@ def downstream(graph: onnx.GraphProto, seeds: Iterable[onnx.NodeProto]) -> list[
         if node.name in seen:
             continue
         seen[node.name] = None
-        stack.extend(c for out in node.output for c in readers.get(out, []))
+        if node.op_type not in stop:
+            stack.extend(c for out in node.output for c in readers.get(out, []))
     return list(seen)
 
 
 def op_label(node: onnx.NodeProto) -> str:
     """``domain::Op`` for custom-domain nodes, ``Op`` otherwise."""
     return f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+
+
+def float_policy(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> why it stays float in a reduced-precision model (see the module docstring)."""
+    graph = model.graph
+    policy = {node: POLICY_REASONS["input"] for node in input_normalisation(graph, MATMUL_OPS | CONV_OPS)}
+    head = heatmap_head(graph, elem_types(model))
+    seeds = []
+    for node in graph.node:
+        if node.name in head:
+            policy[node.name] = POLICY_REASONS["head"]
+            seeds.append(node)
+        elif is_coordinate_transfer(node):
+            policy[node.name] = POLICY_REASONS["op"]
+            seeds.append(node)
+        elif node.op_type in CROP_OPS:
+            policy[node.name] = POLICY_REASONS["crop"]
+        elif node.op_type in FLOAT_OPS:
+            seeds.append(node)
+    for name in downstream(graph, seeds, stop_ops=CROP_OPS):
+        policy.setdefault(name, POLICY_REASONS["downstream"])
+    return policy

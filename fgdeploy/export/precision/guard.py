@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.errors import ConfigError
+from fgdeploy.export.precision.images import file_digests
 from fgdeploy.parity.report import Tolerance
 from fgdeploy.parity.sources import ImageSource
-from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
+from fgdeploy.tensors import OUTPUT_HEATMAPS, OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, PART_NAMES
 from fgdeploy.text import percent as _pct
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,14 @@ class GuardThresholds:
     min_top1_agree: float = 0.99   # fraction of images with the fp32 model's top-1 class
     min_kp_agree: float = 0.98     # fraction of (image, part) in the same heatmap cell, near-ties allowed
     max_acc_drop: float = 0.5      # accuracy(fp32) - accuracy(reduced), percentage points (needs labels)
+    # fraction of images whose logits and keypoint scores are all within the element tolerance (parity's check
+    # of the same precision: ``reduce_precision`` sets parity's min_fraction, so the guard never passes a model
+    # parity's element check would fail on the same images); 0: not checked
+    min_outputs_within: float = 0.0
+    logits_on_settled_images: bool = False   # as parity's profile: logits judged where keypoints and boxes agree
 
     def __post_init__(self) -> None:
-        for name in ("min_top1_agree", "min_kp_agree"):
+        for name in ("min_top1_agree", "min_kp_agree", "min_outputs_within"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} {value}: give a fraction in [0, 1], e.g. 0.99")
@@ -66,6 +72,7 @@ class GuardMetrics:
     class_flips: int
     keypoint_moves: int                  # moved keypoints that are not near-ties
     logit_error: float                   # mean |logit diff| / fp32 logit range (continuous tie-breaker)
+    outputs_within: float | None = None  # images with logits and keypoint scores within the element tolerance
 
     def failures(self, th: GuardThresholds) -> list[str]:
         """The thresholds this build misses, as readable text (empty: it passes)."""
@@ -76,6 +83,9 @@ class GuardMetrics:
             out.append(f"keypoints same cell {100 * self.keypoint_agreement:.2f}% < {100 * th.min_kp_agree:.2f}%")
         if self.accuracy_drop is not None and self.accuracy_drop > th.max_acc_drop + 1e-9:
             out.append(f"accuracy drop {self.accuracy_drop:.2f} points > {th.max_acc_drop:.2f}")
+        if self.outputs_within is not None and self.outputs_within < th.min_outputs_within - 1e-12:
+            out.append(f"outputs within the element tolerance on {100 * self.outputs_within:.2f}% of the images "
+                       f"< {100 * th.min_outputs_within:.2f}%")
         return out
 
     def passes(self, th: GuardThresholds) -> bool:
@@ -88,6 +98,8 @@ class GuardMetrics:
             miss += max(0.0, th.min_kp_agree - self.keypoint_agreement)
         if self.accuracy_drop is not None:
             miss += max(0.0, self.accuracy_drop - th.max_acc_drop) / 100.0
+        if self.outputs_within is not None:
+            miss += max(0.0, th.min_outputs_within - self.outputs_within)
         keypoints = 1.0 if self.keypoint_agreement is None else self.keypoint_agreement   # None: no keypoints
         disagreement = (1.0 - self.top1_agreement) + (1.0 - keypoints)
         return miss + 1e-2 * disagreement + 1e-4 * self.logit_error
@@ -100,7 +112,8 @@ class Guard:
         reference: the fp32 ONNX (bytes).
         source: held-out images (``DatasetImages`` adds accuracy and PCK).
         thresholds: what a build must keep.
-        tie_tolerance: parity's near-tie tolerance for keypoints (``default_thresholds(precision).tolerance``).
+        tie_tolerance: parity's tolerance for the precision (``default_thresholds(precision).tolerance``): keypoint
+            near-ties, and the element check of logits and keypoint scores.
         batch_size: images per runner call.
         threads: ONNX Runtime intra-op threads (None: its default).
     """
@@ -128,6 +141,11 @@ class Guard:
         self.heatmap_hw = (int(hw[0]), int(hw[1]))
         self.part_names = list(self.meta.get("part_names") or PART_NAMES)
         self.evaluations = 0
+        # which images the guard chooses on, for the metadata (parity warns when it is given any of them)
+        self.image_source = str(source.root.resolve()) if source.root is not None else ""
+        ids = source.truth.image_ids
+        self.image_ids = None if ids is None else [int(i) for i in ids]
+        self.image_digests = file_digests(source.files)
 
     def evaluate(self, model: bytes) -> GuardMetrics:
         """Run ``model`` on the guard images and compare it with fp32."""
@@ -141,7 +159,7 @@ class Guard:
 
     def compare(self, test: dict[str, np.ndarray]) -> GuardMetrics:
         """Parity's task comparison of ``test`` outputs with the fp32 ones, summarised."""
-        from fgdeploy.parity.compare import compare_tasks
+        from fgdeploy.parity.compare import compare_logits, compare_output, compare_tasks
 
         ref = self.reference
         with_kp = OUTPUT_KEYPOINTS in ref and OUTPUT_KEYPOINTS in test
@@ -151,6 +169,10 @@ class Guard:
                              truth=self.source.truth, tie_tolerance=self.tie_tolerance)
         r, t = np.asarray(ref[OUTPUT_LOGITS], np.float64), np.asarray(test[OUTPUT_LOGITS], np.float64)
         span = float(np.ptp(r)) or 1.0
+        within = [compare_logits(ref, test, self.tie_tolerance, self.thresholds.logits_on_settled_images).images_within]
+        if OUTPUT_KEYPOINT_SCORES in ref and OUTPUT_KEYPOINT_SCORES in test:
+            within.append(compare_output(OUTPUT_KEYPOINT_SCORES, ref[OUTPUT_KEYPOINT_SCORES],
+                                         test[OUTPUT_KEYPOINT_SCORES], self.tie_tolerance).images_within)
         kp_agree = task.keypoint_same_cell_or_tie if task.keypoint_same_cell_or_tie is not None \
             else task.keypoint_same_cell
         return GuardMetrics(
@@ -160,7 +182,7 @@ class Guard:
             pck_drop=None if task.pck_diff_points is None else 0.0 - task.pck_diff_points,
             class_flips=len(task.class_flips),
             keypoint_moves=sum(not f.near_tie for f in task.keypoint_flips),
-            logit_error=float(np.abs(t - r).mean() / span))
+            logit_error=float(np.abs(t - r).mean() / span), outputs_within=min(within) if within else None)
 
 
 @dataclass
@@ -191,7 +213,7 @@ class GuardReport:
     precision: str
     data: str
     n_images: int
-    thresholds: dict[str, float]
+    thresholds: dict[str, Any]
     tie_tolerance: dict[str, float]
     policy_float: dict[str, str]             # node -> why the precision policy keeps it float
     candidates: int                          # nodes the guard could keep float
@@ -201,6 +223,9 @@ class GuardReport:
     kept_float: list[KeptNode] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = ""                         # the dataset or folder of the guard's images
+    image_ids: list[int] | None = None       # their CUB image ids (None: a plain folder)
+    image_digests: list[str] = field(default_factory=list)   # their content digests (``file_digests``)
 
     @property
     def kept_names(self) -> list[str]:
@@ -221,8 +246,13 @@ class GuardReport:
         th = self.thresholds
         lines = [f"precision guard ({self.precision}): {self.n_images} images ({self.data}); thresholds: top-1 "
                  f"agreement >= {100 * th['min_top1_agree']:.2f}%, keypoints same cell (near-ties allowed) >= "
-                 f"{100 * th['min_kp_agree']:.2f}%, accuracy drop <= {th['max_acc_drop']:.2f} points", ""]
-        rows = [("build", "top-1 agree", "kp same cell", "kp strict", "acc drop", "PCK drop", "flips", "verdict"),
+                 f"{100 * th['min_kp_agree']:.2f}%, accuracy drop <= {th['max_acc_drop']:.2f} points"
+                 + (f", logits and keypoint scores within atol={self.tie_tolerance['atol']:g} "
+                    f"rtol={self.tie_tolerance['rtol']:g} on >= {100 * th['min_outputs_within']:.2f}% of the images"
+                    + (" (logits: of those whose keypoints and boxes agree)" if th.get("logits_on_settled_images")
+                       else "") if th.get("min_outputs_within") else ""), ""]
+        rows = [("build", "top-1 agree", "kp same cell", "kp strict", "acc drop", "PCK drop", "outputs within",
+                 "flips", "verdict"),
                 _row("all reduced", self.initial, self._verdict(self.initial)),
                 _row("final", self.final, "PASS" if self.passed else "FAIL")]
         lines += _table(rows) + [""]
@@ -265,7 +295,8 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
     3. Bisect for the shortest prefix of that ranking whose build passes (the whole ranking first: if
        even that fails, the report says FAIL and the caller decides what that means).
     4. Try quantizing each kept node again, latest-ranked first; keep the change when the guard still
-       passes. Every node left is needed: without it (the others kept) the guard fails.
+       passes; repeat until no node can go. Every node left is needed: without it (the others kept) the guard
+       fails.
     5. For each kept node, record the metrics with it float (the final build) and without it.
     """
     started = time.perf_counter()
@@ -302,12 +333,15 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
                 else:
                     lo = mid
             floated = frozenset(ranked[:hi])
-            for node in reversed(ranked[:hi]):
-                if len(floated) == 1:
-                    break
-                trial = score(f"drop: {node}", floated - {node})
-                if trial[1].passes(th):
-                    floated, (model, current) = floated - {node}, trial
+            dropped = True
+            while dropped and len(floated) > 1:   # until every node left is needed (a later drop can free one)
+                dropped = False
+                for node in [n for n in reversed(ranked) if n in floated]:
+                    if len(floated) == 1:
+                        break
+                    trial = score(f"drop: {node}", floated - {node})
+                    if trial[1].passes(th):
+                        floated, (model, current), dropped = floated - {node}, trial, True
         else:
             floated = frozenset(ranked)
     kept = []
@@ -319,14 +353,16 @@ def guarded_search(build: Build, candidates: Sequence[str], guard: Guard, *, pre
                          thresholds=dataclasses.asdict(th), tie_tolerance=dataclasses.asdict(guard.tie_tolerance),
                          policy_float=dict(policy_float or {}), candidates=len(candidates), initial=initial,
                          final=current, passed=current.passes(th), kept_float=kept, evaluations=evaluations,
-                         seconds=time.perf_counter() - started)
+                         seconds=time.perf_counter() - started, source=guard.image_source, image_ids=guard.image_ids,
+                         image_digests=guard.image_digests)
     return model, report
 
 
 # --- formatting ------------------------------------------------------------------------------------
 def _row(name: str, m: GuardMetrics, verdict: str) -> tuple[str, ...]:
     return (name, _pct(m.top1_agreement), _pct(m.keypoint_agreement), _pct(m.keypoint_same_cell),
-            _pts(m.accuracy_drop), _pts(m.pck_drop), f"{m.class_flips} class, {m.keypoint_moves} kp", verdict)
+            _pts(m.accuracy_drop), _pts(m.pck_drop), _pct(m.outputs_within),
+            f"{m.class_flips} class, {m.keypoint_moves} kp", verdict)
 
 
 def _pts(value: float | None) -> str:

@@ -1,19 +1,23 @@
 """Images for INT8 calibration and for the precision guard, decoded exactly like ``fgdeploy infer``.
 
 A source is a CUB-format dataset (a folder holding images.txt, e.g. synth-birds) or a plain folder of
-images (searched recursively, as ``fgdeploy infer`` does). Calibration reads a dataset's train split;
-the guard (``fgdeploy.export.precision.guard``) holds out its test split (``guard_source``). Every image goes through
-``fgdeploy.inference.local.decode_one`` (the project's decoder, anisotropic resize to S x S) and becomes model
-input as ``RunnerPredictor.prepare`` makes it (RGB / 255, NCHW float32).
+images (searched recursively, as ``fgdeploy infer`` does). Calibration reads a dataset's train split
+(decoded through ``fgdeploy.inference.local.decode_one``, the project's decoder, anisotropic resize to S x S,
+and made model input as ``RunnerPredictor.prepare`` makes it: RGB / 255, NCHW float32).
+
+What decides is never what verifies: the guard (``fgdeploy.export.precision.guard``) chooses on one half of the
+test split (every other image, ``guard_and_parity_halves``), and ``fgdeploy parity`` checks by default on the other
+half. The model's metadata records the guard's images (ids and content digests, ``GuardImages``), so parity
+can say when the images it is given include the guard's.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -118,18 +122,29 @@ def load_image_set(source: str | Path, size: int, n: int | None, split: str, min
 
 
 def calibration_batches(images: ImageSet, batch: int = 8) -> Iterator[np.ndarray]:
-    """Model-input batches of ``images``."""
-    for start in range(0, len(images), batch):
-        yield images.model_input(start, start + batch)
+    """Model-input batches of ``images``, all of one size: the largest divisor of the image count up to ``batch``
+    (ONNX Runtime's histogram calibrators, percentile and entropy, fail on a smaller last batch)."""
+    size = next(b for b in range(max(1, min(batch, len(images) or 1)), 0, -1) if len(images) % b == 0)
+    for start in range(0, len(images), size):
+        yield images.model_input(start, start + size)
 
 
 def calibration_reader(images: ImageSet, input_name: str, batch: int = 8):  # type: ignore[no-untyped-def]
-    """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``images`` in batches."""
+    """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``images`` in batches; ``len`` and ``set_range``
+    (in batches) let ORT's strided MinMax calibration reduce the ranges batch by batch."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    batches = list(calibration_batches(images, batch))
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self._batches = calibration_batches(images, batch)
+            self.set_range(0, len(batches))
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._batches = iter(batches[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             nxt = next(self._batches, None)
@@ -138,10 +153,24 @@ def calibration_reader(images: ImageSet, input_name: str, batch: int = 8):  # ty
     return Reader()
 
 
+GUARD_SELECTION = "the guard's half: every other test image"
+HELD_OUT_SELECTION = "the test images the guard did not use"
+
+
+def guard_and_parity_halves(root: str | Path) -> tuple[list[int], list[int]]:
+    """(the guard's image ids, parity's image ids) of a CUB-format dataset's test split: every other image in
+    images.txt order, positions 0, 2, 4, ... for the guard and 1, 3, 5, ... for parity, so both halves cover
+    every class (CUB lists its images class by class) and never share an image."""
+    from fgdeploy.data.cub import CubDataset
+
+    ids = list(CubDataset(root, "test", validate=False).image_ids)   # type: ignore[arg-type]
+    return ids[0::2], ids[1::2]
+
+
 def guard_source(source: Path | None, calibration: Path | None, size: int, n: int) -> ImageSource | None:
-    """The guard's images: ``source`` (a CUB-format dataset's test split with ground truth, or a folder of
-    images), else the ``calibration`` dataset's test split; None when there is neither. ``n`` images at most,
-    spread over the split or folder.
+    """The guard's images: ``source`` (a CUB-format dataset: the guard's half of its test split, with ground
+    truth; or a folder of images), else the guard's half of the ``calibration`` dataset's test split; None when
+    there is neither. ``n`` images at most, spread over the half or folder.
 
     Raises:
         ConfigError: a CUB-format ``source`` without test images.
@@ -154,9 +183,53 @@ def guard_source(source: Path | None, calibration: Path | None, size: int, n: in
             return None
         source = calibration
     if is_cub_dataset(source):
-        images = DatasetImages(source, "test", size, n)
-        if len(images) == 0:
+        guard_ids, _ = guard_and_parity_halves(source)
+        if not guard_ids:
             raise ConfigError(f"guard: {source} has no test images; give --guard a folder of held-out images")
-        return images
+        return DatasetImages(source, "test", size, n, ids=guard_ids, selection=GUARD_SELECTION)
     held_out = load_image_set(source, size, n, "all", minimum=1, what="guard")
-    return ArrayImages(held_out.model_input(), description=held_out.description)
+    images = ArrayImages(held_out.model_input(), description=held_out.description, files=held_out.paths)
+    images.root = Path(source)
+    return images
+
+
+def file_digests(files: Iterable[str | Path]) -> list[str]:
+    """Short content digests (first 16 hex digits of sha256) of image files: the same image, wherever it lies."""
+    from fgdeploy.fileio import file_sha256
+
+    return [file_sha256(f)[:16] for f in files]
+
+
+@dataclass(frozen=True)
+class GuardImages:
+    """The images a guard chose on, as its model's metadata records them (``precision_guard``)."""
+
+    source: str                      # the dataset or folder
+    ids: list[int] | None            # CUB image ids (None: a plain folder)
+    digests: list[str]               # ``file_digests`` of the files
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> GuardImages | None:
+        """From a model's decoded metadata; None when no guard ran (or an older fgdeploy wrote it)."""
+        guard = meta.get("precision_guard") or {}
+        if not isinstance(guard, dict) or not guard.get("image_digests"):
+            return None
+        ids = guard.get("image_ids")
+        return cls(str(guard.get("source") or ""), [int(i) for i in ids] if ids else None,
+                   [str(d) for d in guard["image_digests"]])
+
+    def overlap(self, files: Iterable[str | Path]) -> int:
+        """How many of ``files`` are images the guard chose on."""
+        chosen = set(self.digests)
+        return sum(d in chosen for d in file_digests(files))
+
+    def held_out_ids(self, root: str | Path) -> list[int] | None:
+        """The test images of the CUB-format dataset ``root`` the guard did not use, when the guard ran on
+        ``root``; None when its images came from elsewhere (then the whole test split is held out)."""
+        from fgdeploy.data.cub import CubDataset, resolve_root
+
+        if self.ids is None or not self.source or not is_cub_dataset(self.source) \
+                or resolve_root(self.source).resolve() != resolve_root(root).resolve():
+            return None
+        used = set(self.ids)
+        return [i for i in CubDataset(root, "test", validate=False).image_ids if i not in used]  # type: ignore[arg-type]
