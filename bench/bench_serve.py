@@ -311,7 +311,6 @@ def main() -> int:
         child_constant(args)
         return 0
     from bench_infer import model_for_backend, save_model
-    from bench_int8 import cpu_info
 
     import ray
 
@@ -320,7 +319,7 @@ def main() -> int:
     from fgdeploy.fileio import atomic_write_json
     from fgdeploy.inference.local import discover_images
 
-    payload: dict[str, Any] = {"environment": {**environment(), "ray": ray.__version__, "cpu": cpu_info()},
+    payload: dict[str, Any] = {"environment": {**environment(), "ray": ray.__version__},   # CPU model and flags
                                "load_average_at_start": os.getloadavg(),
                                "args": {k: str(v) for k, v in vars(args).items() if k not in ("port", "max_batch")}}
     with tempfile.TemporaryDirectory(prefix="fgdeploy-bench-serve-") as tmp:
