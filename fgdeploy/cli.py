@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # Listed in the order a user meets them; a name whose module does not exist yet is not shown.
 COMMAND_NAMES: tuple[str, ...] = (
-    "demo", "data", "train", "eval", "export", "parity", "infer", "bench", "doctor",
+    "demo", "data", "train", "eval", "export", "parity", "infer", "serve", "bench", "doctor",
 )
 
 

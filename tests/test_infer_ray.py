@@ -448,7 +448,7 @@ def test_joining_an_unreachable_cluster_gives_up_after_two_tries_unless_the_user
         raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
 
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None)
-    monkeypatch.setattr(ray_cluster, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_cluster, "import_ray", lambda needs=None: fake)
     monkeypatch.setattr(ray_cluster, "quiet_ray_logs", lambda: None)
     with pytest.raises(FgdeployError, match="cannot reach the Ray cluster at '10.9.9.9:6379'") as error:
         with ray_cluster.ray_session(ray_cluster.ClusterOptions(address="10.9.9.9:6379")):

@@ -67,6 +67,9 @@ class OrtRunner(OnnxFileRunner):
         device: "cpu" or "cuda[:K]" (K = device id for the CUDA/TensorRT providers). Defaults to "cpu".
         fp16: if given, the precision recorded in the model must match it (checked on activation).
         threads: intra-op threads (CPU). Defaults to ONNX Runtime's choice.
+        spin: idle intra-op threads spin, waiting for the next call (ONNX Runtime's default: the lowest latency
+            when calls follow each other). False lets them sleep, so other work of the process (a server's HTTP
+            handling and decoding) gets the cores between calls.
         debug: also output each CoordinateTransfer's heatmaps input and result
             (``fgdeploy.export.debug_outputs``), for divergence localisation.
         name: label for reports. Defaults to "ort-<provider>-<precision>".
@@ -80,11 +83,13 @@ class OrtRunner(OnnxFileRunner):
         device: str | None = None,
         fp16: bool | None = None,
         threads: int | None = None,
+        spin: bool = True,
         debug: bool = False,
         name: str | None = None,
     ) -> None:
         self.device = device or "cpu"
         self.providers = resolve_providers(providers, self.device)
+        self.spin = spin
         short = self.providers[0].replace("ExecutionProvider", "").lower()
         super().__init__(model, fp16=fp16, threads=threads, debug=debug, name=name, default_name=f"ort-{short}")
         self._session: Any = None
@@ -106,6 +111,8 @@ class OrtRunner(OnnxFileRunner):
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(model_bytes, sess_options=options, providers=self._provider_list())
         except Exception as exc:  # onnxruntime raises its own pybind exception types

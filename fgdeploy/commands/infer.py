@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fgdeploy.commands.options import (BACKEND_CHOICES, check_device_for_backend, check_model_kind, device_option,
-                                      echo_info, fast_path_options, output_path, resolve_model, torch_only_flags)
+from fgdeploy.commands.options import (BACKEND_CHOICES, check_device_for_backend, check_model_kind, check_ray_address,
+                                      device_option, echo_info, fast_path_options, output_path, resolve_model,
+                                      torch_only_flags)
 from fgdeploy.text import plural
 
 
@@ -19,13 +19,6 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
     if value.suffix.lower() not in (".csv", ".jsonl"):
         raise click.BadParameter(f"{value}: name the results file .csv or .jsonl", ctx, param)
     return output_path()(ctx, param, value)
-
-
-def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None or value in ("", "local", "auto") or value.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", value):
-        return value
-    raise click.BadParameter(f"{value!r} is not a Ray address: give auto, ray://HOST:PORT or HOST:PORT, or nothing "
-                             "for a local instance (then put --ray after IMAGES, or last)", ctx, param)
 
 
 @click.command("infer", short_help="Classify images and locate their parts (CSV/JSONL out).")
@@ -54,7 +47,7 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="ort on CPU: intra-op threads (--ray: per actor, default 1).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
-              callback=_ray_address,
+              callback=check_ray_address,
               help="Score on Ray (pip install 'ray[data]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
                    "set, is joined instead; 'local' always starts one); auto, ray://HOST:PORT or HOST:PORT join a "
                    "running cluster. The model runs in --actors actors: on CUDA one GPU each, fed by decode "

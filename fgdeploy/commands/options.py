@@ -85,6 +85,14 @@ def fast_path_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def check_ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--ray [ADDRESS]``: nothing (a local instance), local, auto, ray://HOST:PORT or HOST:PORT."""
+    if value is None or value in ("", "local", "auto") or value.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", value):
+        return value
+    raise click.BadParameter(f"{value!r} is not a Ray address: give auto, ray://HOST:PORT or HOST:PORT, or nothing "
+                             "for a local instance (then put --ray after the command's arguments, or last)", ctx, param)
+
+
 MODEL_KINDS = {"torch": "a PyTorch checkpoint", "ort": "an ONNX model", "trt": "a TensorRT engine"}
 ARTIFACT_KIND = {"openvino": "ort"}   # backends that run another backend's files: OpenVINO runs ONNX exports
 

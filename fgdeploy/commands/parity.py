@@ -14,9 +14,16 @@ SPEC_KINDS = {"torch": "torch", "ort": "onnx", "trt": "trt"}   # backend -> how 
 
 
 def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str]:
-    """'kind:path' -> (kind, path); kinds are the backend names (torch, onnx/ort, trt); a run folder -> best.pt."""
+    """'kind:path' -> (kind, path); kinds are the backend names (torch, onnx/ort, trt); a run folder -> best.pt.
+    For --test also a running server: 'http://HOST:PORT' -> ("http", url)."""
     from fgdeploy.backends import BACKEND_ALIASES, BACKENDS
 
+    if value.lower().startswith(("http://", "https://")):
+        if param.name != "test_spec":
+            raise click.BadParameter(f"{value}: a server can only be --test; --ref is the model file it should match")
+        if value.lower().startswith("https://"):
+            raise click.BadParameter(f"{value}: fgdeploy serve speaks plain HTTP; give http://HOST:PORT")
+        return "http", value.rstrip("/")
     kind, sep, path = value.partition(":")
     kind = kind.strip().lower()
     if not sep or not kind or not path:
@@ -35,11 +42,18 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--ref", "ref_spec", required=True, callback=_parse_spec,
               help="Reference KIND:PATH, e.g. torch:best.pt.")
 @click.option("--test", "test_spec", required=True, callback=_parse_spec,
-              help="Runner under test KIND:PATH, e.g. onnx:model.onnx, openvino:model.onnx or trt:model.engine.")
+              help="Runner under test KIND:PATH, e.g. onnx:model.onnx, openvino:model.onnx or trt:model.engine; or a "
+                   "running `fgdeploy serve` as http://HOST:PORT (its answers on image files vs local `infer`'s "
+                   "with --ref).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="CUB-format dataset (adds accuracy and PCK). Default: random images; for an INT8 --test, "
                    "the test images of the dataset it was calibrated on that its guard did not use, if it still "
                    "exists. A warning says when the images include the ones the guard chose on.")
+@click.option("--images", "images", type=str, default=None,
+              help="With --test http://...: image files to send instead of --data's (a folder, file, glob or "
+                   "list, as for infer).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --test http://...: requests in flight at once (the server batches them).")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True,
               help="With --data: the dataset split the images are taken from.")
 @click.option("--n", "count", type=click.IntRange(min=1), default=None,
@@ -57,15 +71,27 @@ def _parse_spec(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random images.")
 @click.pass_context
 def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str, str], data: Path | None,
-            split: str, count: int | None, batch: int, report: Path | None, atol: float | None,
-            rtol: float | None, device: str, providers: str | None, ref_fp16: bool, test_fp16: bool,
-            seed: int) -> None:
-    """Run --ref and --test on the same images and report parity; exit 0 only if every check passes."""
+            images: str | None, concurrency: int, split: str, count: int | None, batch: int, report: Path | None,
+            atol: float | None, rtol: float | None, device: str, providers: str | None, ref_fp16: bool,
+            test_fp16: bool, seed: int) -> None:
+    """Run --ref and --test on the same images and report parity; exit 0 only if every check passes.
+
+    With --test http://HOST:PORT (a running `fgdeploy serve`), each file of --data (its --split) or --images
+    is sent to the server as it is, and scored here by local `infer`'s path with --ref; the answers are
+    compared with the same report, tolerances and exit code.
+    """
     from fgdeploy.backends import BACKEND_ALIASES
     from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
 
     if "openvino" not in {BACKEND_ALIASES.get(k, k) for k, _ in (ref_spec, test_spec)}:
         check_device_for_backend(device, ref_spec[0])
+    if test_spec[0] == "http":
+        _endpoint_parity(ctx, ref_spec, test_spec[1], data, images, split, count, batch, report, atol, rtol, device,
+                         providers, ref_fp16, concurrency)
+        return
+    if images is not None:
+        raise click.UsageError("--images: only with --test http://HOST:PORT (files sent to a server); for runners "
+                               "give --data")
     ref = _factory(ref_spec, device, providers, ref_fp16)
     test = _factory(test_spec, device, providers, test_fp16)
     ref_signature, test_signature = _signature(ref), _signature(test)
@@ -92,6 +118,39 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
         result.dump(report)
         click.echo(f"wrote {report}")
     ctx.exit(0 if result else 1)
+
+
+def _endpoint_parity(ctx: click.Context, ref_spec: tuple[str, str], url: str, data: Path | None, images: str | None,
+                     split: str, count: int | None, batch: int, report: Path | None, atol: float | None,
+                     rtol: float | None, device: str, providers: str | None, ref_fp16: bool, concurrency: int) -> None:
+    """``parity --test http://...``: the server's answers on files vs local `infer`'s with --ref."""
+    from fgdeploy.backends import BACKEND_ALIASES
+    from fgdeploy.parity import ParityConfig
+    from fgdeploy.parity.endpoint import dataset_files, folder_files, run_endpoint_parity
+
+    if (data is None) == (images is None):
+        raise click.UsageError("--test http://...: give the files to send, --data DATASET (with ground truth) or "
+                               "--images FOLDER, one of them")
+    files = dataset_files(data, split, count or 500) if data is not None else folder_files(images, count)
+    kind = BACKEND_ALIASES.get(ref_spec[0], ref_spec[0])
+    quiet = bool((ctx.obj or {}).get("quiet"))
+    result = run_endpoint_parity((kind, ref_spec[1]), url, files, device=device, ref_fp16=ref_fp16,
+                                 ref_runner=_factory(ref_spec, device, providers, ref_fp16),
+                                 config=ParityConfig(batch_size=batch, atol=atol, rtol=rtol),
+                                 concurrency=concurrency, progress=_progress(2 * len(files.paths), quiet))
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
+    click.echo(result.report.render())
+    flipped = sorted({f.index for f in result.report.task.class_flips} |
+                     {f.index for f in result.report.task.keypoint_flips})
+    for index in flipped[:20]:
+        click.echo(f"  image {index}: {result.paths[index]}")
+    for path, local, served in result.refused[:20]:
+        click.echo(f"  refused by one side: {path}: local infer: {local or 'scored'}; endpoint: {served or 'answered'}")
+    if report is not None:
+        result.report.dump(report)
+        click.echo(f"wrote {report}")
+    ctx.exit(0 if result.report else 1)
 
 
 def _signature(make: Any) -> tuple[int, list[str], dict[str, Any]]:

@@ -72,10 +72,7 @@ def read_image_with_info(path: str | Path, max_pixels: int | None = None) -> tup
     Raises:
         ImageError: as `read_image`; or the image has more than ``max_pixels`` pixels.
     """
-    data = _read_bytes(path)
-    check_pixels(data, path, max_pixels)
-    image, info = _decode_full(data, _probe_bytes(data), path)
-    check_pixels(image, path, max_pixels)
+    image, info, _ = decode_image(read_bytes(path), path, max_pixels=max_pixels)
     return image, info
 
 
@@ -101,17 +98,31 @@ def read_image_reduced(path: str | Path, min_hw: tuple[int, int],
     EXIF orientation is not applied, as in `read_image`. ``max_pixels`` refuses as `read_image_with_info` does
     (the file's full size counts).
     """
-    data = _read_bytes(path)
-    check_pixels(data, path, max_pixels)
+    return decode_image(read_bytes(path), path, min_hw, max_pixels)
+
+
+def decode_image(data: np.ndarray | bytes, name: str | Path, min_hw: tuple[int, int] | None = None,
+                 max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo, int]:
+    """Decode an encoded image held in memory (a file's bytes), as `read_image_with_info` decodes a file, or with
+    ``min_hw`` as `read_image_reduced` does; ``name`` stands for the file in error messages. Returns (RGB image,
+    info, the scale-down factor used: 1 for a full decode).
+
+    Raises:
+        ImageError: empty, not a decodable image, or more than ``max_pixels`` pixels.
+    """
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if data.size == 0:
+        raise ImageError(f"{name}: empty file (0 bytes); replace or remove it")
+    check_pixels(data, name, max_pixels)
     info = _probe_bytes(data)
-    factor = jpeg_scale_factor(info, min_hw)
+    factor = 1 if min_hw is None else jpeg_scale_factor(info, min_hw)
     if factor == 1:
-        image, info = _decode_full(data, info, path)
-        check_pixels(image, path, max_pixels)
+        image, info = _decode_full(data, info, name)
+        check_pixels(image, name, max_pixels)
         return image, info, 1
     decoded = cv2.imdecode(data, _REDUCED_COLOR[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None or decoded.size == 0:
-        raise ImageError(f"{path}: not a decodable image (jpeg, {data.size} bytes); the file is corrupt: "
+        raise ImageError(f"{name}: not a decodable image (jpeg, {data.size} bytes); the file is corrupt: "
                          "replace or remove it")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), info, factor
 
@@ -130,7 +141,12 @@ def _decode_full(data: np.ndarray, info: ImageInfo, path: str | Path) -> tuple[n
 
 def probe_image(path: str | Path) -> ImageInfo:
     """Describe an image from its header only (fast; does not decode pixels)."""
-    return _probe_bytes(_read_bytes(path))
+    return _probe_bytes(read_bytes(path))
+
+
+def probe_image_bytes(data: np.ndarray | bytes) -> ImageInfo:
+    """`probe_image` of an encoded image held in memory."""
+    return _probe_bytes(np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data)
 
 
 def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
@@ -208,7 +224,8 @@ def _tiff_size(raw: bytes) -> tuple[int, int] | None:
 _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def _read_bytes(path: str | Path) -> np.ndarray:
+def read_bytes(path: str | Path) -> np.ndarray:
+    """The bytes of an image file as a uint8 array, refusing an unreadable or empty file (naming it)."""
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:

@@ -135,13 +135,13 @@ def read_rgb(path: str) -> np.ndarray:
 def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None,
                    max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """`read_rgb`, plus the file's own (H, W); with ``reduce_to`` = (H, W), a JPEG at least twice that size
-    is decoded at 1/2, 1/4 or 1/8 scale (``fgdeploy.data.images.read_image_reduced``). ``max_pixels``: larger
+    is decoded at 1/2, 1/4 or 1/8 scale (``fgdeploy.data.images.decode_image``). ``max_pixels``: larger
     images are refused, from the header before decoding where it is read (``check_pixels``).
 
     Raises:
         ImageError: as `read_rgb`; or the image has more than ``max_pixels`` pixels.
     """
-    from fgdeploy.data.images import TooManyPixelsError, probe_image, read_image_reduced, read_image_with_info
+    from fgdeploy.data.images import read_bytes
 
     try:
         size = os.path.getsize(path)
@@ -149,22 +149,32 @@ def read_rgb_sized(path: str, reduce_to: tuple[int, int] | None = None,
         raise ImageError(f"{path}: cannot read image file ({exc.strerror or type(exc).__name__})") from exc
     if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes); replace or remove it")
-    truncated = ImageError(f"{path}: truncated JPEG ({size} bytes, no end-of-image marker)")
+    return decode_rgb_sized(read_bytes(path), path, reduce_to, max_pixels)
+
+
+def decode_rgb_sized(data: np.ndarray | bytes, name: str, reduce_to: tuple[int, int] | None = None,
+                     max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """`read_rgb_sized` of a file's bytes held in memory (``name`` stands for the file in messages).
+
+    Raises:
+        ImageError: empty, truncated JPEG, not decodable, decodes to an empty image, more than ``max_pixels``.
+    """
+    from fgdeploy.data.images import TooManyPixelsError, decode_image, probe_image_bytes
+
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    truncated = ImageError(f"{name}: truncated JPEG ({data.size} bytes, no end-of-image marker)")
     try:
-        if reduce_to is None:
-            image, info = read_image_with_info(path, max_pixels)
-        else:
-            image, info, _ = read_image_reduced(path, reduce_to, max_pixels)
+        image, info, _ = decode_image(data, name, reduce_to, max_pixels)
     except TooManyPixelsError:
         raise
     except ImageError:
-        if probe_image(path).truncated:   # say why the decoder gave up
+        if data.size and probe_image_bytes(data).truncated:   # say why the decoder gave up
             raise truncated from None
         raise
     if info.truncated:                    # decoded, but the missing part would be filled with grey
         raise truncated
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ImageError(f"{path}: decodes to an empty image (shape {image.shape})")
+        raise ImageError(f"{name}: decodes to an empty image (shape {image.shape})")
     return image, (info.height or image.shape[0], info.width or image.shape[1])
 
 
@@ -182,9 +192,22 @@ def decode_one(path: str, size: int, keep_original: bool = False, fast_decode: b
     ``fast_decode``: a large JPEG is decoded at a reduced scale first (`read_rgb_sized`); not combined
     with ``keep_original``, which needs the full image. ``max_pixels``: larger images are refused (None: no limit).
     """
+    reduce_to = (size, size) if fast_decode and not keep_original else None
+    return _decode_resized(path, lambda: read_rgb_sized(path, reduce_to, max_pixels=max_pixels), size, keep_original)
+
+
+def decode_bytes(data: bytes, name: str, size: int, fast_decode: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
+    """`decode_one` of an encoded image held in memory (a request's body): the same decoder, resize, pixel limit
+    and reasons; ``name`` stands for the file in ``path`` and is cut from the reason."""
+    reduce_to = (size, size) if fast_decode else None
+    return _decode_resized(name, lambda: decode_rgb_sized(data, name, reduce_to, max_pixels), size, False)
+
+
+def _decode_resized(path: str, read: Callable[[], tuple[np.ndarray, tuple[int, int]]], size: int,
+                    keep_original: bool) -> Decoded:
     try:
-        reduce_to = (size, size) if fast_decode and not keep_original else None
-        image, size_hw = read_rgb_sized(path, reduce_to, max_pixels=max_pixels)
+        image, size_hw = read()
         resized = resize_input(image, size)
         return Decoded(path, resized, size_hw, image if keep_original else None)
     except (ImageError, OSError) as exc:

@@ -96,6 +96,7 @@ class LoadedModel:
     part_names: list[str]
     visibility_threshold: float = 0.5   # keypoint score below which a part counts as not visible
     recorded: dict[str, Any] | None = None   # an export's metadata (source checkpoint, ...); None for torch
+    heatmap_size: tuple[int, int] | None = None   # (Hh, Wh) of the keypoint heatmaps, when known
 
 
 def resolve_backend(model: str | Path, backend: str = "auto") -> str:
@@ -135,9 +136,15 @@ def resolve_device(backend: str, device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _heatmap_size(net: Any) -> tuple[int, int] | None:
+    size = getattr(net, "heatmap_size", None)
+    return (int(size[0]), int(size[1])) if size else None
+
+
 @contextlib.contextmanager
 def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "auto", fp16: bool = False,
-                   batch: int | None = 64, fast: Any = None, threads: int | None = None) -> Iterator[LoadedModel]:
+                   batch: int | None = 64, fast: Any = None, threads: int | None = None,
+                   spin: bool = True) -> Iterator[LoadedModel]:
     """Open ``model`` for ``run_inference``; the runner is deactivated on exit.
 
     Args:
@@ -148,6 +155,8 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         batch: the run's batch size (the torch fast path pads to it when compiled or graphed; None: no padding).
         fast: ``fgdeploy.inference.fastpath.FastPathOptions`` for the torch backend (fp16 is taken from ``fp16``).
         threads: CPU threads for ONNX Runtime or OpenVINO (None: its default).
+        spin: ONNX Runtime's idle threads spin-wait for the next call (its default); False: they sleep (a server,
+            whose calls come apart and whose cores also serve HTTP and decoding).
     """
     kind = resolve_backend(model, backend)
     device = resolve_device(kind, device)
@@ -163,13 +172,18 @@ def open_predictor(model: str | Path, backend: str = "auto", *, device: str = "a
         if batch and predictor.pad_to:   # compile / capture now, before the decode threads start
             predictor.warm_up(batch, iterations=1)
         yield LoadedModel(predictor, f"torch-{device.split(':')[0]}-{options.label}", list(meta.class_names),
-                          list(meta.part_names), float(net.config.visibility_threshold))
+                          list(meta.part_names), float(net.config.visibility_threshold),
+                          heatmap_size=_heatmap_size(net))
         return
     from fgdeploy.backends import open_runner
 
     extra: dict[str, Any] = {"threads": threads} if threads and kind in ("ort", "openvino") else {}
+    if not spin and kind == "ort":
+        extra["spin"] = False
     with open_runner(kind, str(model), device=device, fp16=fp16 or None, **extra) as runner:
         recorded = runner.metadata()
         threshold = (recorded.get("model_config") or {}).get("visibility_threshold", 0.5)
+        heat = recorded.get("heatmap_size")
         yield LoadedModel(RunnerPredictor(runner), runner.name, list(recorded.get("class_names") or []),
-                          list(recorded.get("part_names") or []), float(threshold), dict(recorded))
+                          list(recorded.get("part_names") or []), float(threshold), dict(recorded),
+                          (int(heat[0]), int(heat[1])) if heat else None)

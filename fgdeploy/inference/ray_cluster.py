@@ -11,6 +11,7 @@ shut down when the run ends.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import shutil
@@ -26,6 +27,10 @@ from fgdeploy.errors import FgdeployError
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
+INSTALL_HINTS = {   # a Ray library a command needs -> (what the error says, how to install it)
+    "ray.serve": ("fgdeploy serve needs Ray Serve", "pip install 'ray[serve]' (from a checkout: pip install -e "
+                                                    "'.[serve]')"),
+}
 LOCAL_ADDRESSES = ("", "local")         # --ray with no address: start a local instance
 # The one line Ray's C++ core prints at ray.init because quiet_ray_logs set its level ("Set ray log level from
 # environment variable RAY_BACKEND_LOG_LEVEL to 3"): kept off the console unless -v.
@@ -50,23 +55,31 @@ class ClusterOptions:
     verbose: bool = False           # Ray's own log lines (else only its errors reach the console)
 
 
-def import_ray() -> Any:
-    """The ``ray`` module.
+def import_ray(needs: str | None = None) -> Any:
+    """The ``ray`` module, and the Ray library a command needs (``needs``: "ray.serve"; None: Ray alone).
 
     Raises:
-        FgdeployError: Ray is not installed, saying what to install.
+        FgdeployError: Ray (or that library) is not installed, saying what to install.
     """
     try:
         import ray
     except ImportError as exc:
         broken = f" ({exc})" if exc.name != "ray" else ""   # installed, but a dependency is not
         raise FgdeployError(f"--ray needs Ray, which is not installed here{broken}: {INSTALL_HINT}") from None
+    if needs:
+        try:
+            importlib.import_module(needs)   # Ray Serve comes with the ray[serve] extra only
+        except ImportError as exc:
+            broken = f" ({exc})" if exc.name != needs else ""
+            what, hint = INSTALL_HINTS[needs]
+            raise FgdeployError(f"{what}, which is not installed here{broken}: {hint}") from None
     return ray
 
 
 @contextlib.contextmanager
-def ray_session(options: ClusterOptions = ClusterOptions()) -> Iterator[Any]:
-    """Connect to Ray for one run and disconnect at the end; yields the ``ray`` module.
+def ray_session(options: ClusterOptions = ClusterOptions(), needs: str | None = None) -> Iterator[Any]:
+    """Connect to Ray for one run and disconnect at the end; yields the ``ray`` module (``needs``: a Ray library
+    the run uses, see ``import_ray``).
 
     A session that is already open (a notebook's, a test's) is used as it is and left open. Otherwise
     ``options.address`` (or RAY_ADDRESS) names a cluster to join; with neither, a local instance is started:
@@ -75,7 +88,7 @@ def ray_session(options: ClusterOptions = ClusterOptions()) -> Iterator[Any]:
     Raises:
         FgdeployError: Ray is missing, or the cluster cannot be reached.
     """
-    ray = import_ray()
+    ray = import_ray(needs)
     if ray.is_initialized():
         yield ray
         return

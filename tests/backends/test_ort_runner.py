@@ -29,6 +29,16 @@ def test_ort_runner_runs_dynamic_batch_and_matches_numpy(tiny_onnx):
     assert runner.name == "ort-cpu-fp32"
 
 
+def test_ort_runner_spin_false_lets_idle_threads_sleep(tiny_onnx):
+    entry = "session.intra_op.allow_spinning"
+    with OrtRunner(tiny_onnx, threads=2, spin=False) as quiet, OrtRunner(tiny_onnx, threads=2) as default:
+        assert quiet._session.get_session_options().get_session_config_entry(entry) == "0"
+        with pytest.raises(RuntimeError, match="does not have configuration"):   # ONNX Runtime's default: spin
+            default._session.get_session_options().get_session_config_entry(entry)
+        x = np.random.default_rng(0).random((1, 3, 4, 4), np.float32)
+        np.testing.assert_array_equal(quiet.infer({"images": x})["logits"], default.infer({"images": x})["logits"])
+
+
 def test_ort_runner_decodes_metadata(tiny_onnx):
     with OrtRunner(tiny_onnx) as runner:
         meta = runner.metadata()
