@@ -36,7 +36,7 @@ from fgdeploy.inference.results import read_results                           # 
 from fgdeploy.serving.api import BATCH_SIZE_HEADER                             # noqa: E402
 from fgdeploy.serving.client import EndpointClient, EndpointError               # noqa: E402
 from test_infer import BAD, GOOD, _tiny_config, make_mixed_folder   # noqa: E402
-from test_infer_ray import time_limit                                           # noqa: E402
+from test_infer_ray import _children, time_limit                                # noqa: E402
 
 REQUEST_TIMEOUT_S = 30
 
@@ -206,27 +206,12 @@ def test_parity_against_the_live_endpoint_passes_and_fails_for_another_model(ser
     assert "different trainings" in other.output   # the two record other source checkpoints
 
 
-def _descendants(root: int) -> list[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == parent]
-        found += kids
-        frontier += kids
-    return found
-
-
 def _replicas(server: Server) -> list[int]:
     def cmdline(pid: int) -> str:
         with contextlib.suppress(OSError):
             return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         return ""
-    return [p for p in _descendants(server.proc.pid) if "ServeReplica:fgdeploy" in cmdline(p)]
+    return [p for p in _children(server.proc.pid) if "ServeReplica:fgdeploy" in cmdline(p)]
 
 
 def test_replica_killed_under_load_is_replaced_and_no_request_hangs(server, images):

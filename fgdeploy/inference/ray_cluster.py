@@ -224,6 +224,31 @@ def start_local_instance(ray: Any, cpus: int | None = None, object_store_bytes: 
         logger.warning("the local Ray instance runs on %s, not loopback only", node_ip)
 
 
+def cluster_device(ray: Any, device: str, each: str) -> tuple[str, int, int]:
+    """Resolve ``device`` against the cluster: "auto" is cuda when the cluster has GPUs, else cpu.
+
+    Args:
+        ray: the connected ``ray`` module.
+        device: "auto", "cpu" or "cuda" (one GPU per worker: "cuda:K" is refused).
+        each: what gets a GPU of its own, for the error message ("each actor", "each replica").
+
+    Returns:
+        (device, the cluster's GPUs, the cluster's CPUs).
+
+    Raises:
+        FgdeployError: "cuda:K", or cuda on a cluster without GPUs.
+    """
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    resolved = device if device != "auto" else ("cuda" if gpus else "cpu")
+    if resolved.startswith("cuda:"):
+        raise FgdeployError(f"--device {device}: with Ray {each} gets a GPU of its own; pass --device cuda")
+    if resolved == "cuda" and not gpus:
+        raise FgdeployError("--device cuda: the Ray cluster has no GPUs (ray status lists its resources); pass "
+                            "--device cpu or join a cluster with GPUs")
+    return resolved, gpus, cpus
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -59,7 +59,7 @@ from fgdeploy.inference.local import (
     Decoded, InferOptions, InferReport, decode_one, open_journal, run_header, single_threaded_cv2,
 )
 from fgdeploy.inference.batch_records import RecordMaker, check_fixed_batch, clamp_topk, is_failure
-from fgdeploy.inference.ray_cluster import ClusterOptions, fgdeploy_cause, first_line, ray_session
+from fgdeploy.inference.ray_cluster import ClusterOptions, cluster_device, fgdeploy_cause, first_line, ray_session
 from fgdeploy.inference.ray_dispatch import Dispatcher
 from fgdeploy.inference.results import Journal, errors_path_for, journal_path_for, key_of, render_outputs
 from fgdeploy.tensors import PART_NAMES
@@ -292,16 +292,10 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
 def _placement(ray: Any, spec: ModelSpec, actors: int, decode_tasks: bool | None) -> tuple[ModelSpec, int, bool]:
     """Resolve device "auto" against the cluster (cuda when it has GPUs), the number of actors and whether
     decoding runs in tasks of its own (``decode_tasks`` None: on GPUs only)."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    device = spec.device if spec.device != "auto" else ("cuda" if gpus else "cpu")
-    if device.startswith("cuda:"):
-        raise FgdeployError(f"--device {device}: with --ray each actor gets its own GPU; pass --device cuda")
-    if device == "cuda" and not gpus:
-        raise FgdeployError("--device cuda: the Ray cluster has no GPUs (ray status lists its resources); "
-                            "pass --device cpu or join a cluster with GPUs")
+    device, gpus, cpus = cluster_device(ray, spec.device, "each actor")
     spec = replace(spec, device=device, threads=spec.threads or (1 if device == "cpu" else None))
     decode_tasks = device == "cuda" if decode_tasks is None else decode_tasks
-    cpus, per_actor = int(ray.cluster_resources().get("CPU", 0)), actor_cpus(spec)
+    per_actor = actor_cpus(spec)
     actors = actors or (gpus if device == "cuda" else max(1, (cpus - decode_tasks) // per_actor))
     if device == "cuda" and actors > gpus:
         raise FgdeployError(f"--actors {actors}: the cluster has {gpus} GPUs and each actor takes one")

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fgdeploy.errors import FgdeployError
-from fgdeploy.inference.ray_cluster import LOCAL_ADDRESSES, ClusterOptions, first_line, ray_session, target_address
+from fgdeploy.inference.ray_cluster import (
+    LOCAL_ADDRESSES, ClusterOptions, cluster_device, first_line, ray_session, target_address,
+)
 from fgdeploy.serving.api import HEALTH_PATH, ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -190,14 +192,7 @@ def placement(ray: Any, config: ServeConfig, replicas: int) -> tuple[ServeConfig
     Raises:
         FgdeployError: cuda asked for but the cluster has none, more replicas than GPUs or than CPUs.
     """
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    device = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
-    if device.startswith("cuda:"):
-        raise FgdeployError(f"--device {device}: each replica gets a GPU of its own; pass --device cuda")
-    if device == "cuda" and not gpus:
-        raise FgdeployError("--device cuda: the Ray cluster has no GPUs (ray status lists its resources); pass "
-                            "--device cpu or join a cluster with GPUs")
+    device, gpus, cpus = cluster_device(ray, config.device, "each replica")
     replicas = replicas or (gpus if device == "cuda" else 1)
     if device == "cuda":
         if replicas > gpus:
