@@ -79,25 +79,30 @@ def int8_summary(int8: Path) -> dict[str, Any]:
             "convs": {k: v for k, v in quantized_nodes(model).items() if "Conv" in k}}
 
 
-def session(path: Path, threads: int, arena: bool) -> Any:
+def session(path: Path, threads: int, arena: bool, spin: bool = False) -> Any:
     """An ONNX Runtime CPU session as ``OrtRunner`` makes it (all graph optimisations, ``threads`` intra-op
-    threads); ``arena`` False returns freed tensors to the system instead of keeping them in ORT's arena."""
+    threads); ``arena`` False returns freed tensors to the system instead of keeping them in ORT's arena.
+    ``spin`` False makes idle intra-op threads sleep: two sessions called in turn otherwise compete, the idle
+    one's spinning threads taking cores from the other's call (``--spin`` keeps ORT's default to show it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_cpu_mem_arena = arena
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def time_pair(fp32: Path, int8: Path, iters: int, threads: int, arena: bool = True) -> dict[str, Any]:
+def time_pair(fp32: Path, int8: Path, iters: int, threads: int, arena: bool = True,
+              spin: bool = False) -> dict[str, Any]:
     """Interleaved model-only timings at batch 16; medians, img/s and the ratio. ``arena`` False for the paper
     models: with ORT's memory arena each session keeps its batch-16 peak (fp32 cub_vgg16_cbp_partnets: 10.4 GB
     measured), and the two sessions open side by side were killed at 23 GB."""
     import onnx
 
-    sessions = {"fp32": session(fp32, threads, arena), "int8": session(int8, threads, arena)}
+    sessions = {"fp32": session(fp32, threads, arena, spin), "int8": session(int8, threads, arena, spin)}
     size = int(json.loads(next(p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props
                                if p.key == "input_size")))
     images = np.random.default_rng(0).random((BATCH, 3, size, size), dtype=np.float32)
@@ -111,6 +116,7 @@ def time_pair(fp32: Path, int8: Path, iters: int, threads: int, arena: bool = Tr
             times[name].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"input_size": size, "batch": BATCH, "iters": iters, "threads": threads, "cpu_mem_arena": arena,
+            "ort_threads_spin": spin,
             "fp32_ms": [round(1e3 * t, 1) for t in times["fp32"]], "int8_ms": [round(1e3 * t, 1) for t in times["int8"]],
             "fp32_img_s": round(BATCH / med["fp32"], 2), "int8_img_s": round(BATCH / med["int8"], 2),
             "speedup": round(med["fp32"] / med["int8"], 3),
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=7, help="Timed calls per precision, demo models.")
     parser.add_argument("--paper-iters", type=int, default=3, help="Timed calls per precision, paper models.")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads.")
+    parser.add_argument("--spin", action="store_true",
+                        help="Let idle ONNX Runtime threads spin (its default; the two sessions then compete).")
     args = parser.parse_args(argv)
 
     import onnxruntime
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             paper = config.startswith("cub_")
             row = {"source": source, **int8_summary(pair[1]),
                    **time_pair(*pair, iters=args.paper_iters if paper else args.iters, threads=args.threads,
-                               arena=not paper)}
+                               arena=not paper, spin=args.spin)}
             row["target"] = target(config, cpu)
             row["meets_target"] = None if row["target"] is None else row["speedup"] >= row["target"]
             row["seconds"] = round(time.perf_counter() - started, 1)

@@ -79,10 +79,11 @@ def _metrics(m: Any) -> dict[str, Any]:
 
 
 def time_models(paths: dict[str, Path], iters: int, threads: int) -> dict[str, dict[str, Any]]:
-    """Model-only img/s at batch 16, one call of each model per round; medians and per-round ratios to fp32."""
+    """Model-only img/s at batch 16, one call of each model per round; medians and per-round ratios to fp32.
+    Idle ONNX Runtime threads sleep (``spin=False``): sessions called in turn would otherwise compete."""
     from fgdeploy.backends.ort_runner import OrtRunner
 
-    runners = {name: OrtRunner(path, threads=threads, name=name) for name, path in paths.items()}
+    runners = {name: OrtRunner(path, threads=threads, name=name, spin=False) for name, path in paths.items()}
     for runner in runners.values():
         runner.activate()
     try:

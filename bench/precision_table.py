@@ -50,10 +50,11 @@ def fp32_nodes(path: Path) -> dict[str, Any]:
 
 
 def speeds(paths: list[Path], iters: int, threads: int) -> dict[str, float]:
-    """img/s at batch 16 per model, interleaved rounds, medians."""
+    """img/s at batch 16 per model, interleaved rounds, medians; idle ONNX Runtime threads sleep (``spin=False``),
+    as sessions called in turn otherwise compete for the cores."""
     from fgdeploy.backends.ort_runner import OrtRunner
 
-    runners = [OrtRunner(p, threads=threads, name=p.name) for p in paths]
+    runners = [OrtRunner(p, threads=threads, name=p.name, spin=False) for p in paths]
     for r in runners:
         r.activate()
     try:
