@@ -75,7 +75,7 @@ class EndpointClient:
             except BaseException:
                 self._close()
                 raise
-        payload = _json(data)
+        payload = json_object(data)
         if response.status != 200:
             message = payload.get("error") or payload.get("status") or data[:200].decode("utf-8", "replace")
             raise EndpointError(response.status, f"HTTP {response.status} from {self.url}{path}: {message}")
@@ -95,7 +95,8 @@ class EndpointClient:
             self._local.connection = None
 
 
-def _json(data: bytes) -> dict[str, Any]:
+def json_object(data: bytes) -> dict[str, Any]:
+    """A response body as a JSON object; {} when it is not one (a proxy's plain-text error, say)."""
     try:
         value = json.loads(data)
     except ValueError:

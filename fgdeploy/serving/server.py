@@ -28,6 +28,7 @@ from fgdeploy.inference.ray_cluster import (
     LOCAL_ADDRESSES, ClusterOptions, cluster_device, first_line, ray_session, target_address,
 )
 from fgdeploy.serving.api import HEALTH_PATH, ServeConfig
+from fgdeploy.serving.client import json_object
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def wait_until_healthy(url: str, timeout_s: float, stop: threading.Event | None 
             with urllib.request.urlopen(url + HEALTH_PATH, timeout=5) as response:
                 return dict(json.loads(response.read()).get("model") or {})
         except urllib.error.HTTPError as exc:
-            payload = _json_or_empty(exc.read())
+            payload = json_object(exc.read())
             if payload.get("status") == "failed":
                 raise FgdeployError(f"the replica cannot load the model: {payload.get('error')}") from None
             last = f"HTTP {exc.code} {payload.get('status') or payload.get('error') or ''}".strip()
@@ -250,12 +251,6 @@ def wait_until_healthy(url: str, timeout_s: float, stop: threading.Event | None 
     raise FgdeployError(f"{url}{HEALTH_PATH} did not answer 200 within {timeout_s:.0f} s ({last})")
 
 
-def _json_or_empty(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 @contextlib.contextmanager
