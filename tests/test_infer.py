@@ -430,6 +430,15 @@ def _tiny_checkpoint(path: Path, num_classes: int = 4, size: int = 48) -> Path:
     return path
 
 
+def _tiny_onnx(folder: Path) -> Path:
+    """``_tiny_checkpoint`` exported to ONNX in ``folder`` (tiny.pt and tiny.onnx)."""
+    from fgdeploy.export.exporter import export_checkpoint
+
+    onnx_path = folder / "tiny.onnx"
+    export_checkpoint(_tiny_checkpoint(folder / "tiny.pt"), onnx_path)
+    return onnx_path
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return _tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from fgdeploy.cli import cli
 from fgdeploy.inference.results import errors_path_for, read_results, run_record_path
-from test_infer import BAD, GOOD, _bright_spot_image, _encode, _tiny_checkpoint, make_mixed_folder
+from test_infer import BAD, GOOD, _bright_spot_image, _encode, _tiny_onnx, make_mixed_folder
 
 RAY_INSTALLED = True
 try:
@@ -66,12 +66,7 @@ def ray_address() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
-    from fgdeploy.export.exporter import export_checkpoint
-
-    folder = tmp_path_factory.mktemp("ray_model")
-    onnx_path = folder / "tiny.onnx"
-    export_checkpoint(_tiny_checkpoint(folder / "tiny.pt"), onnx_path)
-    return onnx_path
+    return _tiny_onnx(tmp_path_factory.mktemp("ray_model"))
 
 
 def _infer(args: list[str]):

@@ -24,7 +24,7 @@ pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install
 
 from fgdeploy.serving.api import BATCH_SIZE_HEADER, ServeConfig   # noqa: E402
 from fgdeploy.serving.replica import ModelReplica                 # noqa: E402
-from test_infer import BAD, GOOD, _tiny_checkpoint, make_mixed_folder   # noqa: E402
+from test_infer import BAD, GOOD, _tiny_onnx, make_mixed_folder   # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +38,7 @@ def outside_a_replica(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
-    from fgdeploy.export.exporter import export_checkpoint
-
-    folder = tmp_path_factory.mktemp("serve_api_model")
-    onnx_path = folder / "tiny.onnx"
-    export_checkpoint(_tiny_checkpoint(folder / "tiny.pt"), onnx_path)
-    return onnx_path
+    return _tiny_onnx(tmp_path_factory.mktemp("serve_api_model"))
 
 
 def _request(method: str, path: str, body: bytes = b"", query: str = "", headers: dict[str, str] | None = None,
