@@ -39,18 +39,23 @@ def synth(tmp_path_factory):
     return generate_synth_birds(tmp_path_factory.mktemp("synth") / "birds", classes=3, images_per_class=4, size=80)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def _tiny_partnets_checkpoint(path, classes: list[str], classifier_scale: float):  # type: ignore[no-untyped-def]
+    """An untrained tiny part-net model with clear logits (classifier x ``classifier_scale``) and heatmap peaks
+    (score convs x30), so answers are not decided by near-ties."""
     torch.manual_seed(0)
     cfg = _tiny_partnets_config()
-    model = create_model(cfg, len(CLASSES)).eval()
-    with torch.no_grad():  # clear logits and heatmap peaks, so answers are not decided by near-ties
-        model.classifier.fc.weight.mul_(20.0)
+    model = create_model(cfg, len(classes)).eval()
+    with torch.no_grad():
+        model.classifier.fc.weight.mul_(classifier_scale)
         for conv in model.keypoint_head.score:
             conv.weight.mul_(30.0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_partnets.pt"
-    save_checkpoint(path, model, CheckpointMeta.for_config(cfg, CLASSES, stage=4, epoch=1))
+    save_checkpoint(path, model, CheckpointMeta.for_config(cfg, classes, stage=4, epoch=1))
     return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return _tiny_partnets_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_partnets.pt", CLASSES, 20.0)
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +158,7 @@ def int8_ckpt(tmp_path_factory, calib_synth):
     from fgdeploy.data.cub import CubDataset
 
     classes = list(CubDataset(calib_synth, "train").class_names)
-    torch.manual_seed(0)
-    cfg = _tiny_partnets_config()
-    model = create_model(cfg, len(classes)).eval()
-    with torch.no_grad():
-        model.classifier.fc.weight.mul_(5.0)
-        for conv in model.keypoint_head.score:
-            conv.weight.mul_(30.0)
-    path = tmp_path_factory.mktemp("ckpt8") / "tiny_partnets.pt"
-    save_checkpoint(path, model, CheckpointMeta.for_config(cfg, classes, stage=4, epoch=1))
-    return path
+    return _tiny_partnets_checkpoint(tmp_path_factory.mktemp("ckpt8") / "tiny_partnets.pt", classes, 5.0)
 
 
 def test_int8_part_net_model_end_to_end_export_guard_parity_infer(int8_ckpt, calib_synth, tmp_path):
