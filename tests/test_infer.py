@@ -30,7 +30,8 @@ from fgdeploy.backends.base import Runner, TensorSpec
 from fgdeploy.errors import FgdeployError, ImageError
 from fgdeploy.inference.local import EXIT_ALL_FAILED, InferOptions, discover_images, run_inference
 from fgdeploy.inference.predictors import RunnerPredictor
-from fgdeploy.inference.results import Journal, errors_path_for, read_results, to_records
+from fgdeploy.inference.batch_records import to_records
+from fgdeploy.inference.results import Journal, errors_path_for, read_results
 
 S = 32  # fake model input size
 

@@ -6,9 +6,7 @@ import click
 
 from fgdeploy.commands.options import (BACKEND_CHOICES, check_model_kind, check_ray_address, device_option,
                                       echo_info, fast_path_options, resolve_model, torch_only_flags)
-
-MEGABYTE = 1024 * 1024
-
+from fgdeploy.serving.api import DEFAULT_MAX_BYTES
 
 @click.command("serve", short_help="Answer HTTP requests with the model (Ray Serve): POST an image, get JSON.")
 @click.argument("model", type=click.Path(exists=True))
@@ -21,7 +19,7 @@ MEGABYTE = 1024 * 1024
               help="Requests answered by one model call at most (server-side batching).")
 @click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
               help="How long a model call waits for more requests once one is there.")
-@click.option("--max-bytes", type=click.IntRange(1), default=20 * MEGABYTE, show_default=True,
+@click.option("--max-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest request body accepted (413 above).")
 @click.option("--max-pixels", type=click.IntRange(0), default=None,
               help="Refuse images with more pixels (422; read from the header, before decoding), so a decompression "

@@ -196,12 +196,10 @@ def decode_one(path: str, size: int, keep_original: bool = False, fast_decode: b
     return _decode_resized(path, lambda: read_rgb_sized(path, reduce_to, max_pixels=max_pixels), size, keep_original)
 
 
-def decode_bytes(data: bytes, name: str, size: int, fast_decode: bool = False,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
-    """`decode_one` of an encoded image held in memory (a request's body): the same decoder, resize, pixel limit
-    and reasons; ``name`` stands for the file in ``path`` and is cut from the reason."""
-    reduce_to = (size, size) if fast_decode else None
-    return _decode_resized(name, lambda: decode_rgb_sized(data, name, reduce_to, max_pixels), size, False)
+def decode_bytes(data: bytes, name: str, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
+    """`decode_one` of an encoded image held in memory (a request's body): the same full decoder, resize, pixel
+    limit and reasons; ``name`` stands for the file in ``path`` and is cut from the reason."""
+    return _decode_resized(name, lambda: decode_rgb_sized(data, name, None, max_pixels), size, False)
 
 
 def _decode_resized(path: str, read: Callable[[], tuple[np.ndarray, tuple[int, int]]], size: int,

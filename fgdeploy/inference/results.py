@@ -26,9 +26,7 @@ import numpy as np
 
 from fgdeploy.errors import FgdeployError
 from fgdeploy.fileio import atomic_open, atomic_write_json
-from fgdeploy.inference.batch_records import (  # noqa: F401 - to_records, default_labels: also imported from here
-    BOX_KEYS, RecordMaker, default_labels, is_failure, to_records,
-)
+from fgdeploy.inference.batch_records import BOX_KEYS, RecordMaker, is_failure
 
 logger = logging.getLogger(__name__)
 

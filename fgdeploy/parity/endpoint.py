@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from fgdeploy.errors import FgdeployError
+from fgdeploy.inference.batch_records import BOX_KEYS
 from fgdeploy.parity.compare import build_checks, compare_output, compare_tasks
 from fgdeploy.parity.report import Check, GroundTruth, ParityReport, default_thresholds
-from fgdeploy.parity.run import ParityConfig, RunnerFactory, with_ref_heatmaps
-from fgdeploy.parity.sources import ImageSource
+from fgdeploy.parity.run import ParityConfig, RunnerFactory, loosest_precision, with_ref_heatmaps
+from fgdeploy.parity.sources import ImageSource, spread_picks
 from fgdeploy.tensors import OUTPUT_KEYPOINT_SCORES, OUTPUT_KEYPOINTS, OUTPUT_LOGITS, OUTPUT_PART_BOXES
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ def dataset_files(root: str | Path, split: str, n: int | None) -> ImageFiles:
 
     dataset = CubDataset(root, split)  # type: ignore[arg-type]
     total = len(dataset)
-    count = total if n is None else max(0, min(n, total))
-    picks = np.unique(np.linspace(0, total - 1, count).round().astype(np.int64)) if count else np.zeros(0, int)
+    picks = spread_picks(total, n)
     ann = dataset.annotations
     row_of = {int(image_id): row for row, image_id in enumerate(ann.image_ids)}
     rows = np.array([row_of[dataset.image_ids[int(i)]] for i in picks], np.int64)
@@ -139,6 +139,7 @@ def run_endpoint_parity(ref: tuple[str, str], url: str, files: ImageFiles, *, de
         FgdeployError: the server cannot be reached, or serves a model of another input size or classes.
     """
     from fgdeploy.inference.predictors import open_predictor
+    from fgdeploy.serving.api import model_id
     from fgdeploy.serving.client import EndpointClient
 
     config = config or ParityConfig()
@@ -149,14 +150,14 @@ def run_endpoint_parity(ref: tuple[str, str], url: str, files: ImageFiles, *, de
         raise FgdeployError(f"cannot reach {url} ({exc}); is `fgdeploy serve` running there?") from None
     with open_predictor(ref[1], ref[0], device=device, fp16=ref_fp16, batch=config.batch_size) as loaded:
         size = int(loaded.predictor.input_size)
-        notes = _check_same_model(loaded, ref, served, size)
+        ref_id = model_id(loaded.name, loaded.recorded or {}, ref[1], ref_fp16)
+        notes = _check_same_model(loaded, ref[1], ref_id["source_sha256"], served, size)
         if files.class_names and loaded.class_names and files.class_names != list(loaded.class_names):
             raise FgdeployError(f"{files.description}: the dataset's {len(files.class_names)} classes differ from the "
                                 f"{len(loaded.class_names)} the model was trained on; check parity on the same dataset")
         classes = len(served.get("class_names") or loaded.class_names)
         ref_entries = _local_entries(loaded, files.paths, size, classes, config.batch_size, progress)
         ref_name = loaded.name
-        ref_precision = str((loaded.recorded or {}).get("precision") or ("fp16" if ref_fp16 else "fp32"))
         heatmap_size = loaded.heatmap_size or served.get("heatmap_size")
     test_entries = _endpoint_entries(client, files.paths, classes, concurrency, progress)
 
@@ -167,8 +168,7 @@ def run_endpoint_parity(ref: tuple[str, str], url: str, files: ImageFiles, *, de
     if not both:
         raise FgdeployError(f"no file was scored by both sides ({len(files.paths)} sent; {refused_alike} refused by "
                             f"both, {len(refused)} by one): nothing to compare")
-    precision = config.precision or next((p for p in ("int8", "fp16") if p in
-                                          (ref_precision, (served.get("model") or {}).get("precision"))), "fp32")
+    precision = config.precision or loosest_precision(ref_id, served.get("model") or {})
     thresholds = config.thresholds or default_thresholds(precision, config.atol, config.rtol)
     ref_out = _arrays([ref_entries[i] for i in both], size, classes)
     test_out = _arrays([test_entries[i] for i in both], size, classes)
@@ -208,11 +208,10 @@ def run_endpoint_parity(ref: tuple[str, str], url: str, files: ImageFiles, *, de
     return EndpointParity(report, good_paths, refused, notes)
 
 
-def _check_same_model(loaded: Any, ref: tuple[str, str], served: dict[str, Any], size: int) -> list[str]:
+def _check_same_model(loaded: Any, ref_file: str, ref_source: str, served: dict[str, Any], size: int) -> list[str]:
     """Refuse an endpoint whose model takes another input size or has other classes; notes when it records
-    another source checkpoint than --ref (a different model: parity will likely fail, and this says why)."""
-    from fgdeploy.fileio import file_sha256
-
+    another source checkpoint than --ref's ``ref_source`` sha256 (a different model: parity will likely fail, and
+    this says why)."""
     if int(served.get("input_size") or 0) != size:
         raise FgdeployError(f"the endpoint's model takes {served.get('input_size')} px images, --ref {size} px: not "
                             "the same model; serve the export of --ref, or compare with the model the server runs")
@@ -220,11 +219,9 @@ def _check_same_model(loaded: Any, ref: tuple[str, str], served: dict[str, Any],
     if ours and names and names != ours:
         other = "other class names" if len(names) == len(ours) else f"{len(names)} classes, --ref {len(ours)}"
         raise FgdeployError(f"the endpoint's model has {other}: not the same model; serve the export of --ref")
-    recorded = loaded.recorded or {}
-    ref_source = str(recorded.get("source_sha256") or "") if recorded else file_sha256(ref[1])
     served_source = str((served.get("model") or {}).get("source_sha256") or "")
     if ref_source and served_source and ref_source != served_source:
-        return [f"the endpoint serves a model made from checkpoint sha256 {served_source[:12]}, --ref {ref[1]} comes "
+        return [f"the endpoint serves a model made from checkpoint sha256 {served_source[:12]}, --ref {ref_file} comes "
                 f"from {ref_source[:12]}: they are different trainings, so their answers need not agree"]
     return []
 
@@ -287,7 +284,7 @@ def _arrays(entries: Sequence[dict[str, Any]], size: int, classes: int) -> dict[
     out = {"probs": probs, OUTPUT_LOGITS: np.log(np.maximum(probs, MIN_PROBABILITY)), "keypoints_px": kp,
            OUTPUT_KEYPOINTS: kp * scale, OUTPUT_KEYPOINT_SCORES: scores}
     if all("boxes" in e for e in entries):
-        out[OUTPUT_PART_BOXES] = np.array([[[b[k] for k in ("x0", "y0", "x1", "y1")] for b in e["boxes"]]
+        out[OUTPUT_PART_BOXES] = np.array([[[b[k] for k in BOX_KEYS] for b in e["boxes"]]
                                            for e in entries], np.float64)
     return out
 

@@ -197,7 +197,7 @@ def run_parity(ref: RunnerFactory, test: RunnerFactory, source: ImageSource, con
     with test(False) as t:
         test_name, test_meta = t.name, t.metadata()
         test_out = run_batches(t, source, indices, config.batch_size, progress)
-        precision = config.precision or _precision(ref_meta, test_meta)
+        precision = config.precision or loosest_precision(ref_meta, test_meta)
         thresholds = config.thresholds or default_thresholds(precision, config.atol, config.rtol)
         batch = check_batch_invariance(t, source, config.batch_size, thresholds.tolerance) if config.batch_check else None
     input_size = int(test_meta.get("input_size") or ref_meta.get("input_size") or source.load([0]).shape[-1])
@@ -263,7 +263,7 @@ def with_ref_heatmaps(ref: RunnerFactory, ref_out: Mapping[str, np.ndarray], tes
     return {**ref_out, OUTPUT_HEATMAPS: heat}
 
 
-def _precision(*metas: Mapping[str, Any]) -> str:
+def loosest_precision(*metas: Mapping[str, Any]) -> str:
     """The loosest precision either runner reports: int8, then fp16, else fp32."""
     found = {m.get("precision") for m in metas}
     return next((p for p in ("int8", "fp16") if p in found), "fp32")

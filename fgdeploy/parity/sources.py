@@ -61,6 +61,14 @@ class ArrayImages(ImageSource):
         return self.images[np.asarray(indices, dtype=np.int64)]
 
 
+def spread_picks(total: int, n: int | None) -> np.ndarray:
+    """Indices of ``n`` of ``total`` items spread evenly, first and last included (all when None or larger)."""
+    count = total if n is None else max(0, min(n, total))
+    if not count:
+        return np.zeros(0, np.int64)
+    return np.unique(np.linspace(0, total - 1, count).round().astype(np.int64))
+
+
 class DatasetImages(ImageSource):
     """Images of a CUB-format dataset split, warped like ``fgdeploy eval`` (EvalTransform), with ground truth.
 
@@ -84,9 +92,7 @@ class DatasetImages(ImageSource):
         allowed = set(ids) if ids is not None else None
         pool = np.asarray([i for i, image_id in enumerate(dataset.image_ids)
                            if allowed is None or image_id in allowed], np.int64)
-        count = len(pool) if n is None else max(0, min(n, len(pool)))
-        spread = np.unique(np.linspace(0, len(pool) - 1, count).round().astype(np.int64))
-        picks = pool[spread] if count else np.zeros(0, np.int64)
+        picks = pool[spread_picks(len(pool), n)]
         self.files = [dataset.image_path(int(i)) for i in picks]
         transform = EvalTransform(size)
         images, labels, image_ids, kps, vis, boxes, affines = [], [], [], [], [], [], []

@@ -4,5 +4,5 @@
   and the JSON answers.
 - ``replica``: the Ray Serve deployment: an HTTP replica, server-side batching (``serve.batch``), the model.
 - ``server``: ``serve_forever``: start or join Ray, deploy, wait until healthy, drain on Ctrl-C / SIGTERM.
-- ``client``: a small HTTP client of the API (stdlib only), used by ``parity --test http://...``.
+- ``client``: a small HTTP client of the API (standard library HTTP), used by ``parity --test http://...``.
 """

@@ -1,4 +1,4 @@
-"""A small client of `fgdeploy serve`'s HTTP API (standard library only; one kept-alive connection per thread).
+"""A small client of `fgdeploy serve`'s HTTP API (no HTTP library needed; one kept-alive connection per thread).
 
     client = EndpointClient("http://127.0.0.1:8000")
     record = client.predict(Path("bird.jpg").read_bytes(), topk=3)   # {"width", "height", "top", ...}

@@ -59,13 +59,13 @@ class HttpReplica:
     entry per job, or ``{"status", "error"}``; on the model thread) and ``describe`` (GET /v1/model).
     """
 
-    def __init__(self, config: ServeConfig, decode_threads: int | None = None) -> None:
+    def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.ready = threading.Event()
         self.failure: str | None = None          # why the model could not be loaded
         self.identity: dict[str, Any] = {}       # model_id(...) once loaded
         self.classes = 0                         # class count once loaded (0: unknown)
-        self._decode_pool = ThreadPoolExecutor(decode_threads or os.cpu_count() or 1,
+        self._decode_pool = ThreadPoolExecutor(os.cpu_count() or 1,
                                                thread_name_prefix="fgdeploy-decode")
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="fgdeploy-model")
         # a batch queue of this replica's own, sized by the config (serve.batch on the class would share one
@@ -193,8 +193,6 @@ class ModelReplica(HttpReplica):
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
         (entry,) = self.run_batch([Job(self.prepare(encode_image(image, ".jpg")), self.config.topk)])
-        if "error" in entry:
-            raise RuntimeError(f"the warm-up request failed: {entry['error']}")
         self.part_boxes = "boxes" in entry
 
     def prepare(self, body: bytes) -> Any:
@@ -207,15 +205,9 @@ class ModelReplica(HttpReplica):
         return decoded
 
     def run_batch(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        topk = max(job.topk for job in jobs)
-        entries = self.maker.score(self.loaded.predictor, [job.item for job in jobs], topk)
-        out = []
-        for job, entry in zip(jobs, entries):
-            if "error" in entry:
-                out.append({"status": 422, "error": unusable_image(entry["error"]).message})
-            else:
-                out.append({**entry, "top": entry["top"][:job.topk]})
-        return out
+        """Records of ``prepare``'s items (all decoded: a bad body never reaches a batch), one model call."""
+        entries = self.maker.score(self.loaded.predictor, [job.item for job in jobs], max(job.topk for job in jobs))
+        return [{**entry, "top": entry["top"][:job.topk]} for job, entry in zip(jobs, entries)]
 
     def describe(self) -> dict[str, Any]:
         c, loaded = self.config, self.loaded

@@ -17,7 +17,8 @@ from fgdeploy.backends.ort_runner import OrtRunner
 from fgdeploy.backends.torch_runner import TorchRunner
 from fgdeploy.checkpoint import CheckpointMeta, save_checkpoint
 from fgdeploy.cli import cli
-from fgdeploy.inference.results import read_results, to_records
+from fgdeploy.inference.batch_records import to_records
+from fgdeploy.inference.results import read_results
 from fgdeploy.models import create_model, load_model_config, with_backbone_options
 from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
 from fgdeploy.reference.part_boxes import part_boxes as reference_boxes
