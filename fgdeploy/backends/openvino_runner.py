@@ -134,7 +134,8 @@ class OpenVinoRunner(OnnxFileRunner):
 
     def _portable_bytes(self, proto: Any) -> bytes:
         """The graph OpenVINO gets: standard ops only (never a custom-domain node: its reader crashes on them)."""
-        from fgdeploy.export.portable import add_debug_outputs, is_portable, make_portable
+        from fgdeploy.export.debug_outputs import add_debug_outputs
+        from fgdeploy.export.portable import is_portable, make_portable
 
         if not is_portable(proto):
             self.converted_on_the_fly = True

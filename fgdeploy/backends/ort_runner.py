@@ -154,7 +154,7 @@ class OrtRunner(OnnxFileRunner):
             return data
         import onnx
 
-        from fgdeploy.export.portable import add_debug_outputs  # default and --portable exports
+        from fgdeploy.export.debug_outputs import add_debug_outputs  # default and --portable exports
 
         try:
             proto = onnx.load_from_string(data)
