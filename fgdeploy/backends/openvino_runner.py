@@ -160,7 +160,6 @@ class OpenVinoRunner(OnnxFileRunner):
         return config
 
 
-
 def import_openvino() -> Any:
     """The ``openvino`` module, or BackendUnavailable saying what to install."""
     try:

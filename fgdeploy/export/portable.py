@@ -90,7 +90,6 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         "by": f"onnx.inliner.inline_local_functions (onnx {onnx.__version__})",
         "coordinate_transfer_tensors": pairs,
     }, sort_keys=True)
-    del portable.metadata_props[:]
     helper.set_model_props(portable, props)
     try:
         onnx.checker.check_model(portable, full_check=True)
