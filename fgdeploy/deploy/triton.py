@@ -46,7 +46,7 @@ from typing import Any
 
 from fgdeploy import __version__
 from fgdeploy.errors import BackendUnavailable, ExportError
-from fgdeploy.fileio import atomic_write_text, file_sha256
+from fgdeploy.fileio import atomic_open, atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -414,21 +414,20 @@ def _write_model_dir(repo: Path, name: str, backend: str, onnx_info: OnnxInfo, m
                        str(onnx_info.metadata.get("precision", "")))
 
 
-def _copy_plugin(repo: Path, library: Path) -> Path:
+def _copy_plugin(repo: Path, library: Path) -> tuple[Path, str]:
     """Copy the plugin library to REPO/libfgdeploy_plugins.so (one per repository: the server registers one
-    creator per op name, so two different libraries would be a conflict)."""
+    creator per op name, so two different libraries would be a conflict); returns (that file, its sha256)."""
     if not library.is_file():
         raise TritonConfigError(f"the engine needs the fgdeploy TensorRT plugin library, but {library} (named in its "
                                 "sidecar) does not exist; rebuild it (plugins/README.md) or the engine")
-    target = repo / PLUGIN_FILE
-    if target.is_file() and file_sha256(target) != file_sha256(library):
+    target, sha = repo / PLUGIN_FILE, file_sha256(library)
+    if target.is_file() and file_sha256(target) != sha:
         raise TritonConfigError(f"{target} is another build of the plugin library than {library}, which this engine "
                                 "was built with; a server loads one: write this engine into another repository")
     if not target.is_file():
-        tmp = target.with_name(f".{PLUGIN_FILE}.tmp")
-        shutil.copyfile(library, tmp)
-        os.replace(tmp, target)
-    return target
+        with open(library, "rb") as source, atomic_open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)
+    return target, sha
 
 
 def write_triton_repository(repo: str | Path, onnx: str | Path, *, name: str | None = None,
@@ -470,9 +469,8 @@ def write_triton_repository(repo: str | Path, onnx: str | Path, *, name: str | N
         extra = {"tensorrt_version": engine_info.tensorrt_version, "engine_sha256": file_sha256(engine_info.path),
                  "precision": engine_info.precision or str(onnx_info.metadata.get("precision", ""))}
         if engine_info.plugin_library is not None:
-            result.plugin_library = _copy_plugin(repo, engine_info.plugin_library)
-            extra["plugin_library"] = PLUGIN_FILE
-            extra["plugin_library_sha256"] = file_sha256(result.plugin_library)
+            library, sha = _copy_plugin(repo, engine_info.plugin_library)
+            extra.update({"plugin_library": library.name, "plugin_library_sha256": sha})
         result.models.append(_write_model_dir(repo, f"{name}_trt", "tensorrt", onnx_info, engine_info.path,
                                               engine_batch, extra, f"{engine_info.path.name}, built from {source}"))
     if (repo / PLUGIN_FILE).is_file():
