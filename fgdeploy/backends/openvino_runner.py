@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from fgdeploy.backends import INSTALL_HINTS
 from fgdeploy.backends.base import RunnerError, TensorSpec
 from fgdeploy.backends.onnx_file import OnnxFileRunner, first_line
 from fgdeploy.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'fgdeploy[openvino]' (or pip install openvino)"
 DEVICE_ALIASES = {"auto": "CPU", "cpu": "CPU"}   # fgdeploy's --device spellings -> OpenVINO device names
 PRECISIONS = ("f32", "bf16", "f16")              # values of ``inference_precision``
 
@@ -165,7 +165,8 @@ def import_openvino() -> Any:
     try:
         import openvino
     except ImportError as exc:
-        raise BackendUnavailable(f"the OpenVINO backend needs the openvino package: {INSTALL_HINT}") from exc
+        raise BackendUnavailable("the OpenVINO backend needs the openvino package: "
+                                 f"{INSTALL_HINTS['openvino']}") from exc
     return openvino
 
 
