@@ -84,7 +84,7 @@ class OpenVinoRunner(OnnxFileRunner):
             raise BackendUnavailable(f"OpenVINO device {self.device} is not available here (available: "
                                      f"{', '.join(available) or 'none'}); use --device cpu, or install the device's "
                                      "driver")
-        proto = self._load_proto()
+        proto = self._model_proto()
         from fgdeploy.export.metadata import decode_metadata
 
         self._meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
@@ -122,16 +122,6 @@ class OpenVinoRunner(OnnxFileRunner):
                 for i, name in enumerate(self._output_names)}
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _load_proto(self) -> Any:
-        import onnx
-
-        data = self._model_bytes()
-        try:
-            return onnx.load_from_string(data)
-        except Exception as exc:  # DecodeError and friends
-            raise RunnerError(f"{self._label()}: not an ONNX file ({first_line(exc)}); OpenVINO runs fgdeploy "
-                              "ONNX exports (`fgdeploy export CKPT -o model.onnx [--portable]`)") from exc
-
     def _portable_bytes(self, proto: Any) -> bytes:
         """The graph OpenVINO gets: standard ops only (never a custom-domain node: its reader crashes on them)."""
         from fgdeploy.export.debug_outputs import add_debug_outputs
