@@ -32,6 +32,12 @@ DEVICE_ALIASES = {"auto": "CPU", "cpu": "CPU"}   # fgdeploy's --device spellings
 PRECISIONS = ("f32", "bf16", "f16")              # values of ``inference_precision``
 
 
+def is_openvino_device(device: str) -> bool:
+    """True for a device name only OpenVINO has (gpu, npu, GPU.1, ...: Intel devices), which fgdeploy's other
+    backends refuse (an NVIDIA GPU is ``cuda``)."""
+    return device.lower().startswith(("gpu", "npu"))
+
+
 def openvino_device(device: str | None) -> str:
     """OpenVINO's device name for an fgdeploy ``--device``: auto/cpu -> CPU; GPU, GPU.1, NPU, ... as given
     (upper case). CUDA names are refused: OpenVINO runs on Intel devices (and any x86/ARM CPU)."""

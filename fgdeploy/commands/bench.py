@@ -75,8 +75,7 @@ def command(ctx: click.Context, models: tuple[str, ...], backends: list[str], de
 
     models = tuple(resolve_model(m) for m in models)   # a run folder: its best.pt
     runs = _runs(models, backends)
-    if not any(kind == "openvino" for _, kind in runs):
-        check_device_for_backend(device, runs[0][1])
+    check_device_for_backend(device, *(kind for _, kind in runs))
     flags = torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)
     if flags and all(kind != "torch" for _, kind in runs):
         raise click.UsageError(f"{', '.join(flags)}: for torch models (checkpoints); no --model here runs on torch")
