@@ -34,10 +34,12 @@ BACKENDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "trt": ("fgdeploy.backends.trt_runner", "TrtRunner", ("tensorrt",)),
     "openvino": ("fgdeploy.backends.openvino_runner", "OpenVinoRunner", ("openvino",)),
 }
-# What to install for a backend whose package is missing (the error says it).
+# What to install for a backend whose package is missing (the error says it; also the runners' own errors and doctor).
 INSTALL_HINTS: dict[str, str] = {
     "openvino": "pip install 'fgdeploy[openvino]' (or pip install openvino)",
-    "trt": "pip install 'fgdeploy[trt]' (TensorRT needs an NVIDIA GPU)",
+    "trt": "pip install 'fgdeploy[trt]' where NVIDIA's index is reachable (TensorRT 10.7+; it needs an NVIDIA GPU), "
+           "or the wheel for your CUDA major, e.g. `pip install tensorrt-cu13` (or tensorrt-cu12), or a TensorRT "
+           "tarball with its lib/ on LD_LIBRARY_PATH and its python wheel installed",
 }
 # Other spellings accepted by open_runner and the CLI ("onnx:model.onnx" means ONNX Runtime).
 BACKEND_ALIASES: dict[str, str] = {"onnx": "ort", "onnxruntime": "ort", "pytorch": "torch", "tensorrt": "trt",

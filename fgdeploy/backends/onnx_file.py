@@ -55,6 +55,17 @@ class OnnxFileRunner(Runner):
             return self.model.read_bytes()
         return bytes(self.model)
 
+    def _model_proto(self) -> Any:
+        """The model parsed (``onnx.ModelProto``); RunnerError when the bytes are not an ONNX model."""
+        import onnx
+
+        data = self._model_bytes()
+        try:
+            return onnx.load_from_string(data)
+        except Exception as exc:  # DecodeError and friends
+            raise RunnerError(f"{self._label()}: not an ONNX file ({first_line(exc)}); fgdeploy runs its ONNX "
+                              "exports (`fgdeploy export CKPT -o model.onnx [--portable]`)") from exc
+
     def _check_precision(self) -> None:
         if self.fp16 is None:
             return

@@ -21,15 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from fgdeploy.backends import INSTALL_HINTS
 from fgdeploy.backends.base import RunnerError, TensorSpec
 from fgdeploy.backends.onnx_file import OnnxFileRunner, first_line
 from fgdeploy.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'fgdeploy[openvino]' (or pip install openvino)"
 DEVICE_ALIASES = {"auto": "CPU", "cpu": "CPU"}   # fgdeploy's --device spellings -> OpenVINO device names
 PRECISIONS = ("f32", "bf16", "f16")              # values of ``inference_precision``
+
+
+def is_openvino_device(device: str) -> bool:
+    """True for a device name only OpenVINO has (gpu, npu, GPU.1, ...: Intel devices), which fgdeploy's other
+    backends refuse (an NVIDIA GPU is ``cuda``)."""
+    return device.lower().startswith(("gpu", "npu"))
 
 
 def openvino_device(device: str | None) -> str:
@@ -84,7 +90,7 @@ class OpenVinoRunner(OnnxFileRunner):
             raise BackendUnavailable(f"OpenVINO device {self.device} is not available here (available: "
                                      f"{', '.join(available) or 'none'}); use --device cpu, or install the device's "
                                      "driver")
-        proto = self._load_proto()
+        proto = self._model_proto()
         from fgdeploy.export.metadata import decode_metadata
 
         self._meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
@@ -122,19 +128,10 @@ class OpenVinoRunner(OnnxFileRunner):
                 for i, name in enumerate(self._output_names)}
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _load_proto(self) -> Any:
-        import onnx
-
-        data = self._model_bytes()
-        try:
-            return onnx.load_from_string(data)
-        except Exception as exc:  # DecodeError and friends
-            raise RunnerError(f"{self._label()}: not an ONNX file ({first_line(exc)}); OpenVINO runs fgdeploy "
-                              "ONNX exports (`fgdeploy export CKPT -o model.onnx [--portable]`)") from exc
-
     def _portable_bytes(self, proto: Any) -> bytes:
         """The graph OpenVINO gets: standard ops only (never a custom-domain node: its reader crashes on them)."""
-        from fgdeploy.export.portable import add_debug_outputs, is_portable, make_portable
+        from fgdeploy.export.debug_outputs import add_debug_outputs
+        from fgdeploy.export.portable import is_portable, make_portable
 
         if not is_portable(proto):
             self.converted_on_the_fly = True
@@ -159,13 +156,13 @@ class OpenVinoRunner(OnnxFileRunner):
         return config
 
 
-
 def import_openvino() -> Any:
     """The ``openvino`` module, or BackendUnavailable saying what to install."""
     try:
         import openvino
     except ImportError as exc:
-        raise BackendUnavailable(f"the OpenVINO backend needs the openvino package: {INSTALL_HINT}") from exc
+        raise BackendUnavailable("the OpenVINO backend needs the openvino package: "
+                                 f"{INSTALL_HINTS['openvino']}") from exc
     return openvino
 
 

@@ -149,18 +149,11 @@ class OrtRunner(OnnxFileRunner):
 
     # --- helpers ----------------------------------------------------------------------------------
     def _load_bytes(self) -> bytes:
-        data = self._model_bytes()
         if not self.debug:
-            return data
-        import onnx
+            return self._model_bytes()
+        from fgdeploy.export.debug_outputs import add_debug_outputs  # default and --portable exports
 
-        from fgdeploy.export.portable import add_debug_outputs  # default and --portable exports
-
-        try:
-            proto = onnx.load_from_string(data)
-        except Exception as exc:
-            raise RunnerError(f"{self._label()}: not a valid ONNX file: {first_line(exc)}") from exc
-        proto, added = add_debug_outputs(proto)
+        proto, added = add_debug_outputs(self._model_proto())
         logger.debug("%s: debug outputs %s", self._label(), added)
         return proto.SerializeToString()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fgdeploy.backends import INSTALL_HINTS
 from fgdeploy.errors import BackendUnavailable, FgdeployError
 from fgdeploy.tensors import OP_NAME, OP_VERSION, PLUGIN_NAMESPACE
 
@@ -26,10 +27,7 @@ logger = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = "fgdeploy-trt-engine"
 SIDECAR_VERSION = 1
-INSTALL_HINT = (
-    "install TensorRT 10.7+ matching your CUDA major, e.g. `pip install tensorrt-cu13` (or tensorrt-cu12), "
-    "or a TensorRT tarball with its lib/ on LD_LIBRARY_PATH and its python wheel installed"
-)
+INSTALL_HINT = INSTALL_HINTS["trt"]
 
 # Plugin libraries registered in this process: path -> handle. TensorRT's plugin registry is itself
 # process-wide and refuses to load a library twice, so this mirror of it must be process-wide too.

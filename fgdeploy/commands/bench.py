@@ -57,8 +57,8 @@ def _backends(ctx: click.Context, param: click.Parameter, value: str) -> list[st
 @click.option("--fast-decode", is_flag=True, help="End-to-end: as `fgdeploy infer --fast-decode`.")
 @click.pass_context
 def command(ctx: click.Context, models: tuple[str, ...], backends: list[str], device: str, fp16: bool,
-            batches: list[int], iters: int, warmup: int, images: str | None, workers: int, json_out: Path | None, channels_last: bool,
-            compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
+            batches: list[int], iters: int, warmup: int, images: str | None, workers: int, json_out: Path | None,
+            channels_last: bool, compile_mode: str, cuda_graphs: bool, fuse_conv_relu: bool, threads: int | None,
             fast_decode: bool) -> None:
     """Time each --model at each batch size after warm-up: p50/p90/p99 latency per batch and images/s.
 
@@ -71,12 +71,11 @@ def command(ctx: click.Context, models: tuple[str, ...], backends: list[str], de
     from fgdeploy.bench import bench_end_to_end, bench_model, render_table, write_json
     from fgdeploy.inference.fastpath import FastPathOptions
     from fgdeploy.inference.local import discover_images
-    from fgdeploy.inference.predictors import open_predictor, resolve_backend
+    from fgdeploy.inference.predictors import open_predictor
 
     models = tuple(resolve_model(m) for m in models)   # a run folder: its best.pt
     runs = _runs(models, backends)
-    if not any(kind == "openvino" for _, kind in runs):
-        check_device_for_backend(device, runs[0][1])
+    check_device_for_backend(device, *(kind for _, kind in runs))
     flags = torch_only_flags(channels_last, compile_mode, cuda_graphs, fuse_conv_relu)
     if flags and all(kind != "torch" for _, kind in runs):
         raise click.UsageError(f"{', '.join(flags)}: for torch models (checkpoints); no --model here runs on torch")

@@ -65,20 +65,26 @@ def _onnxruntime() -> Check:
 
 
 def _openvino() -> Check:
+    from fgdeploy.backends.openvino_runner import import_openvino
+    from fgdeploy.errors import BackendUnavailable
+
     try:
-        import openvino as ov
-    except ImportError:
-        return Check("openvino", MISSING, "not installed (--backend openvino): pip install 'fgdeploy[openvino]'")
+        ov = import_openvino()
+    except BackendUnavailable as exc:
+        return Check("openvino", MISSING, str(exc))
     return Check("openvino", OK, f"{ov.get_version()}; devices: {', '.join(ov.Core().available_devices) or 'none'}")
 
 
 def _tritonclient() -> Check:
-    try:
-        from tritonclient.grpc import model_config_pb2  # noqa: F401
-    except ImportError:
-        return Check("tritonclient", MISSING, "not installed (export --triton): pip install 'fgdeploy[triton]'")
     from importlib.metadata import version
 
+    from fgdeploy.deploy.triton import import_model_config
+    from fgdeploy.errors import BackendUnavailable
+
+    try:
+        import_model_config()
+    except BackendUnavailable as exc:
+        return Check("tritonclient", MISSING, str(exc))
     return Check("tritonclient", OK, f"{version('tritonclient')} (model_config_pb2 imports)")
 
 

@@ -37,9 +37,12 @@ def device_option(default: str | None, allow_auto: bool = True, what: str = "",
                         help=f"{what}{names}.")
 
 
-def check_device_for_backend(device: str, backend: str) -> None:
-    """A usage error (exit 2) for an OpenVINO device name (gpu, npu, GPU.1) given to another backend."""
-    if backend != "openvino" and OPENVINO_DEVICE.fullmatch(device):
+def check_device_for_backend(device: str, *backends: str) -> None:
+    """A usage error (exit 2) for an OpenVINO device name (gpu, npu, GPU.1) when none of ``backends`` (those the
+    command runs) is openvino."""
+    from fgdeploy.backends.openvino_runner import is_openvino_device
+
+    if "openvino" not in backends and is_openvino_device(device):
         raise click.UsageError(f"--device {device} is an OpenVINO device: use it with --backend openvino (an NVIDIA "
                                "GPU is --device cuda)")
 

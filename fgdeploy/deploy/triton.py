@@ -46,7 +46,7 @@ from typing import Any
 
 from fgdeploy import __version__
 from fgdeploy.errors import BackendUnavailable, ExportError
-from fgdeploy.fileio import atomic_write_text, file_sha256
+from fgdeploy.fileio import atomic_open, atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ ONNX_TO_TRITON = {  # onnx.TensorProto element type -> Triton DataType name
     4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 12: "TYPE_UINT32",
     13: "TYPE_UINT64",
 }
-TRITON_TO_CLIENT = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_INT64": "INT64", "TYPE_INT32": "INT32",
-                    "TYPE_UINT8": "UINT8", "TYPE_BOOL": "BOOL"}  # tritonclient's datatype strings
 METADATA_PARAMETERS = ("precision", "source_checkpoint", "source_sha256", "input_size", "input_range",
                        "normalisation", "part_names", "heatmap_size", "opset", "portable")
 BACKENDS = {"onnxruntime": ("backend", "onnxruntime", "model.onnx"),
@@ -249,6 +247,11 @@ def _parameters(onnx_info: OnnxInfo, extra: Mapping[str, str]) -> dict[str, str]
     return values
 
 
+def _batch_dims(onnx_info: OnnxInfo, max_batch: int) -> list[int]:
+    """What the config's dims start with: nothing when Triton batches, else the export's fixed batch."""
+    return [] if max_batch > 0 else [onnx_info.fixed_batch or 1]   # unbatched: dims include the batch
+
+
 def build_config(name: str, backend: str, onnx_info: OnnxInfo, max_batch: int,
                  extra_parameters: Mapping[str, str] | None = None) -> Any:
     """The ``ModelConfig`` message of one model (backend "onnxruntime" or "tensorrt")."""
@@ -258,7 +261,7 @@ def build_config(name: str, backend: str, onnx_info: OnnxInfo, max_batch: int,
     setattr(config, field_name, value)
     if backend == "tensorrt":
         config.backend = "tensorrt"
-    batch = [] if max_batch > 0 else [onnx_info.fixed_batch or 1]   # unbatched: dims include the batch
+    batch = _batch_dims(onnx_info, max_batch)
     for tensor in onnx_info.inputs:
         config.input.add(name=tensor.name, data_type=pb.DataType.Value(tensor.data_type),
                          dims=[*batch, *tensor.dims])
@@ -339,7 +342,7 @@ def check_config(config: Any, model_dir: Path) -> list[str]:
 
 def expected_tensors(onnx_info: OnnxInfo, max_batch: int) -> dict[str, tuple[str, list[int]]]:
     """name -> (Triton type, dims) every config for this ONNX must declare."""
-    batch = [] if max_batch > 0 else [onnx_info.fixed_batch or 1]
+    batch = _batch_dims(onnx_info, max_batch)
     return {t.name: (t.data_type, [*batch, *t.dims]) for t in (*onnx_info.inputs, *onnx_info.outputs)}
 
 
@@ -350,10 +353,8 @@ class TritonModel:
 
     name: str
     backend: str
-    directory: Path
     config_path: Path
     max_batch_size: int
-    precision: str
 
 
 @dataclass
@@ -364,10 +365,6 @@ class TritonRepository:
     models: list[TritonModel] = field(default_factory=list)
     plugin_library: Path | None = None
     readme: Path | None = None
-
-    def server_command(self) -> str:
-        """The ``tritonserver`` command line for this repository mounted at /models."""
-        return server_command(self.plugin_library is not None)
 
 
 def check_name(name: str) -> str:
@@ -391,7 +388,7 @@ def _write_model_dir(repo: Path, name: str, backend: str, onnx_info: OnnxInfo, m
         if classes:
             (model_dir / LABELS_FILE).write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
         (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
-        parsed = parse_config((model_dir / "config.pbtxt").read_text(encoding="utf-8"), f"{name}/config.pbtxt")
+        parsed = parse_config(text, f"{name}/config.pbtxt")
         problems = check_config(parsed, model_dir)
         declared = {t.name: (import_model_config().DataType.Name(t.data_type), list(t.dims))
                     for t in (*parsed.input, *parsed.output)}
@@ -410,25 +407,23 @@ def _write_model_dir(repo: Path, name: str, backend: str, onnx_info: OnnxInfo, m
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote Triton model %s (%s, max_batch_size %d)", final, backend, max_batch)
-    return TritonModel(name, backend, final, final / "config.pbtxt", max_batch,
-                       str(onnx_info.metadata.get("precision", "")))
+    return TritonModel(name, backend, final / "config.pbtxt", max_batch)
 
 
-def _copy_plugin(repo: Path, library: Path) -> Path:
+def _copy_plugin(repo: Path, library: Path) -> tuple[Path, str]:
     """Copy the plugin library to REPO/libfgdeploy_plugins.so (one per repository: the server registers one
-    creator per op name, so two different libraries would be a conflict)."""
+    creator per op name, so two different libraries would be a conflict); returns (that file, its sha256)."""
     if not library.is_file():
         raise TritonConfigError(f"the engine needs the fgdeploy TensorRT plugin library, but {library} (named in its "
                                 "sidecar) does not exist; rebuild it (plugins/README.md) or the engine")
-    target = repo / PLUGIN_FILE
-    if target.is_file() and file_sha256(target) != file_sha256(library):
+    target, sha = repo / PLUGIN_FILE, file_sha256(library)
+    if target.is_file() and file_sha256(target) != sha:
         raise TritonConfigError(f"{target} is another build of the plugin library than {library}, which this engine "
                                 "was built with; a server loads one: write this engine into another repository")
     if not target.is_file():
-        tmp = target.with_name(f".{PLUGIN_FILE}.tmp")
-        shutil.copyfile(library, tmp)
-        os.replace(tmp, target)
-    return target
+        with open(library, "rb") as source, atomic_open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)
+    return target, sha
 
 
 def write_triton_repository(repo: str | Path, onnx: str | Path, *, name: str | None = None,
@@ -470,9 +465,8 @@ def write_triton_repository(repo: str | Path, onnx: str | Path, *, name: str | N
         extra = {"tensorrt_version": engine_info.tensorrt_version, "engine_sha256": file_sha256(engine_info.path),
                  "precision": engine_info.precision or str(onnx_info.metadata.get("precision", ""))}
         if engine_info.plugin_library is not None:
-            result.plugin_library = _copy_plugin(repo, engine_info.plugin_library)
-            extra["plugin_library"] = PLUGIN_FILE
-            extra["plugin_library_sha256"] = file_sha256(result.plugin_library)
+            library, sha = _copy_plugin(repo, engine_info.plugin_library)
+            extra.update({"plugin_library": library.name, "plugin_library_sha256": sha})
         result.models.append(_write_model_dir(repo, f"{name}_trt", "tensorrt", onnx_info, engine_info.path,
                                               engine_batch, extra, f"{engine_info.path.name}, built from {source}"))
     if (repo / PLUGIN_FILE).is_file():
@@ -535,7 +529,7 @@ def client_snippet(name: str, input_size: int, input_type: str = "TYPE_FP32") ->
     """A tritonclient (gRPC) program that sends one image preprocessed like ``fgdeploy infer``."""
     cast = ".astype(np.float16)" if input_type == "TYPE_FP16" else ""
     return CLIENT_SNIPPET.format(name=name, size=input_size, cast=cast,
-                                 client_type=TRITON_TO_CLIENT.get(input_type, "FP32"))
+                                 client_type=input_type.removeprefix("TYPE_"))   # tritonclient's datatype string
 
 
 def write_readme(repo: Path) -> Path:

@@ -34,11 +34,32 @@ def coordinate_transfer_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == OP_NAME and n.domain == OP_DOMAIN]
 
 
+def coordinate_transfer_tensors(model: onnx.ModelProto) -> list[list[str]]:
+    """[heatmaps input, pooled output] tensor names of each CoordinateTransfer, in graph order.
+
+    From the nodes of a default export (``coordinate_transfer_nodes``), or from the ``portable`` metadata of an
+    inlined one (the inliner keeps the names of a call's inputs and outputs); empty when neither says.
+    """
+    import json
+
+    from fgdeploy.export.portable import PORTABLE_KEY
+
+    nodes = coordinate_transfer_nodes(model)
+    if nodes:
+        return [[n.input[0], n.output[0]] for n in nodes]
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        recorded = json.loads(props.get(PORTABLE_KEY, "{}")) or {}
+    except ValueError:
+        return []
+    return [list(pair) for pair in recorded.get("coordinate_transfer_tensors", []) if len(pair) == 2]
+
+
 def add_debug_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Copy of ``model`` whose graph also outputs each CoordinateTransfer's heatmaps and result.
 
-    The extra outputs are added through Identity nodes named as above, so the original tensors and
-    every optimisation around them stay as they are.
+    Default and portable exports alike (``coordinate_transfer_tensors``). The extra outputs are added through
+    Identity nodes named as above, so the original tensors and every optimisation around them stay as they are.
 
     Returns:
         (new model, names of the added outputs).
@@ -50,14 +71,15 @@ def add_debug_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
 
     new = onnx.ModelProto()
     new.CopyFrom(model)
-    types = elem_types(new)   # best effort: unknown types fall back to the features' type
+    pairs = coordinate_transfer_tensors(new)
+    if not pairs:
+        return new, []
+    types = elem_types(new)   # best effort: unknown types fall back to float
     added: list[str] = []
-    for k, node in enumerate(coordinate_transfer_nodes(new)):
-        pairs = ((node.input[0], debug_heatmaps_name(k)), (node.output[0], debug_part_features_name(k)))
-        features_type = types.get(node.input[1], onnx.TensorProto.FLOAT)
-        for source, name in pairs:
+    for k, (heatmaps, pooled) in enumerate(pairs):
+        for source, name in ((heatmaps, debug_heatmaps_name(k)), (pooled, debug_part_features_name(k))):
             new.graph.node.append(helper.make_node("Identity", [source], [name], name=f"{name}.identity"))
-            elem = types.get(source, features_type)
-            new.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+            new.graph.output.append(helper.make_tensor_value_info(name, types.get(source, onnx.TensorProto.FLOAT),
+                                                                  None))
             added.append(name)
     return new, added

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fgdeploy.errors import ExportError
-from fgdeploy.tensors import OP_DOMAIN, OP_NAME
+from fgdeploy.export.debug_outputs import coordinate_transfer_tensors
 
 if TYPE_CHECKING:
     import onnx
@@ -51,25 +51,6 @@ def custom_domain_nodes(model: onnx.ModelProto) -> list[str]:
 def is_portable(model: onnx.ModelProto) -> bool:
     """True when ``model`` has no local function and no node outside the standard ONNX domains."""
     return not model.functions and not custom_domain_nodes(model)
-
-
-def coordinate_transfer_tensors(model: onnx.ModelProto) -> list[list[str]]:
-    """[heatmaps input, pooled output] tensor names of each CoordinateTransfer, in graph order.
-
-    From the nodes of a default export, or from the ``portable`` metadata of an inlined one (the inliner keeps
-    the names of a call's inputs and outputs); empty when neither says.
-    """
-    import json
-
-    nodes = [n for n in model.graph.node if n.op_type == OP_NAME and n.domain == OP_DOMAIN]
-    if nodes:
-        return [[n.input[0], n.output[0]] for n in nodes]
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        recorded = json.loads(props.get(PORTABLE_KEY, "{}")) or {}
-    except ValueError:
-        return []
-    return [list(pair) for pair in recorded.get("coordinate_transfer_tensors", []) if len(pair) == 2]
 
 
 def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -109,7 +90,6 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         "by": f"onnx.inliner.inline_local_functions (onnx {onnx.__version__})",
         "coordinate_transfer_tensors": pairs,
     }, sort_keys=True)
-    del portable.metadata_props[:]
     helper.set_model_props(portable, props)
     try:
         onnx.checker.check_model(portable, full_check=True)
@@ -117,36 +97,6 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ExportError(f"the inlined (portable) model fails onnx.checker: {str(exc).strip()[:600]}") from exc
     logger.debug("portable: inlined %s (%d nodes now)", inlined_ops or "nothing", len(portable.graph.node))
     return portable
-
-
-def add_debug_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """As ``fgdeploy.export.debug_outputs.add_debug_outputs``, for default and portable exports alike: each
-    CoordinateTransfer's heatmaps input and pooled output (``coordinate_transfer_tensors``) as extra outputs."""
-    import onnx
-    from onnx import helper
-
-    from fgdeploy.export.debug_outputs import debug_heatmaps_name, debug_part_features_name
-
-    new = _copy(model)
-    pairs = coordinate_transfer_tensors(new)
-    if not pairs:
-        return new, []
-    try:
-        inferred = onnx.shape_inference.infer_shapes(new)
-    except Exception:  # best effort: unknown types fall back to float
-        inferred = new
-    graph = inferred.graph
-    types = {i.name: i.data_type for i in graph.initializer}
-    types.update({v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)
-                  if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type})
-    added: list[str] = []
-    for k, (heatmaps, pooled) in enumerate(pairs):
-        for source, name in ((heatmaps, debug_heatmaps_name(k)), (pooled, debug_part_features_name(k))):
-            new.graph.node.append(helper.make_node("Identity", [source], [name], name=f"{name}.identity"))
-            new.graph.output.append(helper.make_tensor_value_info(name, types.get(source, onnx.TensorProto.FLOAT),
-                                                                  None))
-            added.append(name)
-    return new, added
 
 
 def portable_summary(model: onnx.ModelProto) -> dict[str, Any]:

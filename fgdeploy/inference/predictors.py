@@ -118,11 +118,12 @@ def resolve_device(backend: str, device: str = "auto") -> str:
     Raises:
         ConfigError: an OpenVINO device name (gpu, npu) for another backend.
     """
+    from fgdeploy.backends.openvino_runner import is_openvino_device
     from fgdeploy.errors import ConfigError
 
     if backend == "openvino":
         return "cpu" if device == "auto" else device
-    if device.lower().startswith(("gpu", "npu")):
+    if is_openvino_device(device):
         raise ConfigError(f"--device {device} is an OpenVINO device: use it with --backend openvino (an NVIDIA GPU is "
                           "--device cuda)")
     if device != "auto":

@@ -58,6 +58,8 @@ def test_ort_runner_corrupt_file_gives_clear_error(tmp_path):
     path.write_bytes(b"\x08\x07this is not a protobuf" * 10)
     with pytest.raises(RunnerError, match=r"cannot load the model.*corrupt or not an ONNX model"):
         OrtRunner(path).activate()
+    with pytest.raises(RunnerError, match=r"broken\.onnx: not an ONNX file"):   # debug parses it first
+        OrtRunner(path, debug=True).activate()
 
 
 def test_ort_runner_truncated_model_gives_clear_error(tmp_path, tiny_onnx):

@@ -120,6 +120,22 @@ def test_infer_with_openvino_writes_onnx_runtimes_answers(exports, synth, tmp_pa
     assert bad.exit_code == 2 and "is an OpenVINO device: use it with --backend openvino" in bad.output
 
 
+def test_an_openvino_device_needs_openvino_among_the_backends():
+    import click
+
+    from fgdeploy.commands.options import check_device_for_backend
+    from fgdeploy.errors import ConfigError
+    from fgdeploy.inference.predictors import resolve_device
+
+    check_device_for_backend("GPU.1", "ort", "openvino")   # bench --backend ort,openvino --device GPU.1
+    check_device_for_backend("cuda:0", "ort")
+    with pytest.raises(click.UsageError, match="--device npu is an OpenVINO device: use it with --backend openvino"):
+        check_device_for_backend("npu", "ort", "torch")
+    with pytest.raises(ConfigError, match="--device gpu is an OpenVINO device: use it with --backend openvino"):
+        resolve_device("ort", "gpu")
+    assert resolve_device("openvino", "GPU.1") == "GPU.1" and resolve_device("ort", "cpu") == "cpu"
+
+
 def test_bench_times_onnx_runtime_and_openvino_in_one_run(exports, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "--model", str(exports["fp32"]), "--model", str(exports["int8"]),

@@ -11,10 +11,8 @@ from onnx import helper
 
 from fgdeploy.backends.ort_runner import OrtRunner
 from fgdeploy.errors import ExportError
-from fgdeploy.export.portable import (
-    PORTABLE_KEY, STANDARD_DOMAINS, add_debug_outputs, coordinate_transfer_tensors, custom_domain_nodes, is_portable,
-    make_portable,
-)
+from fgdeploy.export.debug_outputs import add_debug_outputs, coordinate_transfer_tensors
+from fgdeploy.export.portable import PORTABLE_KEY, STANDARD_DOMAINS, custom_domain_nodes, is_portable, make_portable
 
 from .conftest import SIZE
 

@@ -7,6 +7,7 @@ repository README gives is executed against ONNX Runtime standing in for the ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -188,11 +189,25 @@ def test_engine_model_plugin_library_and_server_flags(exports, fake_engine, tmp_
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["tensorrt_version"] == "10.13.0.35" and params["plugin_library"] == PLUGIN_FILE
     assert (tmp_path / "repo" / PLUGIN_FILE).read_bytes() == b"plugin library bytes"
+    assert params["plugin_library_sha256"] == hashlib.sha256(b"plugin library bytes").hexdigest()
+    assert repo.plugin_library == tmp_path / "repo" / PLUGIN_FILE
+    assert not [p.name for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")]   # no temp file left
     assert check_config(config, trt_dir) == []
     readme = (tmp_path / "repo" / "README.md").read_text()
     assert f"--backend-config=tensorrt,plugins=/models/{PLUGIN_FILE}" in readme
     assert f"-e {AUTOREGISTER_ENV}=1" in readme and "--gpus all" in readme and "TensorRT 10.13.0.35" in readme
     assert "`birds_trt` | tensorrt" in readme and "`birds` | onnxruntime" in readme
+
+
+def test_plugin_library_is_kept_for_the_same_build_and_another_build_is_refused(exports, fake_engine, tmp_path):
+    engine, repo = fake_engine(4), tmp_path / "repo"
+    write_triton_repository(repo, exports["fp32"], name="birds", engine=engine)
+    again = write_triton_repository(repo, exports["fp32"], name="birds", engine=engine)   # same build: kept
+    assert again.plugin_library == repo / PLUGIN_FILE and (repo / PLUGIN_FILE).read_bytes() == b"plugin library bytes"
+    (tmp_path / PLUGIN_FILE).write_bytes(b"another build")   # the library the engine's sidecar names
+    with pytest.raises(TritonConfigError, match="is another build of the plugin library"):
+        write_triton_repository(repo, exports["fp32"], name="other", engine=engine)
+    assert (repo / PLUGIN_FILE).read_bytes() == b"plugin library bytes" and not (repo / "other_trt").exists()
 
 
 def test_engine_from_another_onnx_is_refused(exports, fake_engine, tmp_path):
