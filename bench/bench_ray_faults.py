@@ -39,18 +39,6 @@ from typing import Any
 POISON = "poison.jpg"
 
 
-def cpu_description() -> dict[str, Any]:
-    """The CPU model and the vector flags that matter for the numbers (Linux /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
-    return {"cpu_model": model[1].strip() if model else "", "cpu_flags": sorted(
-        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags)}
-
-
 def run_driver(listing: Path, model: Path, out: Path, address: str, batch: int, cwd: Path,
                remove: tuple[Any, int] | None = None, timeout: float = 1800) -> dict[str, Any]:
     """One ``fgdeploy infer LIST --ray ADDRESS`` in a fresh process; ``remove`` = (cluster, n): remove a worker
@@ -109,7 +97,7 @@ def main() -> int:
     from fgdeploy.inference.ray_cluster import loopback_cluster
     from fgdeploy.inference.ray_scoring import DEFAULT_MAX_RETRIES
 
-    payload: dict[str, Any] = {"environment": {**environment(), **cpu_description(), "ray": ray.__version__},
+    payload: dict[str, Any] = {"environment": {**environment(), "ray": ray.__version__},
                                "load_average_at_start": os.getloadavg(),
                                "args": {k: str(v) for k, v in vars(args).items()},
                                "max_retries": DEFAULT_MAX_RETRIES}
