@@ -48,7 +48,7 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
               help="ort on CPU: intra-op threads (--ray: per actor, default 1).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               callback=check_ray_address,
-              help="Score on Ray (pip install 'ray[data]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
+              help="Score on Ray (pip install ray): no ADDRESS starts a local instance (RAY_ADDRESS, if "
                    "set, is joined instead; 'local' always starts one); auto, ray://HOST:PORT or HOST:PORT join a "
                    "running cluster. The model runs in --actors actors: on CUDA one GPU each, fed by decode "
                    "tasks; on CPU each actor decodes its own images.")

@@ -26,7 +26,7 @@ from fgdeploy.errors import FgdeployError
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
+INSTALL_HINT = "pip install ray (from a checkout: pip install -e '.[ray]')"
 INSTALL_HINTS = {   # a Ray library a command needs -> (what the error says, how to install it)
     "ray.serve": ("fgdeploy serve needs Ray Serve", "pip install 'ray[serve]' (from a checkout: pip install -e "
                                                     "'.[serve]')"),
@@ -173,11 +173,10 @@ def target_address(options: ClusterOptions) -> str:
 
 
 def quiet_ray_logs() -> None:
-    """Keep Ray's routine log lines (execution plans, "finished in", advice on settings, the C++ core's notes)
-    off the console: errors still come through, as exceptions. ``-v`` leaves them on."""
+    """Keep Ray's routine log lines (advice on settings, the C++ core's notes) off the console: errors still come
+    through, as exceptions. ``-v`` leaves them on."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")   # the driver's C++ core worker, read at ray.init
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
