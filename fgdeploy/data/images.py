@@ -65,14 +65,13 @@ def read_image(path: str | Path) -> np.ndarray:
     return read_image_with_info(path)[0]
 
 
-def read_image_with_info(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
-    """Decode ``path`` and describe it; see `read_image`. With ``max_pixels``, an image with more pixels is
-    refused before decoding (from its header) or, for a header not read here, right after.
+def read_image_with_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """Decode ``path`` and describe it; see `read_image`.
 
     Raises:
-        ImageError: as `read_image`; or the image has more than ``max_pixels`` pixels.
+        ImageError: as `read_image`.
     """
-    image, info, _ = decode_image(read_bytes(path), path, max_pixels=max_pixels)
+    image, info, _ = decode_image(read_bytes(path), path)
     return image, info
 
 
@@ -90,22 +89,22 @@ def jpeg_scale_factor(info: ImageInfo, min_hw: tuple[int, int]) -> int:
     return 1
 
 
-def read_image_reduced(path: str | Path, min_hw: tuple[int, int],
-                       max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo, int]:
+def read_image_reduced(path: str | Path, min_hw: tuple[int, int]) -> tuple[np.ndarray, ImageInfo, int]:
     """Like `read_image_with_info`, but a JPEG several times larger than ``min_hw`` = (H, W) is decoded at
     1/2, 1/4 or 1/8 scale in the DCT domain (`jpeg_scale_factor`): several times faster, and the scaled IDCT
     averages like an area filter. ``info`` keeps the file's full size; also returns the factor used (1: full).
-    EXIF orientation is not applied, as in `read_image`. ``max_pixels`` refuses as `read_image_with_info` does
-    (the file's full size counts).
+    EXIF orientation is not applied, as in `read_image`.
     """
-    return decode_image(read_bytes(path), path, min_hw, max_pixels)
+    return decode_image(read_bytes(path), path, min_hw)
 
 
 def decode_image(data: np.ndarray | bytes, name: str | Path, min_hw: tuple[int, int] | None = None,
                  max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo, int]:
     """Decode an encoded image held in memory (a file's bytes), as `read_image_with_info` decodes a file, or with
     ``min_hw`` as `read_image_reduced` does; ``name`` stands for the file in error messages. Returns (RGB image,
-    info, the scale-down factor used: 1 for a full decode).
+    info, the scale-down factor used: 1 for a full decode). With ``max_pixels``, an image with more pixels is
+    refused before decoding (from its header) or, for a header not read here, right after (the file's full size
+    counts, whatever ``min_hw``).
 
     Raises:
         ImageError: empty, not a decodable image, or more than ``max_pixels`` pixels.
