@@ -112,8 +112,9 @@ def decode_image(data: np.ndarray | bytes, name: str | Path, min_hw: tuple[int, 
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageError(f"{name}: empty file (0 bytes); replace or remove it")
-    check_pixels(data, name, max_pixels)
     info = _probe_bytes(data)
+    if max_pixels:   # the probe sizes a JPEG or PNG; header_size reads the other formats' headers
+        _refuse_above(max_pixels, header_size(data) if info.format == "other" else _probed_size(info), name)
     factor = 1 if min_hw is None else jpeg_scale_factor(info, min_hw)
     if factor == 1:
         image, info = _decode_full(data, info, name)
@@ -153,8 +154,7 @@ def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
     formats or a header too damaged to read."""
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
     if raw.startswith(b"\xff\xd8") or raw.startswith(_PNG_SIGNATURE):
-        info = _probe_bytes(np.frombuffer(raw, np.uint8))
-        return (info.width, info.height) if info.width and info.height else None
+        return _probed_size(_probe_bytes(np.frombuffer(raw, np.uint8)))
     try:
         if raw.startswith(b"BM"):
             return _bmp_size(raw)
@@ -178,6 +178,16 @@ def check_pixels(image_or_file: np.ndarray, path: str | Path, max_pixels: int | 
     if not max_pixels:
         return
     size = header_size(image_or_file) if image_or_file.ndim == 1 else (image_or_file.shape[1], image_or_file.shape[0])
+    _refuse_above(max_pixels, size, path)
+
+
+def _probed_size(info: ImageInfo) -> tuple[int, int] | None:
+    """(width, height) of a JPEG's or PNG's probe; None when its header did not say."""
+    return (info.width, info.height) if info.width and info.height else None
+
+
+def _refuse_above(max_pixels: int, size: tuple[int, int] | None, path: str | Path) -> None:
+    """`check_pixels` of a (width, height) known (None: unknown, passes)."""
     if size and size[0] * size[1] > max_pixels:
         rgb_gib = 3 * size[0] * size[1] / 2**30
         raise TooManyPixelsError(
