@@ -383,7 +383,7 @@ class _JournalSink:
         for path, line, bad in zip(paths, lines, failed):
             key = key_of(path, self.cwd)
             if key in self.scored or (bad and key in self.failed):
-                continue                              # delivered again by a retried batch
+                continue                              # the image listed again (another spelling of its path)
             fresh += key not in self.failed
             if bad:
                 self.failed[key] = (path, json.loads(line)["error"])
