@@ -147,9 +147,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
         echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
         if note := stale_export_note(model, loaded.recorded or {}):
             click.echo(f"warning: {note}", err=True)
-        if clamp_topk(topk, len(loaded.class_names)) != topk:
+        if (clamped := clamp_topk(topk, len(loaded.class_names))) != topk:
             echo_info(ctx, f"--topk {topk}: the model has {len(loaded.class_names)} classes; writing all of them")
-            options = replace(options, topk=clamp_topk(topk, len(loaded.class_names)))
+            options = replace(options, topk=clamped)
         with _progress_bar(ctx, len(paths)) as bar, _resumable_on_interrupt(ctx, out):
             report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
                                    part_names=loaded.part_names, options=options,

@@ -260,8 +260,8 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
         spec, actors, decode_tasks = _placement(ray, spec, ray_options.actors, ray_options.decode_tasks)
         info = _probe(ray, spec)
         check_fixed_batch(info.fixed_batch, options.batch)
-        if clamp_topk(options.topk, info.classes) != options.topk:   # write all classes, as the local run does
-            options = replace(options, topk=clamp_topk(options.topk, info.classes))
+        if (clamped := clamp_topk(options.topk, info.classes)) != options.topk:   # all classes, as run locally
+            options = replace(options, topk=clamped)
             header = run_header(paths, model_id, options)
         scored = open_journal(journal, header, out, options.resume)
         todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
