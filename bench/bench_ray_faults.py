@@ -43,15 +43,15 @@ def run_driver(listing: Path, model: Path, out: Path, address: str, batch: int, 
                remove: tuple[Any, int] | None = None, timeout: float = 1800) -> dict[str, Any]:
     """One ``fgdeploy infer LIST --ray ADDRESS`` in a fresh process; ``remove`` = (cluster, n): remove a worker
     node once n results are journaled."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FGDEPLOY_TEST_") and k != "RAY_ADDRESS"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from fgdeploy.inference.ray_cluster import driver_env
+
     for stale in (out, out.with_name(out.stem + ".errors.csv"), out.with_name(out.stem + ".run.json")):
         stale.unlink(missing_ok=True)
     journal = out.with_name(out.name + ".partial.jsonl")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "fgdeploy", "-q", "infer", str(os.path.relpath(listing, cwd)),
                              "--model", str(model), "--out", str(out), "--batch", str(batch), "--ray", address],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=cwd, env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result: dict[str, Any] = {}
     if remove is not None:
         cluster, after = remove

@@ -330,3 +330,12 @@ def loopback_cluster(worker_nodes: int = 2, cpus_per_node: int = 1, workdir: str
                 else:
                     os.environ[k] = v
             shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def driver_env() -> dict[str, str]:
+    """The environment for a driver process that joins a ``loopback_cluster`` by address, as a user's shell would
+    start it: this process's, less the FGDEPLOY_TEST_ hooks (for the nodes' workers only) and RAY_ADDRESS, with
+    Ray's single-machine mode off as the nodes have it (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FGDEPLOY_TEST_") and k != "RAY_ADDRESS"}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env
