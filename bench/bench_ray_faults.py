@@ -39,31 +39,19 @@ from typing import Any
 POISON = "poison.jpg"
 
 
-def cpu_description() -> dict[str, Any]:
-    """The CPU model and the vector flags that matter for the numbers (Linux /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
-    return {"cpu_model": model[1].strip() if model else "", "cpu_flags": sorted(
-        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags)}
-
-
 def run_driver(listing: Path, model: Path, out: Path, address: str, batch: int, cwd: Path,
                remove: tuple[Any, int] | None = None, timeout: float = 1800) -> dict[str, Any]:
     """One ``fgdeploy infer LIST --ray ADDRESS`` in a fresh process; ``remove`` = (cluster, n): remove a worker
     node once n results are journaled."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FGDEPLOY_TEST_") and k != "RAY_ADDRESS"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from fgdeploy.inference.ray_cluster import driver_env
+
     for stale in (out, out.with_name(out.stem + ".errors.csv"), out.with_name(out.stem + ".run.json")):
         stale.unlink(missing_ok=True)
     journal = out.with_name(out.name + ".partial.jsonl")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "fgdeploy", "-q", "infer", str(os.path.relpath(listing, cwd)),
                              "--model", str(model), "--out", str(out), "--batch", str(batch), "--ray", address],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=cwd, env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result: dict[str, Any] = {}
     if remove is not None:
         cluster, after = remove
@@ -109,7 +97,7 @@ def main() -> int:
     from fgdeploy.inference.ray_cluster import loopback_cluster
     from fgdeploy.inference.ray_scoring import DEFAULT_MAX_RETRIES
 
-    payload: dict[str, Any] = {"environment": {**environment(), **cpu_description(), "ray": ray.__version__},
+    payload: dict[str, Any] = {"environment": {**environment(), "ray": ray.__version__},
                                "load_average_at_start": os.getloadavg(),
                                "args": {k: str(v) for k, v in vars(args).items()},
                                "max_retries": DEFAULT_MAX_RETRIES}

@@ -54,10 +54,10 @@ def _images(folder: Path, names: list[str]) -> list[str]:
 
 def _driver(args: list[str], cwd: Path, address: str) -> subprocess.Popen:
     """``fgdeploy infer ... --ray ADDRESS`` in ``cwd``, as a user's shell would start it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FGDEPLOY_TEST_") and k != "RAY_ADDRESS"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    return subprocess.Popen([sys.executable, "-m", "fgdeploy", "infer", *args, "--ray", address], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from fgdeploy.inference.ray_cluster import driver_env
+
+    return subprocess.Popen([sys.executable, "-m", "fgdeploy", "infer", *args, "--ray", address], cwd=cwd,
+                            env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc: subprocess.Popen) -> str:

@@ -11,6 +11,7 @@ costs ``2 * (max_retries + 1)`` deaths, one more when a block waited behind it.
 from __future__ import annotations
 
 import json
+import logging
 import types
 from collections import deque
 
@@ -66,6 +67,7 @@ class _Actor:
         self.world.calls.append(names)
         if any(name in self.world.poison for name in names) or self.world.transient.pop(tuple(names), False):
             self.world.deaths += 1
+            self.world.held.append(1 + len(self.queue))   # calls the dying actor held: this one and those queued
             ref.done, ref.error = True, ray_exceptions.ActorDiedError()
             self.die()
             return
@@ -81,6 +83,7 @@ class _FakeRay:
         self.actors: list[_Actor] = []
         self.calls: list[list[str]] = []
         self.deaths = 0
+        self.held: list[int] = []      # per death: the calls its actor held
         self.experimental = types.SimpleNamespace(get_object_locations=lambda refs: {})
 
     def new_actor(self) -> _Actor:
@@ -153,15 +156,23 @@ def test_a_death_with_two_calls_on_the_worker_charges_neither():
     assert [f for _, _, fs in results for f in fs] == [False, False, True, False] + [False] * 8
 
 
-def test_a_block_whose_worker_died_once_is_sent_again_whole():
-    """A lost node or one out-of-memory kill: the block is sent again, nothing is split, nothing fails."""
+@pytest.mark.parametrize("actors, max_retries, held", [(5, 1, 1), (2, 0, 2)])
+def test_a_block_whose_worker_died_once_is_sent_again_whole(caplog, actors, max_retries, held):
+    """A lost node or one out-of-memory kill: the block is sent again once, whole; nothing is split, nothing
+    fails. Five actors, one block each: the dying worker held only this block, so the death is charged to it and
+    it is sent again as ``max_retries`` 1 allows. Two actors, two calls each: the dying worker held another block
+    too, so nothing is charged and both are sent again alone, which no retry budget limits (``max_retries`` 0)."""
+    caplog.set_level(logging.INFO, logger="fgdeploy.inference.ray_dispatch")
     blocks = _blocks(5, 2)
     world = _FakeRay(transient=[["b2_0.png", "b2_1.png"]])
-    results, stats = _run(world, blocks, actors=2, max_retries=0)
+    results, stats = _run(world, blocks, actors=actors, max_retries=max_retries)
     assert [names for names, _, _ in results] == [[n for _, n in b] for b in blocks]
     assert not any(f for _, _, fs in results for f in fs)
     assert stats.deaths == 1 and stats.isolated == 0 and stats.given_up == 0
-    assert world.calls.count(["b2_0.png", "b2_1.png"]) == 2
+    assert world.calls.count(["b2_0.png", "b2_1.png"]) == 2                # sent again once
+    assert world.held == [held]
+    charged = "a worker died on 2 image(s) of block 2 (death 1)" in caplog.text
+    assert charged == (held == 1) and ("a worker died holding 2 blocks" in caplog.text) == (held == 2)
 
 
 def test_actors_that_cannot_start_stop_the_run_after_max_retries():

@@ -48,7 +48,7 @@ def _results_suffix(ctx: click.Context, param: click.Parameter, value: Path) -> 
               help="ort on CPU: intra-op threads (--ray: per actor, default 1).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               callback=check_ray_address,
-              help="Score on Ray (pip install 'ray[data]'): no ADDRESS starts a local instance (RAY_ADDRESS, if "
+              help="Score on Ray (pip install ray): no ADDRESS starts a local instance (RAY_ADDRESS, if "
                    "set, is joined instead; 'local' always starts one); auto, ray://HOST:PORT or HOST:PORT join a "
                    "running cluster. The model runs in --actors actors: on CUDA one GPU each, fed by decode "
                    "tasks; on CPU each actor decodes its own images.")
@@ -147,9 +147,9 @@ def command(ctx: click.Context, images: str, model: str, backend: str, device: s
         echo_info(ctx, f"{plural(len(paths), 'image')}, model {model} on {loaded.name}, batch {batch}")
         if note := stale_export_note(model, loaded.recorded or {}):
             click.echo(f"warning: {note}", err=True)
-        if clamp_topk(topk, len(loaded.class_names)) != topk:
+        if (clamped := clamp_topk(topk, len(loaded.class_names))) != topk:
             echo_info(ctx, f"--topk {topk}: the model has {len(loaded.class_names)} classes; writing all of them")
-            options = replace(options, topk=clamp_topk(topk, len(loaded.class_names)))
+            options = replace(options, topk=clamped)
         with _progress_bar(ctx, len(paths)) as bar, _resumable_on_interrupt(ctx, out):
             report = run_inference(paths, loaded.predictor, out, class_names=loaded.class_names,
                                    part_names=loaded.part_names, options=options,

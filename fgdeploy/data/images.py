@@ -65,14 +65,13 @@ def read_image(path: str | Path) -> np.ndarray:
     return read_image_with_info(path)[0]
 
 
-def read_image_with_info(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
-    """Decode ``path`` and describe it; see `read_image`. With ``max_pixels``, an image with more pixels is
-    refused before decoding (from its header) or, for a header not read here, right after.
+def read_image_with_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """Decode ``path`` and describe it; see `read_image`.
 
     Raises:
-        ImageError: as `read_image`; or the image has more than ``max_pixels`` pixels.
+        ImageError: as `read_image`.
     """
-    image, info, _ = decode_image(read_bytes(path), path, max_pixels=max_pixels)
+    image, info, _ = decode_image(read_bytes(path), path)
     return image, info
 
 
@@ -90,22 +89,22 @@ def jpeg_scale_factor(info: ImageInfo, min_hw: tuple[int, int]) -> int:
     return 1
 
 
-def read_image_reduced(path: str | Path, min_hw: tuple[int, int],
-                       max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo, int]:
+def read_image_reduced(path: str | Path, min_hw: tuple[int, int]) -> tuple[np.ndarray, ImageInfo, int]:
     """Like `read_image_with_info`, but a JPEG several times larger than ``min_hw`` = (H, W) is decoded at
     1/2, 1/4 or 1/8 scale in the DCT domain (`jpeg_scale_factor`): several times faster, and the scaled IDCT
     averages like an area filter. ``info`` keeps the file's full size; also returns the factor used (1: full).
-    EXIF orientation is not applied, as in `read_image`. ``max_pixels`` refuses as `read_image_with_info` does
-    (the file's full size counts).
+    EXIF orientation is not applied, as in `read_image`.
     """
-    return decode_image(read_bytes(path), path, min_hw, max_pixels)
+    return decode_image(read_bytes(path), path, min_hw)
 
 
 def decode_image(data: np.ndarray | bytes, name: str | Path, min_hw: tuple[int, int] | None = None,
                  max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo, int]:
     """Decode an encoded image held in memory (a file's bytes), as `read_image_with_info` decodes a file, or with
     ``min_hw`` as `read_image_reduced` does; ``name`` stands for the file in error messages. Returns (RGB image,
-    info, the scale-down factor used: 1 for a full decode).
+    info, the scale-down factor used: 1 for a full decode). With ``max_pixels``, an image with more pixels is
+    refused before decoding (from its header) or, for a header not read here, right after (the file's full size
+    counts, whatever ``min_hw``).
 
     Raises:
         ImageError: empty, not a decodable image, or more than ``max_pixels`` pixels.
@@ -113,8 +112,9 @@ def decode_image(data: np.ndarray | bytes, name: str | Path, min_hw: tuple[int, 
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageError(f"{name}: empty file (0 bytes); replace or remove it")
-    check_pixels(data, name, max_pixels)
     info = _probe_bytes(data)
+    if max_pixels:   # the probe sizes a JPEG or PNG; header_size reads the other formats' headers
+        _refuse_above(max_pixels, header_size(data) if info.format == "other" else _probed_size(info), name)
     factor = 1 if min_hw is None else jpeg_scale_factor(info, min_hw)
     if factor == 1:
         image, info = _decode_full(data, info, name)
@@ -154,8 +154,7 @@ def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
     formats or a header too damaged to read."""
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
     if raw.startswith(b"\xff\xd8") or raw.startswith(_PNG_SIGNATURE):
-        info = _probe_bytes(np.frombuffer(raw, np.uint8))
-        return (info.width, info.height) if info.width and info.height else None
+        return _probed_size(_probe_bytes(np.frombuffer(raw, np.uint8)))
     try:
         if raw.startswith(b"BM"):
             return _bmp_size(raw)
@@ -179,6 +178,16 @@ def check_pixels(image_or_file: np.ndarray, path: str | Path, max_pixels: int | 
     if not max_pixels:
         return
     size = header_size(image_or_file) if image_or_file.ndim == 1 else (image_or_file.shape[1], image_or_file.shape[0])
+    _refuse_above(max_pixels, size, path)
+
+
+def _probed_size(info: ImageInfo) -> tuple[int, int] | None:
+    """(width, height) of a JPEG's or PNG's probe; None when its header did not say."""
+    return (info.width, info.height) if info.width and info.height else None
+
+
+def _refuse_above(max_pixels: int, size: tuple[int, int] | None, path: str | Path) -> None:
+    """`check_pixels` of a (width, height) known (None: unknown, passes)."""
     if size and size[0] * size[1] > max_pixels:
         rgb_gib = 3 * size[0] * size[1] / 2**30
         raise TooManyPixelsError(

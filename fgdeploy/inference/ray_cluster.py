@@ -26,7 +26,7 @@ from fgdeploy.errors import FgdeployError
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'ray[data]' (from a checkout: pip install -e '.[ray]')"
+INSTALL_HINT = "pip install ray (from a checkout: pip install -e '.[ray]')"
 INSTALL_HINTS = {   # a Ray library a command needs -> (what the error says, how to install it)
     "ray.serve": ("fgdeploy serve needs Ray Serve", "pip install 'ray[serve]' (from a checkout: pip install -e "
                                                     "'.[serve]')"),
@@ -173,11 +173,10 @@ def target_address(options: ClusterOptions) -> str:
 
 
 def quiet_ray_logs() -> None:
-    """Keep Ray's routine log lines (execution plans, "finished in", advice on settings, the C++ core's notes)
-    off the console: errors still come through, as exceptions. ``-v`` leaves them on."""
+    """Keep Ray's routine log lines (advice on settings, the C++ core's notes) off the console: errors still come
+    through, as exceptions. ``-v`` leaves them on."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")   # the driver's C++ core worker, read at ray.init
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -331,3 +330,12 @@ def loopback_cluster(worker_nodes: int = 2, cpus_per_node: int = 1, workdir: str
                 else:
                     os.environ[k] = v
             shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def driver_env() -> dict[str, str]:
+    """The environment for a driver process that joins a ``loopback_cluster`` by address, as a user's shell would
+    start it: this process's, less the FGDEPLOY_TEST_ hooks (for the nodes' workers only) and RAY_ADDRESS, with
+    Ray's single-machine mode off as the nodes have it (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FGDEPLOY_TEST_") and k != "RAY_ADDRESS"}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env

@@ -53,9 +53,13 @@ class Unit:
     block: int
     first: int                          # index of the unit's first image in its block
     items: list[tuple[str, str]]        # (path the worker reads, name OUT records)
-    alone: bool = False                 # a single image (split out of a block that kept killing its worker)
     deaths: int = 0                     # worker deaths charged to this unit
     suspect: bool = False               # was on a worker that died: runs alone on an idle actor
+
+    @property
+    def alone(self) -> bool:
+        """A single image (a one-image block, or split out of a block that kept killing its worker)."""
+        return len(self.items) == 1
 
 
 @dataclass
@@ -79,7 +83,6 @@ class DispatchStats:
     """What the dispatcher saw; ``deaths`` counts dead actors and crashed decode tasks."""
 
     deaths: int = 0
-    resent: int = 0                     # units sent again after a worker died
     isolated: int = 0                   # blocks whose images were then sent one by one
     given_up: int = 0                   # images reported as killing their worker
 
@@ -96,16 +99,13 @@ class Dispatcher:
         decode: with decode tasks, starts one for a unit's items and returns its ObjectRef (``max_retries=0``);
             None: the actors decode.
         decoders: decode tasks running at once (with ``decode``).
-        window: blocks started ahead of the oldest unfinished one.
     """
 
     def __init__(self, ray: Any, new_actor: Callable[[], Any], actors: int, max_retries: int,
-                 decode: Callable[[list[tuple[str, str]]], Any] | None = None, decoders: int = 1,
-                 window: int | None = None, stall_seconds: float = STALL_SECONDS) -> None:
+                 decode: Callable[[list[tuple[str, str]]], Any] | None = None, decoders: int = 1) -> None:
         self.ray, self.new_actor, self.target, self.max_retries = ray, new_actor, actors, max_retries
         self.decode, self.decoders = decode, max(1, decoders)
-        self.window = window or max(4, 2 * CALLS_PER_ACTOR * actors)
-        self.stall_seconds = stall_seconds
+        self.window = max(4, 2 * CALLS_PER_ACTOR * actors)   # blocks started ahead of the oldest unfinished one
         self.stats = DispatchStats()
         self._actors: list[_Actor] = []
         self._pending: deque[Unit] = deque()             # units to send, retried ones first
@@ -145,7 +145,7 @@ class Dispatcher:
     def _add_block(self, index: int, items: Sequence[tuple[str, str]]) -> None:
         self._blocks[index] = _Block([name for _, name in items], [None] * len(items), [False] * len(items),
                                      len(items))
-        self._pending.append(Unit(index, 0, list(items), alone=len(items) == 1))
+        self._pending.append(Unit(index, 0, list(items)))
 
     # ----------------------------------------------------------------------------------------
     # actors
@@ -221,7 +221,7 @@ class Dispatcher:
         for actor in list(self._actors):
             if actor.ready is not None and actor.ready in done:
                 self._on_ready(actor)
-            elif actor in self._actors:
+            else:   # only the actor handled removes itself: the others of the list are all still there
                 for ref, unit in list(actor.calls):
                     if ref in done and actor in self._actors:
                         self._on_result(actor, ref, unit)
@@ -242,7 +242,6 @@ class Dispatcher:
             return
         actor.ready = None
         self._start_failures = 0
-        self._last_alive = time.monotonic()
 
     def _on_result(self, actor: _Actor, ref: Any, unit: Unit) -> None:
         try:
@@ -259,7 +258,6 @@ class Dispatcher:
             return
         actor.calls.remove((ref, unit))
         self._fill(unit, lines, failed)
-        self._last_alive = time.monotonic()
 
     def _on_actor_death(self, actor: _Actor) -> None:
         """The actor died: the call it held is charged; of several, none is (which one killed it is not known:
@@ -286,7 +284,6 @@ class Dispatcher:
                         first_line(lost[0][1]))
         for unit, _ in reversed(lost):
             unit.suspect = True
-            self.stats.resent += 1
             self._pending.appendleft(unit)
 
     def _charge(self, unit: Unit, exc: BaseException) -> None:
@@ -295,12 +292,11 @@ class Dispatcher:
         logger.info("a worker died on %d image(s) of block %d (death %d): %s", len(unit.items), unit.block,
                     unit.deaths, first_line(exc))
         if unit.deaths <= self.max_retries:
-            self.stats.resent += 1
             unit.suspect = True
             self._pending.appendleft(unit)
         elif not unit.alone:
             self.stats.isolated += 1
-            singles = [Unit(unit.block, unit.first + i, [item], alone=True, suspect=True)
+            singles = [Unit(unit.block, unit.first + i, [item], suspect=True)
                        for i, item in enumerate(unit.items)]
             self._pending.extendleft(reversed(singles))
         else:
@@ -318,15 +314,17 @@ class Dispatcher:
         block.missing -= len(lines)
 
     def _check_stall(self) -> None:
+        """Once per round: note the time while a model actor is running; none for ``STALL_SECONDS``: stop."""
         if any(a.ready is None for a in self._actors):
             self._last_alive = time.monotonic()
-        elif time.monotonic() - self._last_alive > self.stall_seconds:
-            raise FgdeployError(f"no model actor has been running for {self.stall_seconds:.0f} s: the Ray cluster "
+        elif time.monotonic() - self._last_alive > STALL_SECONDS:
+            raise FgdeployError(f"no model actor has been running for {STALL_SECONDS:.0f} s: the Ray cluster "
                                 "cannot place one (lost nodes? `ray status` shows what is free)")
 
 
 def worker_died(ray: Any, exc: BaseException) -> bool:
-    """Whether a Ray error means the process (or node) running the work died, not that the work raised."""
-    deaths = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-              ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
+    """Whether a Ray error means the process (or node) running the work died, not that the work raised (an
+    actor's own death, ``RayActorError``, is handled before this is asked)."""
+    deaths = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError,
+              ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
     return isinstance(exc, deaths)

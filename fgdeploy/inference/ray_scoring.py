@@ -7,7 +7,7 @@ Pipeline:
          uint8 images, the sizes as stored, and the reason for each bad file; then the model actors
          (``ModelActor``; ``actors`` of them, one GPU each): the predictor on the good images, ``RecordMaker``;
          one journal line per image (a result or an error)
-      -> on CPUs: the model actors decode their own blocks (the same ``decode_paths``) and run the model, one
+      -> on CPUs: the model actors decode their own blocks (the same ``decode_one`` per path) and run the model, one
          actor per CPU by default
       -> driver (``ray_dispatch.Dispatcher``): each block's lines, in block order; each image's first line is
          appended to the journal and fsync'd.
@@ -133,8 +133,20 @@ class DecodeSpec:
 
 
 def decode_paths(items: Sequence[tuple[str, str]], spec: DecodeSpec) -> dict[str, np.ndarray]:
-    """A decode task (or a CPU actor's decoding): ``decode_one`` for each (path to read, name to record);
-    never raises for a bad file (its reason is kept)."""
+    """A decode task: ``_decode_items`` packed as arrays (one object for the store: the images stacked) for
+    ``ModelActor.score_decoded``; never raises for a bad file (its reason is kept)."""
+    decoded = _decode_items(items, spec)
+    blank = np.zeros((spec.input_size, spec.input_size, 3), np.uint8)
+    return {"path": np.array([d.path for d in decoded], dtype=object),
+            "image": np.stack([blank if d.image is None else d.image for d in decoded]),
+            "height": np.array([d.size_hw[0] for d in decoded], np.int64),
+            "width": np.array([d.size_hw[1] for d in decoded], np.int64),
+            "error": np.array([d.error or "" for d in decoded], dtype=object)}
+
+
+def _decode_items(items: Sequence[tuple[str, str]], spec: DecodeSpec) -> list[Decoded]:
+    """``decode_one`` for each (path to read, name to record), named as recorded (a decode task's or a CPU
+    actor's decoding)."""
     exit_on, delay = os.environ.get(TEST_EXIT_ON_VARIABLE), float(os.environ.get(TEST_DECODE_SECONDS_VARIABLE) or 0)
     decoded = []
     with single_threaded_cv2():   # one task per CPU is the parallelism
@@ -146,12 +158,7 @@ def decode_paths(items: Sequence[tuple[str, str]], spec: DecodeSpec) -> dict[str
             d = decode_one(read_path, spec.input_size, False, spec.fast_decode, spec.max_pixels)
             d.path = name
             decoded.append(d)
-    blank = np.zeros((spec.input_size, spec.input_size, 3), np.uint8)
-    return {"path": np.array([d.path for d in decoded], dtype=object),
-            "image": np.stack([blank if d.image is None else d.image for d in decoded]),
-            "height": np.array([d.size_hw[0] for d in decoded], np.int64),
-            "width": np.array([d.size_hw[1] for d in decoded], np.int64),
-            "error": np.array([d.error or "" for d in decoded], dtype=object)}
+    return decoded
 
 
 def _open_model(spec: ModelSpec) -> tuple[contextlib.ExitStack, Any]:
@@ -195,13 +202,10 @@ class ModelActor:
     def score_paths(self, items: Sequence[tuple[str, str]]) -> tuple[list[str], list[bool]]:
         """Decode and score (path to read, name to record) pairs, ``batch`` at a time."""
         assert self.decode is not None
-        lines: list[str] = []
-        failed: list[bool] = []
+        entries: list[dict[str, Any]] = []
         for i in range(0, len(items), self.batch):
-            more_lines, more_failed = self.score_decoded(decode_paths(items[i:i + self.batch], self.decode))
-            lines += more_lines
-            failed += more_failed
-        return lines, failed
+            entries += self.maker.score(self.predictor, _decode_items(items[i:i + self.batch], self.decode))
+        return _lines(entries)
 
     def score_decoded(self, batch: dict[str, np.ndarray]) -> tuple[list[str], list[bool]]:
         """Journal lines and failed flags for a block of ``decode_paths``'s output, in its order."""
@@ -211,7 +215,12 @@ class ModelActor:
         entries: list[dict[str, Any]] = []
         for i in range(0, len(items), self.batch):   # the shared per-batch path, ``batch`` images per model call
             entries += self.maker.score(self.predictor, items[i:i + self.batch])
-        return [json.dumps(e, ensure_ascii=False) for e in entries], [is_failure(e) for e in entries]
+        return _lines(entries)
+
+
+def _lines(entries: Sequence[dict[str, Any]]) -> tuple[list[str], list[bool]]:
+    """Journal lines and failed flags of ``RecordMaker`` entries."""
+    return [json.dumps(e, ensure_ascii=False) for e in entries], [is_failure(e) for e in entries]
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +260,8 @@ def run_ray_inference(paths: Sequence[str], spec: ModelSpec, out: str | Path, *,
         spec, actors, decode_tasks = _placement(ray, spec, ray_options.actors, ray_options.decode_tasks)
         info = _probe(ray, spec)
         check_fixed_batch(info.fixed_batch, options.batch)
-        if clamp_topk(options.topk, info.classes) != options.topk:   # write all classes, as the local run does
-            options = replace(options, topk=clamp_topk(options.topk, info.classes))
+        if (clamped := clamp_topk(options.topk, info.classes)) != options.topk:   # all classes, as run locally
+            options = replace(options, topk=clamped)
             header = run_header(paths, model_id, options)
         scored = open_journal(journal, header, out, options.resume)
         todo = [p for p in paths if key_of(p, header["cwd"]) not in scored]
@@ -374,7 +383,7 @@ class _JournalSink:
         for path, line, bad in zip(paths, lines, failed):
             key = key_of(path, self.cwd)
             if key in self.scored or (bad and key in self.failed):
-                continue                              # delivered again by a retried batch
+                continue                              # the image listed again (another spelling of its path)
             fresh += key not in self.failed
             if bad:
                 self.failed[key] = (path, json.loads(line)["error"])
