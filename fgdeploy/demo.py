@@ -300,9 +300,8 @@ def _onnx_models(out: Path) -> list[str]:
 
 def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
     from fgdeploy.backends import open_runner
-    from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
-
-    from fgdeploy.export.precision.images import HELD_OUT_SELECTION, GuardImages
+    from fgdeploy.export.precision.images import held_out_images
+    from fgdeploy.parity import ParityConfig, run_parity
 
     ckpt = _checkpoint(out)
     ref = lambda debug: open_runner("torch", str(ckpt), debug=debug)  # noqa: E731
@@ -313,15 +312,14 @@ def _step_parity(out: Path, batch: int) -> list[dict[str, Any]]:
         with test(False) as runner:
             meta = runner.metadata()
             size = int(meta.get("input_size") or runner.input_specs()["images"].shape[-1])
-        guard = GuardImages.from_metadata(meta)   # a guarded model: checked on the test images its guard did not use
-        held_out = guard.held_out_ids(data) if guard is not None else None
-        images = DatasetImages(data, "test", size, ids=held_out, selection=HELD_OUT_SELECTION if held_out else "")
+        # a guarded model: checked on the test images its guard did not use
+        images, held_out = held_out_images(data, size, meta)
         report = run_parity(ref, test, images, ParityConfig(batch_size=min(batch, 8)))
         report.dump(out / "parity" / f"{Path(name).stem}.json")
         verdicts.append({"ref": report.ref, "test": report.test, "precision": report.precision,
                          "passed": report.passed, "top1_agreement": report.task.top1_agreement,
                          "class_near_ties": report.task.class_near_ties or 0, "images": report.n_images,
-                         "held_out": held_out is not None, "guard_overlap": report.guard_overlap,
+                         "held_out": held_out, "guard_overlap": report.guard_overlap,
                          "failed_checks": [c.name for c in report.checks if not c.passed]})
     return verdicts
 

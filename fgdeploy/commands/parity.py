@@ -83,8 +83,7 @@ def command(ctx: click.Context, ref_spec: tuple[str, str], test_spec: tuple[str,
     from fgdeploy.backends import BACKEND_ALIASES
     from fgdeploy.parity import DatasetImages, ParityConfig, run_parity
 
-    if "openvino" not in {BACKEND_ALIASES.get(k, k) for k, _ in (ref_spec, test_spec)}:
-        check_device_for_backend(device, ref_spec[0])
+    check_device_for_backend(device, *(BACKEND_ALIASES.get(k, k) for k, _ in (ref_spec, test_spec)))
     if test_spec[0] == "http":
         _endpoint_parity(ctx, ref_spec, test_spec[1], data, images, split, count, batch, report, atol, rtol, device,
                          providers, ref_fp16, concurrency)
@@ -170,34 +169,31 @@ def _images(data: Path | None, split: str, size: int, count: int | None, seed: i
 
     if data is not None:
         return DatasetImages(data, split, size, count or 500)
-    held_out = _held_out_default(test_meta)
-    if held_out is None:
+    root = _calibration_dataset(test_meta)
+    if root is None:
         return RandomImages(count or 32, size, seed)
-    from fgdeploy.export.precision.images import HELD_OUT_SELECTION
+    from fgdeploy.export.precision.images import GuardImages, held_out_images
 
-    root, ids = held_out
-    source = DatasetImages(root, "test", size, count or 500, ids=ids, selection=HELD_OUT_SELECTION if ids else "")
+    source, left_out = held_out_images(root, size, test_meta, count or 500)
+    which = ("the test images its guard did not use" if left_out else "its test split (the guard chose on other "
+             "images)" if GuardImages.from_metadata(test_meta) is not None else "its test split")
+    click.echo(f"int8 model calibrated on {root}: comparing on {which} (--data chooses other images)", err=True)
     if len(source) == 0:
         raise click.ClickException(f"{root}: its test split holds no image the precision guard did not use; "
                                    "give --data a dataset of held-out images")
     return source
 
 
-def _held_out_default(meta: dict[str, Any]) -> tuple[Path, list[int] | None] | None:
-    """An INT8 model's default images: (its calibration dataset, the test image ids its guard did not use; None:
-    the whole test split, the guard ran elsewhere) when that CUB-format dataset still exists (random noise says
-    little about a model whose activation ranges were calibrated on photos); None otherwise."""
-    from fgdeploy.export.precision.images import GuardImages, is_cub_dataset
+def _calibration_dataset(meta: dict[str, Any]) -> Path | None:
+    """An INT8 model's calibration dataset when that CUB-format dataset still exists: its test images the guard
+    did not use are the model's default parity images (random noise says little about a model whose activation
+    ranges were calibrated on photos); None otherwise."""
+    from fgdeploy.export.precision.images import is_cub_dataset
 
     source = (meta.get("quantization") or {}).get("source") if meta.get("precision") == "int8" else None
     if not source or not Path(source).is_dir() or not is_cub_dataset(source):
         return None
-    guard = GuardImages.from_metadata(meta)
-    ids = guard.held_out_ids(source) if guard is not None else None
-    which = ("the test images its guard did not use" if ids is not None else
-             "its test split (the guard chose on other images)" if guard is not None else "its test split")
-    click.echo(f"int8 model calibrated on {source}: comparing on {which} (--data chooses other images)", err=True)
-    return Path(source), ids
+    return Path(source)
 
 
 def _provenance_notes(ref_spec: tuple[str, str], ref_meta: dict[str, Any], test_spec: tuple[str, str],
@@ -236,11 +232,12 @@ def _same_model(ref: tuple[Any, ...], test: tuple[Any, ...]) -> tuple[int, list[
 def _factory(spec: tuple[str, str], device: str, providers: str | None, fp16: bool) -> Any:
     """debug -> a new runner for ``spec`` (kind, path)."""
     from fgdeploy.backends import BACKEND_ALIASES, open_runner
+    from fgdeploy.backends.openvino_runner import is_openvino_device
     from fgdeploy.inference.predictors import resolve_device
 
     kind, path = spec
     backend = BACKEND_ALIASES.get(kind, kind)
-    cuda_or_cpu = device if backend == "openvino" or not device.lower().startswith(("gpu", "npu")) else "cpu"
+    cuda_or_cpu = device if backend == "openvino" or not is_openvino_device(device) else "cpu"
     options: dict[str, Any] = {"device": resolve_device(backend, cuda_or_cpu)}   # --device gpu: the OpenVINO side
     if backend == "ort":
         options["providers"] = [p.strip() for p in providers.split(",")] if providers else None

@@ -212,7 +212,9 @@ def _fp16_guarded(fp32: onnx.ModelProto, size: int, guard: GuardOptions,
                   progress: Callable[[str], None] | None) -> PrecisionResult:
     """Task-driven fp16 (``fgdeploy.export.precision.fp16.Fp16Builder``): all fp16, then the guard keeps what it
     needs fp32."""
-    from fgdeploy.export.precision.fp16 import Fp16Builder, fp32_node_names
+    import onnx
+
+    from fgdeploy.export.precision.fp16 import CONVERTER_REASON, Fp16Builder, fp32_node_names
     from fgdeploy.export.precision.guard import Guard, guarded_search
     from fgdeploy.export.precision.images import guard_source
 
@@ -222,13 +224,13 @@ def _fp16_guarded(fp32: onnx.ModelProto, size: int, guard: GuardOptions,
     builder = Fp16Builder(fp32)
     thresholds, tolerance = parity_profile(guard.thresholds, "fp16")
     check = Guard(fp32.SerializeToString(), source, thresholds, tolerance, threads=guard.threads)
-    _, report = guarded_search(builder, builder.candidates, check, precision="fp16", op_types=builder.op_types,
-                               policy_float=builder.policy, progress=progress)
+    data, report = guarded_search(builder, builder.candidates, check, precision="fp16", op_types=builder.op_types,
+                                  policy_float=builder.policy, progress=progress)
     _raise_if_failed(report, "fp16")
-    model = builder.convert(frozenset(report.kept_names))
+    model = onnx.load_from_string(data)    # the build with exactly the kept nodes float
     fp32_nodes = fp32_node_names(model)
     kept = _kept_text(builder.policy, report, builder.op_types)
-    kept.append("ops onnxconverter-common keeps fp32 (default op block list, e.g. Resize)")
+    kept.append(CONVERTER_REASON)
     metadata = {"float_kept_nodes": _float_nodes(builder.policy, report), "precision_guard": _guard_summary(report),
                 "fp16_policy": "task-driven (onnxconverter-common, guard block list)"}
     counts = Counter(builder.op_types[n] for n in fp32_nodes)

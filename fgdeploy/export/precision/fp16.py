@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fgdeploy.errors import ExportError
-from fgdeploy.export.precision.graph import elem_types, float_policy, op_label
-from fgdeploy.tensors import OP_DOMAIN, OP_NAME
+from fgdeploy.export.precision.graph import elem_types, float_policy, is_coordinate_transfer, op_label
+from fgdeploy.tensors import OP_NAME
 
 if TYPE_CHECKING:
     import onnx
@@ -69,10 +69,9 @@ class Fp16Builder:
         self.op_types = {n.name: n.op_type for n in fp32.graph.node}
         self.policy = {n.name: ALWAYS_FP32_REASON for n in fp32.graph.node if n.op_type == "Cast"
                        and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)}
-        self.op_block_list = sorted(DEFAULT_OP_BLOCK_LIST)
         self.candidates = [n.name for n in fp32.graph.node
-                           if (n.op_type in TASK_GUARD_CANDIDATE_OPS and (n.domain in ("", "ai.onnx") or
-                                                                          (n.domain == OP_DOMAIN and n.op_type == OP_NAME)))
+                           if n.op_type in TASK_GUARD_CANDIDATE_OPS
+                           and (n.domain in ("", "ai.onnx") or is_coordinate_transfer(n))
                            and n.op_type not in DEFAULT_OP_BLOCK_LIST and n.name not in self.policy]
 
     def convert(self, float_nodes: frozenset[str]) -> onnx.ModelProto:
@@ -245,11 +244,8 @@ def precision_counts(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, 
 
 def fp32_node_names(model: onnx.ModelProto) -> list[str]:
     """Nodes of ``model`` that compute in fp32 (a float32 output) among the guard's candidate op types."""
-    import onnx
     from onnx import TensorProto
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.output) if v.type.HasField("tensor_type")}
+    types = elem_types(model)
     return [n.name for n in model.graph.node if n.op_type in TASK_GUARD_CANDIDATE_OPS
             and any(types.get(o) == TensorProto.FLOAT for o in n.output)]

@@ -14,8 +14,8 @@ can say when the images it is given include the guard's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,6 @@ class ImageSet:
     paths: list[str]
     description: str
     labels: np.ndarray | None = None  # (N,) class ids when the source is a CUB-format split
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -121,34 +120,35 @@ def load_image_set(source: str | Path, size: int, n: int | None, split: str, min
     return ImageSet(images, [d.path for d in decoded], f"{len(images)} of {len(paths)} {description}", chosen)
 
 
-def calibration_batches(images: ImageSet, batch: int = 8) -> Iterator[np.ndarray]:
-    """Model-input batches of ``images``, all of one size: the largest divisor of the image count up to ``batch``
-    (ONNX Runtime's histogram calibrators, percentile and entropy, fail on a smaller last batch)."""
-    size = next(b for b in range(max(1, min(batch, len(images) or 1)), 0, -1) if len(images) % b == 0)
-    for start in range(0, len(images), size):
-        yield images.model_input(start, start + size)
+def calibration_ranges(count: int, batch: int = 8) -> list[tuple[int, int]]:
+    """(start, end) of the calibration batches of ``count`` images, all of one size: the largest divisor of the
+    count up to ``batch`` (ONNX Runtime's histogram calibrators, percentile and entropy, fail on a smaller last
+    batch)."""
+    size = next(b for b in range(max(1, min(batch, count or 1)), 0, -1) if count % b == 0)
+    return [(start, start + size) for start in range(0, count, size)]
 
 
 def calibration_reader(images: ImageSet, input_name: str, batch: int = 8):  # type: ignore[no-untyped-def]
-    """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``images`` in batches; ``len`` and ``set_range``
-    (in batches) let ORT's strided MinMax calibration reduce the ranges batch by batch."""
+    """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``images`` in batches, each made into model
+    input only when ORT asks for it (one float batch at a time); ``len`` and ``set_range`` (in batches) let ORT's
+    strided MinMax calibration reduce the ranges batch by batch."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    batches = list(calibration_batches(images, batch))
+    ranges = calibration_ranges(len(images), batch)
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.set_range(0, len(batches))
+            self.set_range(0, len(ranges))
 
         def __len__(self) -> int:
-            return len(batches)
+            return len(ranges)
 
         def set_range(self, start_index: int, end_index: int) -> None:
-            self._batches = iter(batches[start_index:end_index])
+            self._ranges = iter(ranges[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            nxt = next(self._batches, None)
-            return None if nxt is None else {input_name: nxt}
+            nxt = next(self._ranges, None)
+            return None if nxt is None else {input_name: images.model_input(*nxt)}
 
     return Reader()
 
@@ -233,3 +233,15 @@ class GuardImages:
             return None
         used = set(self.ids)
         return [i for i in CubDataset(root, "test", validate=False).image_ids if i not in used]  # type: ignore[arg-type]
+
+
+def held_out_images(root: str | Path, size: int, meta: Mapping[str, Any], n: int | None = None) -> tuple[Any, bool]:
+    """Parity's images for a model: the test split of the CUB-format dataset ``root``, less the images the model's
+    guard chose on when it chose on ``root`` (its metadata says; ``GuardImages``); ``n`` of them spread evenly
+    (None: all). Returns (the ``DatasetImages``, whether the guard's images were left out)."""
+    from fgdeploy.parity import DatasetImages
+
+    guard = GuardImages.from_metadata(meta)
+    ids = guard.held_out_ids(root) if guard is not None else None
+    images = DatasetImages(root, "test", size, n, ids=ids, selection=HELD_OUT_SELECTION if ids else "")
+    return images, ids is not None

@@ -7,9 +7,10 @@ Format: QDQ (QuantizeLinear/DequantizeLinear pairs around the quantized ops), pe
 - VNNI or AMX (``avx512_vnni``, ``avx_vnni``, ``amx_int8``): U8S8, ONNX Runtime's default; the dot products
   accumulate in 32 bits.
 - AVX2 without them: U8S8 with ``reduce_range`` (7-bit weights). ONNX Runtime runs U8S8 there with
-  ``vpmaddubsw``, whose 16-bit pair sums saturate (its quantization docs suggest reduce_range or U8U8). Measured
-  on a trained demo model, 200 held-out images, every candidate INT8 (issue 24): U8S8 93.0 % top-1 agreement with
-  fp32 at 1.38x fp32 speed, U8S8 + reduce_range 97.5 % at 1.66x, U8U8 95.0 % at 0.98x, S8S8 96.0 % at 0.68x.
+  ``vpmaddubsw``, whose 16-bit pair sums saturate (its quantization docs suggest reduce_range or U8U8). Issue
+  24's author measured on an AVX2-only machine (trained demo model, 200 held-out images, every candidate INT8; not
+  a file in bench/results): U8S8 93.0 % top-1 agreement with fp32 at 1.38x fp32 speed, U8S8 + reduce_range 97.5 %
+  at 1.66x, U8U8 95.0 % at 0.98x, S8S8 96.0 % at 0.68x.
 - TensorRT (``--int8-target tensorrt``): S8S8 with symmetric activations, what its explicit quantization takes.
 
 Kept float by the shared policy (``fgdeploy.export.precision.graph.float_policy``, the parts the fixed fp16
@@ -106,7 +107,8 @@ class Int8Settings:
         cpu = self.cpu or cpu_features()
         if self.scheme == "auto":
             if self.target == "tensorrt":
-                scheme, chosen_by, reason = "s8s8", "target tensorrt", "TensorRT's explicit quantization: signed "                                                                         "symmetric int8"
+                scheme, chosen_by = "s8s8", "target tensorrt"
+                reason = "TensorRT's explicit quantization: signed symmetric int8"
             else:
                 (scheme, reason), chosen_by = choose_scheme(cpu), "cpu flags"
         else:
