@@ -78,9 +78,10 @@ def _metrics(m: Any) -> dict[str, Any]:
             "outputs_within": m.outputs_within}
 
 
-def time_models(paths: dict[str, Path], iters: int, threads: int) -> dict[str, dict[str, Any]]:
-    """Model-only img/s at batch 16, one call of each model per round; medians and per-round ratios to fp32.
-    Idle ONNX Runtime threads sleep (``spin=False``): sessions called in turn would otherwise compete."""
+def time_models(paths: dict[str, Path], iters: int, threads: int, baseline: str = "fp32") -> dict[str, dict[str, Any]]:
+    """Model-only img/s at batch 16, one call of each model per round; medians and per-round ratios to the
+    ``baseline`` model. Idle ONNX Runtime threads sleep (``spin=False``): sessions called in turn would otherwise
+    compete."""
     from fgdeploy.backends.ort_runner import OrtRunner
 
     runners = {name: OrtRunner(path, threads=threads, name=name, spin=False) for name, path in paths.items()}
@@ -100,9 +101,9 @@ def time_models(paths: dict[str, Path], iters: int, threads: int) -> dict[str, d
     finally:
         for runner in runners.values():
             runner.deactivate()
-    fp32 = times["fp32"]
+    base = times[baseline]
     return {name: {"img_s": round(BATCH / statistics.median(t), 2),
-                   "speedup": round(statistics.median([f / x for f, x in zip(fp32, t)]), 3),
+                   "speedup": round(statistics.median([f / x for f, x in zip(base, t)]), 3),
                    "ms": [round(1e3 * x, 1) for x in t]} for name, t in times.items()}
 
 

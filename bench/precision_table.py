@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 BATCH = 16
 
@@ -50,28 +47,12 @@ def fp32_nodes(path: Path) -> dict[str, Any]:
 
 
 def speeds(paths: list[Path], iters: int, threads: int) -> dict[str, float]:
-    """img/s at batch 16 per model, interleaved rounds, medians; idle ONNX Runtime threads sleep (``spin=False``),
-    as sessions called in turn otherwise compete for the cores."""
-    from fgdeploy.backends.ort_runner import OrtRunner
+    """img/s at batch 16 per model, interleaved rounds, medians (``bench_int8_schemes.time_models``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_int8_schemes import time_models
 
-    runners = [OrtRunner(p, threads=threads, name=p.name, spin=False) for p in paths]
-    for r in runners:
-        r.activate()
-    try:
-        size = int(runners[0].metadata()["input_size"])
-        images = np.random.default_rng(0).random((BATCH, 3, size, size), dtype=np.float32)
-        times: dict[str, list[float]] = {p.name: [] for p in paths}
-        for r in runners:
-            r.infer({"images": images})
-        for _ in range(iters):
-            for p, r in zip(paths, runners):
-                start = time.perf_counter()
-                r.infer({"images": images})
-                times[p.name].append(time.perf_counter() - start)
-    finally:
-        for r in runners:
-            r.deactivate()
-    return {name: round(BATCH / statistics.median(t), 2) for name, t in times.items()}
+    timed = time_models({p.name: p for p in paths}, iters, threads, baseline=paths[0].name)
+    return {name: row["img_s"] for name, row in timed.items()}
 
 
 def parity(checkpoint: Path, path: Path, data: Path) -> dict[str, Any]:
