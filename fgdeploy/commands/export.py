@@ -84,8 +84,7 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> int 
                    "(tensorrt_plan) plus the plugin library; max_batch_size = --max-batch. Needs tritonclient "
                    "(pip install 'fgdeploy[triton]').")
 @click.option("--triton-name", default=None, help="--triton: the model's name [default: the ONNX file's stem].")
-@click.pass_context
-def command(ctx: click.Context, checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int,
+def command(checkpoint: Path, out: Path, fp16: bool, batch: int | None, max_batch: int,
             opset: int, heatmaps: bool, int8: bool, calib: Path | None, calib_images: int, int8_target: str | None,
             int8_scheme: str, guard: Path | None, no_guard: bool,
             guard_images: int, min_top1_agree: float, min_kp_agree: float, max_acc_drop: float,
@@ -156,8 +155,7 @@ def command(ctx: click.Context, checkpoint: Path, out: Path, fp16: bool, batch: 
         click.echo("  guard: not run (no held-out images: --calib is not a CUB-format dataset; pass --guard DIR)")
     engine_path = _build_engine(Path(result.path), batch or max_batch) if engine else None
     if triton_repo is not None:
-        asked = ctx.get_parameter_source("max_batch") == click.core.ParameterSource.COMMANDLINE and batch is None
-        _write_triton(triton_repo, Path(result.path), triton_name, engine_path, max_batch if asked else None)
+        _write_triton(triton_repo, Path(result.path), triton_name, engine_path)
 
 
 def _check_triton(name: str) -> None:
@@ -171,11 +169,12 @@ def _check_triton(name: str) -> None:
         raise click.UsageError(str(exc)) from None
 
 
-def _write_triton(repo: Path, onnx_path: Path, name: str | None, engine_path: Path | None,
-                  max_batch: int | None) -> None:
+def _write_triton(repo: Path, onnx_path: Path, name: str | None, engine_path: Path | None) -> None:
+    """The repository of the export just written: max_batch_size is what it was exported with (--max-batch), which
+    the engine's profile (built with the same --max-batch) takes too; a fixed-batch export gets 0."""
     from fgdeploy.deploy.triton import write_triton_repository
 
-    written = write_triton_repository(repo, onnx_path, name=name, engine=engine_path, max_batch=max_batch)
+    written = write_triton_repository(repo, onnx_path, name=name, engine=engine_path)
     models = ", ".join(f"{m.name} ({m.backend}, max_batch_size {m.max_batch_size})" for m in written.models)
     click.echo(f"wrote Triton model repository {repo}: {models}; server command and client in {written.readme}")
     click.echo("  checked: each config.pbtxt parsed strictly as Triton's ModelConfig (tritonclient model_config_pb2) "
